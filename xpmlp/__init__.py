@@ -1,0 +1,26 @@
+"""xpmlp: multilayer perceptrons written once against the Python Array API.
+
+The same hand-written forward and backward passes run on NumPy (CPU), CuPy (CUDA GPU) or any
+Array API library; pick one with ``device="cpu" | "cuda" | "auto"`` (or ``xp=`` a namespace).
+"""
+
+from .backend import Backend, DeviceMismatchError, available_backends, resolve, to_numpy
+from .layers import (ACTIVATIONS, ELU, GELU, Activation, Dense, Dropout, Identity, Layer, LeakyReLU,
+                     ReLU, Sigmoid, Softmax, Softplus, Tanh)
+from .losses import (LOSSES, Huber, Loss, MeanAbsoluteError, MeanSquaredError, SigmoidBinaryCrossEntropy,
+                     SoftmaxCrossEntropy)
+from .model import MLP, Sequential
+from .optim import OPTIMIZERS, SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from .train import History
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend", "DeviceMismatchError", "available_backends", "resolve", "to_numpy",
+    "ACTIVATIONS", "ELU", "GELU", "Activation", "Dense", "Dropout", "Identity", "Layer", "LeakyReLU",
+    "ReLU", "Sigmoid", "Softmax", "Softplus", "Tanh",
+    "LOSSES", "Huber", "Loss", "MeanAbsoluteError", "MeanSquaredError", "SigmoidBinaryCrossEntropy",
+    "SoftmaxCrossEntropy",
+    "MLP", "Sequential", "History",
+    "OPTIMIZERS", "SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop",
+]

@@ -1,0 +1,262 @@
+"""Backends and devices: the only module that imports CuPy or array-api-compat.
+
+A user's device flag (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``) or an explicit Array API
+namespace (``xp=``) is resolved once, here, into a :class:`Backend`: the namespace, the device
+object to allocate on, and a few helpers that move data across the host/device edge. Layers,
+losses and optimisers only ever see ``backend.xp``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+__all__ = ["Backend", "DeviceMismatchError", "resolve", "to_numpy", "namespace_of", "device_of",
+           "available_backends"]
+
+FLOAT_DTYPES = ("float32", "float64")
+
+
+class DeviceMismatchError(ValueError):
+    """Arrays from another array library or another device than the model's."""
+
+
+class _Unavailable(Exception):
+    """CuPy or a CUDA device cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An Array API namespace and the device that a model allocates on.
+
+    Attributes
+    ----------
+    xp : module
+        The Array API namespace (array-api-compat's wrapper for NumPy, CuPy and torch).
+    device : object
+        What ``xp.asarray(..., device=)`` accepts: ``"cpu"``, a ``cupy.cuda.Device``, a
+        ``torch.device``, an ``array_api_strict.Device``.
+    name : str
+        Library name: ``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``, ...
+    """
+
+    xp: Any
+    device: Any
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.name} on {self.device}"
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "cupy" or "cuda" in str(self.device)
+
+    def dtype(self, name: str):
+        """The namespace's floating dtype called ``name`` ("float32" or "float64")."""
+        if name not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {name!r}")
+        return getattr(self.xp, name)
+
+    def from_host(self, a: np.ndarray):
+        """Copy a NumPy array to this backend's device, keeping its dtype."""
+        return self.xp.asarray(a, device=self.device)
+
+    def asarray(self, a, *, dtype: str | None = None, what: str = "array"):
+        """Bring user data onto this backend.
+
+        Host data (NumPy arrays, lists, pandas objects) is copied to the device. An array of
+        another library, or of this library on another device, is refused: silently moving
+        it would hide a costly transfer or a mistake.
+
+        Parameters
+        ----------
+        a : array-like
+        dtype : "float32", "float64" or None (keep the dtype).
+        what : name used in error messages ("X", "y", ...).
+        """
+        if _is_host(a):
+            host = np.asarray(a)
+            if dtype is not None and host.dtype != np.dtype(dtype):
+                host = host.astype(dtype)
+            return self.from_host(host)
+        self.check_array(a, what)
+        if dtype is not None and a.dtype != self.dtype(dtype):
+            a = self.xp.astype(a, self.dtype(dtype))
+        return a
+
+    def check_array(self, a, what: str = "array") -> None:
+        """Raise :class:`DeviceMismatchError` unless ``a`` lives in this namespace and device."""
+        try:
+            ns = array_api_compat.array_namespace(a)
+        except TypeError as e:
+            raise TypeError(f"{what} of type {type(a).__name__} is not an array: {e}") from None
+        if ns is not self.xp:
+            raise DeviceMismatchError(
+                f"{what} is a {_library_name(ns)} array but the model runs on {self}; "
+                f"pass NumPy data or an array of the model's library"
+            )
+        dev = array_api_compat.device(a)
+        if dev != self.device:
+            raise DeviceMismatchError(f"{what} is on device {dev} but the model is on {self.device}")
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (for timing; never needed for correctness)."""
+        if self.name == "cupy":
+            import cupy
+
+            cupy.cuda.get_current_stream().synchronize()
+        elif self.name == "torch" and "cuda" in str(self.device):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+
+def _is_host(a) -> bool:
+    """True for data that lives in host memory and carries no device: NumPy, lists, pandas."""
+    if isinstance(a, (np.ndarray, np.generic, list, tuple, int, float)):
+        return True
+    module = type(a).__module__
+    return module.startswith("pandas.")
+
+
+def _library_name(ns) -> str:
+    return ns.__name__.rsplit(".", 1)[-1]
+
+
+def to_numpy(a) -> np.ndarray:
+    """Copy an array of any supported library to a NumPy array on the host."""
+    if _is_host(a):
+        return np.asarray(a)
+    if array_api_compat.is_cupy_array(a):
+        return a.get()
+    if array_api_compat.is_torch_array(a):
+        return a.detach().cpu().numpy()
+    return np.from_dlpack(a)
+
+
+def namespace_of(*arrays):
+    """The Array API namespace of ``arrays``; refuses a mix of libraries with a clear error."""
+    try:
+        return array_api_compat.array_namespace(*arrays)
+    except TypeError as e:
+        kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in arrays})
+        raise DeviceMismatchError(f"arrays from different libraries cannot be combined: {', '.join(kinds)} ({e})") from None
+
+
+def device_of(a):
+    """The device an array lives on (array-api-compat's ``device``, which works on every library)."""
+    return array_api_compat.device(a)
+
+
+def _from_namespace(xp, device) -> Backend:
+    if isinstance(device, str) and device in ("auto", ""):
+        device = None
+    try:
+        probe = xp.asarray(0.0) if device is None else xp.asarray(0.0, device=device)
+    except Exception as e:
+        raise ValueError(f"namespace {getattr(xp, '__name__', xp)!r} cannot use device {device!r}: {e}") from e
+    ns = array_api_compat.array_namespace(probe)
+    return Backend(ns, array_api_compat.device(probe), _library_name(ns))
+
+
+_NUMPY = None
+
+
+def _numpy_backend() -> Backend:
+    global _NUMPY
+    if _NUMPY is None:
+        _NUMPY = _from_namespace(np, None)
+    return _NUMPY
+
+
+def _cupy_backend(index: int) -> Backend:
+    try:
+        import cupy
+    except ImportError:
+        raise _Unavailable("CuPy is not installed (pip install 'xpmlp[cuda]')") from None
+    except Exception as e:  # a broken CUDA install can fail at import time
+        raise _Unavailable(f"CuPy failed to import: {e}") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        raise _Unavailable(f"the CUDA driver reported an error: {e}") from None
+    if count == 0:
+        raise _Unavailable("no CUDA device was found")
+    if index >= count:
+        raise ValueError(f"device 'cuda:{index}' was requested but only {count} CUDA device(s) exist")
+    with cupy.cuda.Device(index):
+        return _from_namespace(cupy, cupy.cuda.Device(index))
+
+
+def _fallback(spec: str, reason: str) -> Backend:
+    if os.environ.get("XPMLP_STRICT_DEVICE", "") == "1":
+        raise RuntimeError(
+            f"device {spec!r} is not usable: {reason} "
+            "(XPMLP_STRICT_DEVICE=1 forbids falling back to the CPU)"
+        )
+    warnings.warn(
+        f"device {spec!r} is not usable: {reason}; falling back to the CPU (NumPy). "
+        "Set XPMLP_STRICT_DEVICE=1 to make this an error.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return _numpy_backend()
+
+
+def resolve(device=None, xp=None) -> Backend:
+    """Turn a device flag or a namespace into a :class:`Backend`.
+
+    Parameters
+    ----------
+    device : "cpu", "cuda", "cuda:N", "auto", a Backend, or None
+        None reads ``$XPMLP_DEVICE`` (default "auto": CuPy when a GPU is usable, else NumPy).
+        With ``xp``, any device object that namespace accepts.
+    xp : module, optional
+        Any Array API namespace (numpy, cupy, torch, array_api_strict, ...), for advanced use
+        and tests.
+
+    Returns
+    -------
+    Backend
+    """
+    if isinstance(device, Backend):
+        return device
+    if xp is not None:
+        return _from_namespace(xp, device)
+    spec = os.environ.get("XPMLP_DEVICE", "auto") if device is None else device
+    if not isinstance(spec, str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {type(spec).__name__}")
+    spec = spec.strip().lower()
+    if spec == "cpu":
+        return _numpy_backend()
+    if spec == "auto":
+        try:
+            return _cupy_backend(0)
+        except _Unavailable:
+            return _numpy_backend()
+    match = re.fullmatch(r"(?:cuda|gpu)(?::(\d+))?", spec)
+    if match is None:
+        raise ValueError(f"unknown device {device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
+    try:
+        return _cupy_backend(int(match.group(1) or 0))
+    except _Unavailable as e:
+        return _fallback(spec, str(e))
+
+
+def available_backends() -> dict[str, str]:
+    """Which backends work here: name -> "ok" or the reason it does not."""
+    found = {"numpy": f"ok ({np.__version__})"}
+    try:
+        b = _cupy_backend(0)
+        import cupy
+
+        found["cupy"] = f"ok ({cupy.__version__}, {b.device})"
+    except (_Unavailable, ValueError) as e:
+        found["cupy"] = str(e)
+    return found

@@ -1,0 +1,311 @@
+"""Layers: Dense, the activations and Dropout, each with a hand-written backward pass.
+
+Every layer follows one protocol:
+
+- ``build(in_features, backend, dtype, rng) -> out_features`` allocates parameters (drawn on
+  the host from ``rng``, then copied to the device) and remembers the namespace;
+- ``forward(x, training=False)`` maps a (batch, in_features) array to (batch, out_features)
+  and keeps what ``backward`` needs;
+- ``backward(grad_out) -> grad_in`` fills ``grads`` (same keys, shapes and dtypes as
+  ``params``) and returns the gradient with respect to the layer's input.
+
+Layers never touch optimiser state, and never import an array library.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .functional import sigmoid, softmax_rows, softplus
+from .init import default_init_for, initialize
+
+__all__ = [
+    "Layer", "Dense", "Dropout", "Activation", "ACTIVATIONS", "get_activation",
+    "Identity", "ReLU", "LeakyReLU", "ELU", "GELU", "Sigmoid", "Tanh", "Softplus", "Softmax",
+]
+
+
+class Layer:
+    """Base class. Subclasses set ``params`` in ``build`` and ``grads`` in ``backward``."""
+
+    def __init__(self):
+        self.params: dict = {}
+        self.grads: dict = {}
+        self.xp = None
+
+    def build(self, in_features: int, backend, dtype: str, rng: np.random.Generator) -> int:
+        self.xp = backend.xp
+        return in_features
+
+    def forward(self, x, training: bool = False):
+        raise NotImplementedError
+
+    def backward(self, grad_out):
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        """Constructor arguments that rebuild this layer (used for saving and repr)."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Dense(Layer):
+    """Fully connected layer ``y = x @ W + b``.
+
+    Parameters
+    ----------
+    units : int
+        Output features.
+    in_features : int, optional
+        Input features; inferred from the data at the first ``fit`` when omitted.
+    bias : bool, default True
+    init : str, default "glorot_uniform"
+        Weight initialiser (see :mod:`xpmlp.init`); biases start at zero.
+
+    Shapes: x (n, in_features) -> y (n, units); W (in_features, units); b (units,).
+    """
+
+    def __init__(self, units: int, *, in_features: int | None = None, bias: bool = True,
+                 init: str = "glorot_uniform"):
+        super().__init__()
+        if not isinstance(units, (int, np.integer)) or units < 1:
+            raise ValueError(f"Dense units must be a positive integer, got {units!r}")
+        self.units = int(units)
+        self.in_features = None if in_features is None else int(in_features)
+        self.bias = bool(bias)
+        self.init = init
+        self._x = None
+
+    def build(self, in_features, backend, dtype, rng):
+        if self.in_features is not None and in_features != self.in_features:
+            raise ValueError(f"Dense layer expects {self.in_features} input features, got {in_features}")
+        super().build(in_features, backend, dtype, rng)
+        self.in_features = in_features
+        self.params = {"W": backend.from_host(initialize(self.init, in_features, self.units, rng, dtype))}
+        if self.bias:
+            self.params["b"] = backend.from_host(np.zeros(self.units, dtype=dtype))
+        return self.units
+
+    def forward(self, x, training=False):
+        self._x = x
+        y = self.xp.matmul(x, self.params["W"])
+        return y + self.params["b"] if self.bias else y
+
+    def backward(self, grad_out):
+        xp = self.xp
+        self.grads["W"] = xp.matmul(self._x.T, grad_out)
+        if self.bias:
+            self.grads["b"] = xp.sum(grad_out, axis=0)
+        return xp.matmul(grad_out, self.params["W"].T)
+
+    def get_config(self):
+        return {"units": self.units, "in_features": self.in_features, "bias": self.bias, "init": self.init}
+
+
+class Dropout(Layer):
+    """Inverted dropout: zero a fraction ``rate`` of inputs in training, scale the rest by 1/(1-rate).
+
+    The masks come from the model's seeded host generator by default, so a seed reproduces a
+    run on every backend (at the cost of a host-to-device copy per batch).
+    """
+
+    def __init__(self, rate: float):
+        super().__init__()
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"Dropout rate must be in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+        self._mask = None
+
+    def build(self, in_features, backend, dtype, rng):
+        self._backend, self._dtype = backend, dtype
+        self._rng = np.random.default_rng(rng.integers(2**63))
+        return super().build(in_features, backend, dtype, rng)
+
+    def forward(self, x, training=False):
+        if not training or self.rate == 0.0:
+            self._mask = None
+            return x
+        keep = self._rng.random(tuple(x.shape)) >= self.rate
+        self._mask = self._backend.from_host((keep / (1.0 - self.rate)).astype(self._dtype))
+        return x * self._mask
+
+    def backward(self, grad_out):
+        return grad_out if self._mask is None else grad_out * self._mask
+
+    def get_config(self):
+        return {"rate": self.rate}
+
+
+class Activation(Layer):
+    """An elementwise activation: subclasses give ``fn`` and ``derivative`` (from x and y)."""
+
+    name = ""
+
+    def forward(self, x, training=False):
+        self._x = x
+        self._y = self.fn(self.xp, x)
+        return self._y
+
+    def backward(self, grad_out):
+        return grad_out * self.derivative(self.xp, self._x, self._y)
+
+    def fn(self, xp, x):
+        raise NotImplementedError
+
+    def derivative(self, xp, x, y):
+        raise NotImplementedError
+
+
+class Identity(Activation):
+    name = "identity"
+
+    def fn(self, xp, x):
+        return x
+
+    def backward(self, grad_out):
+        return grad_out
+
+
+class ReLU(Activation):
+    name = "relu"
+
+    def fn(self, xp, x):
+        return xp.maximum(x, 0.0)
+
+    def backward(self, grad_out):
+        return self.xp.where(self._x > 0, grad_out, 0.0)
+
+
+class LeakyReLU(Activation):
+    """max(x, 0) + negative_slope * min(x, 0)."""
+
+    name = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def fn(self, xp, x):
+        return xp.where(x > 0, x, self.negative_slope * x)
+
+    def backward(self, grad_out):
+        return self.xp.where(self._x > 0, grad_out, self.negative_slope * grad_out)
+
+    def get_config(self):
+        return {"negative_slope": self.negative_slope}
+
+
+class ELU(Activation):
+    """x for x > 0, alpha * (exp(x) - 1) otherwise."""
+
+    name = "elu"
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def fn(self, xp, x):
+        # exp of the clipped input: the positive branch is discarded, but exp(x) there could overflow.
+        return xp.where(x > 0, x, self.alpha * xp.expm1(xp.minimum(x, 0.0)))
+
+    def derivative(self, xp, x, y):
+        return xp.where(x > 0, 1.0, y + self.alpha)
+
+    def get_config(self):
+        return {"alpha": self.alpha}
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+class GELU(Activation):
+    """Gaussian error linear unit, tanh approximation (as torch's ``approximate="tanh"``).
+
+    The Array API has no ``erf``, so the exact form is not portable.
+    """
+
+    name = "gelu"
+
+    def fn(self, xp, x):
+        return 0.5 * x * (1.0 + xp.tanh(_GELU_C * (x + 0.044715 * x * x * x)))
+
+    def derivative(self, xp, x, y):
+        t = xp.tanh(_GELU_C * (x + 0.044715 * x * x * x))
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _GELU_C * (1.0 + 3 * 0.044715 * x * x)
+
+
+class Sigmoid(Activation):
+    name = "sigmoid"
+
+    def fn(self, xp, x):
+        return sigmoid(xp, x)
+
+    def derivative(self, xp, x, y):
+        return y * (1.0 - y)
+
+
+class Tanh(Activation):
+    name = "tanh"
+
+    def fn(self, xp, x):
+        return xp.tanh(x)
+
+    def derivative(self, xp, x, y):
+        return 1.0 - y * y
+
+
+class Softplus(Activation):
+    name = "softplus"
+
+    def fn(self, xp, x):
+        return softplus(xp, x)
+
+    def derivative(self, xp, x, y):
+        return sigmoid(xp, x)
+
+
+class Softmax(Activation):
+    """Row-wise softmax, (n, k) -> (n, k), each row summing to one.
+
+    For classification, prefer a linear output with ``softmax_cross_entropy``: it fuses this
+    softmax with the loss and is stabler. This layer is for softmax inside a network.
+    """
+
+    name = "softmax"
+
+    def fn(self, xp, x):
+        return softmax_rows(xp, x)
+
+    def backward(self, grad_out):
+        y = self._y
+        return y * (grad_out - self.xp.sum(grad_out * y, axis=1, keepdims=True))
+
+
+ACTIVATIONS = {cls.name: cls for cls in (Identity, ReLU, LeakyReLU, ELU, GELU, Sigmoid, Tanh, Softplus, Softmax)}
+ACTIVATIONS["linear"] = Identity
+
+
+def get_activation(spec) -> Activation:
+    """An activation layer from its name (e.g. "relu") or an Activation instance."""
+    if isinstance(spec, Activation):
+        return spec
+    if spec is None:
+        return Identity()
+    if not isinstance(spec, str) or spec.lower() not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {spec!r}; valid names: {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[spec.lower()]()
+
+
+def activation_name(spec) -> str | None:
+    """The registry name of an activation spec, for choosing an initialiser."""
+    return spec.name if isinstance(spec, Activation) else (spec.lower() if isinstance(spec, str) else None)
+
+
+def dense_for(units: int, activation, in_features: int | None = None) -> Dense:
+    """A Dense layer initialised to suit the activation that follows it."""
+    return Dense(units, in_features=in_features, init=default_init_for(activation_name(activation)))

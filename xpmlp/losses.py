@@ -1,0 +1,239 @@
+"""Losses on raw network outputs (logits), with the output activation fused in.
+
+Fusing softmax or sigmoid with cross-entropy gives the stable log-sum-exp form and the simple
+gradient ``(p - y) / n``; the network's last layer stays linear. ``link`` turns outputs into
+predictions (probabilities for the cross-entropies, the outputs themselves for regression).
+
+Each loss: ``forward(z, y) -> 0-d array`` (mean over the batch, so any batch size, including 1
+and a short last batch, is scaled the same), then ``backward() -> dL/dz`` of z's shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import device_of, namespace_of
+from .functional import logsumexp_rows, sigmoid, softmax_rows
+
+__all__ = ["Loss", "SoftmaxCrossEntropy", "SigmoidBinaryCrossEntropy", "MeanSquaredError",
+           "MeanAbsoluteError", "Huber", "LOSSES", "get_loss"]
+
+
+class Loss:
+    """Base class: caches what ``backward`` needs in ``forward``."""
+
+    name = ""
+    is_classifier = False
+
+    def forward(self, z, y):
+        raise NotImplementedError
+
+    def backward(self):
+        raise NotImplementedError
+
+    def __call__(self, z, y):
+        return self.forward(z, y)
+
+    def link(self, xp, z):
+        """Predictions from outputs z (n, k): identity unless the loss fuses an activation."""
+        return z
+
+    def prepare_targets(self, y, backend, dtype: str, n_outputs: int):
+        """Validate targets and bring them to the device in the shape ``forward`` expects."""
+        return _regression_targets(y, backend, dtype, n_outputs)
+
+    def get_config(self) -> dict:
+        return {}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Softmax followed by cross-entropy, from logits.
+
+    Targets: integer labels of shape (n,) in [0, k), or class probabilities / one-hot rows of
+    shape (n, k). ``label_smoothing`` mixes the targets with the uniform distribution.
+    """
+
+    name = "softmax_cross_entropy"
+    is_classifier = True
+
+    def __init__(self, label_smoothing: float = 0.0):
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def _targets(self, xp, z, y):
+        k = z.shape[1]
+        if y.ndim == 1:  # integer labels -> one-hot, built by comparison (no fancy setitem)
+            y = xp.astype(xp.expand_dims(y, axis=1) == xp.arange(k, dtype=y.dtype, device=device_of(z)), z.dtype)
+        if self.label_smoothing:
+            y = (1.0 - self.label_smoothing) * y + self.label_smoothing / k
+        return y
+
+    def forward(self, z, y):
+        xp = namespace_of(z)
+        t = self._targets(xp, z, y)
+        logp = z - logsumexp_rows(xp, z)
+        self._p, self._t = xp.exp(logp), t
+        return -xp.sum(t * logp) / z.shape[0]
+
+    def backward(self):
+        return (self._p - self._t) / self._p.shape[0]
+
+    def link(self, xp, z):
+        return softmax_rows(xp, z)
+
+    def prepare_targets(self, y, backend, dtype, n_outputs):
+        return _class_targets(y, backend, dtype, n_outputs)
+
+    def get_config(self):
+        return {"label_smoothing": self.label_smoothing}
+
+
+class SigmoidBinaryCrossEntropy(Loss):
+    """Sigmoid followed by binary cross-entropy, from logits, mean over all entries.
+
+    Targets in [0, 1], shape (n,) for one output or (n, k) for k independent labels.
+    """
+
+    name = "sigmoid_binary_cross_entropy"
+    is_classifier = True
+
+    def forward(self, z, y):
+        xp = namespace_of(z)
+        self._z, self._y = z, y
+        # log(1 + exp(z)) - z*y, with the log1p term bounded: never overflows.
+        per_entry = xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
+        return xp.mean(per_entry)
+
+    def backward(self):
+        xp = namespace_of(self._z)
+        return (sigmoid(xp, self._z) - self._y) / _count(self._z)
+
+    def link(self, xp, z):
+        return sigmoid(xp, z)
+
+    def prepare_targets(self, y, backend, dtype, n_outputs):
+        t = _regression_targets(y, backend, dtype, n_outputs)
+        xp = backend.xp
+        if not bool(xp.all((t >= 0.0) & (t <= 1.0))):
+            raise ValueError("binary cross-entropy targets must lie in [0, 1]")
+        return t
+
+
+class MeanSquaredError(Loss):
+    """mean((z - y)**2) over all entries."""
+
+    name = "mse"
+
+    def forward(self, z, y):
+        xp = namespace_of(z)
+        self._d = z - y
+        return xp.mean(self._d * self._d)
+
+    def backward(self):
+        return 2.0 * self._d / _count(self._d)
+
+
+class MeanAbsoluteError(Loss):
+    """mean(|z - y|) over all entries (gradient sign(z - y), zero at a tie)."""
+
+    name = "mae"
+
+    def forward(self, z, y):
+        xp = namespace_of(z)
+        self._d = z - y
+        return xp.mean(xp.abs(self._d))
+
+    def backward(self):
+        return namespace_of(self._d).sign(self._d) / _count(self._d)
+
+
+class Huber(Loss):
+    """Quadratic within ``delta`` of the target, linear beyond (torch's HuberLoss)."""
+
+    name = "huber"
+
+    def __init__(self, delta: float = 1.0):
+        if float(delta) <= 0:
+            raise ValueError(f"Huber delta must be positive, got {delta!r}")
+        self.delta = float(delta)
+
+    def forward(self, z, y):
+        xp = namespace_of(z)
+        d = z - y
+        a = xp.abs(d)
+        self._d = d
+        return xp.mean(xp.where(a <= self.delta, 0.5 * d * d, self.delta * (a - 0.5 * self.delta)))
+
+    def backward(self):
+        xp = namespace_of(self._d)
+        d = self._d
+        return xp.clip(d, -self.delta, self.delta) / _count(d)
+
+    def get_config(self):
+        return {"delta": self.delta}
+
+
+def _count(a) -> int:
+    n = 1
+    for s in a.shape:
+        n *= s
+    return n
+
+
+def _regression_targets(y, backend, dtype, n_outputs):
+    t = backend.asarray(y, dtype=dtype, what="y")
+    if t.ndim == 1 and n_outputs == 1:
+        t = backend.xp.reshape(t, (t.shape[0], 1))
+    if t.ndim != 2 or t.shape[1] != n_outputs:
+        raise ValueError(f"y has shape {tuple(t.shape)} but the model has {n_outputs} output(s); "
+                         f"expected ({t.shape[0]},) or ({t.shape[0]}, {n_outputs})")
+    return t
+
+
+def _class_targets(y, backend, dtype, n_classes):
+    """Integer labels (n,) -> int64 on the device; probability rows (n, k) -> float."""
+    xp = backend.xp
+    t = backend.asarray(y, what="y")
+    if t.ndim == 2:
+        if t.shape[1] != n_classes:
+            raise ValueError(f"y has {t.shape[1]} columns but the model has {n_classes} outputs")
+        return xp.astype(t, backend.dtype(dtype))
+    if t.ndim != 1:
+        raise ValueError(f"y must be class labels of shape (n,) or one-hot rows (n, {n_classes}); got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        return xp.astype(t, xp.int64)
+    if xp.isdtype(t.dtype, "real floating"):
+        if not bool(xp.all(t == xp.round(t))):
+            raise ValueError("class labels must be integers; y holds non-integer values "
+                             "(for class probabilities pass a 2-D array of shape (n, n_classes))")
+    elif not xp.isdtype(t.dtype, "integral"):
+        raise ValueError(f"class labels must be integers, got dtype {t.dtype}")
+    lo, hi = float(xp.min(t)), float(xp.max(t))
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(f"class labels must be integers in [0, {n_classes}) for a model with "
+                         f"{n_classes} outputs; y holds values from {lo:g} to {hi:g}")
+    return xp.astype(t, xp.int64)
+
+
+LOSSES = {cls.name: cls for cls in (SoftmaxCrossEntropy, SigmoidBinaryCrossEntropy, MeanSquaredError,
+                                     MeanAbsoluteError, Huber)}
+_ALIASES = {"cross_entropy": "softmax_cross_entropy", "categorical_crossentropy": "softmax_cross_entropy",
+            "binary_cross_entropy": "sigmoid_binary_cross_entropy", "bce": "sigmoid_binary_cross_entropy",
+            "binary_crossentropy": "sigmoid_binary_cross_entropy", "mean_squared_error": "mse",
+            "mean_absolute_error": "mae"}
+
+
+def get_loss(spec) -> Loss:
+    """A loss from its name (see ``LOSSES`` and aliases such as "cross_entropy") or an instance."""
+    if isinstance(spec, Loss):
+        return spec
+    key = _ALIASES.get(spec, spec) if isinstance(spec, str) else None
+    if key not in LOSSES:
+        valid = sorted(set(LOSSES) | set(_ALIASES))
+        raise ValueError(f"unknown loss {spec!r}; valid names: {', '.join(valid)}")
+    return LOSSES[key]()

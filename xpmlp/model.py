@@ -1,0 +1,156 @@
+"""Sequential models and the ``MLP`` shorthand."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import resolve, to_numpy
+from .layers import Dense, Dropout, Layer, activation_name, dense_for, get_activation
+from .train import History, evaluate, fit, predict
+
+__all__ = ["Sequential", "MLP"]
+
+
+class Sequential:
+    """A stack of layers trained end to end on one backend.
+
+    Parameters
+    ----------
+    layers : list of Layer
+    device : "cpu", "cuda", "cuda:N", "auto" or None
+        Where to run (see :func:`xpmlp.backend.resolve`); None reads ``$XPMLP_DEVICE``.
+    xp : module, optional
+        Any Array API namespace instead of ``device`` (numpy, cupy, torch, array_api_strict);
+        ``device`` then names a device of that namespace.
+    dtype : "float32" (default) or "float64"
+        Parameters and activations; inputs are cast to it at the edge.
+    seed : int, optional
+        Seeds the host generator for initial weights, shuffles and dropout masks, so one seed
+        gives the same run on every backend.
+    in_features : int, optional
+        Input width, when the first layer does not name it; else taken from the first ``fit``.
+    """
+
+    def __init__(self, layers, *, device=None, xp=None, dtype: str = "float32", seed: int | None = None,
+                 in_features: int | None = None):
+        layers = list(layers)
+        for layer in layers:
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential takes Layer objects, got {type(layer).__name__}")
+        if not any(isinstance(layer, Dense) for layer in layers):
+            raise ValueError("a Sequential model needs at least one Dense layer")
+        self.layers = layers
+        self.backend = resolve(device, xp)
+        self.xp = self.backend.xp
+        self.backend.dtype(dtype)  # validates the name
+        self.dtype = dtype
+        self.seed = seed
+        init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
+        self._init_rng = np.random.default_rng(init_seq)
+        self.shuffle_rng = np.random.default_rng(shuffle_seq)
+        self.loss = None
+        self.optimizer = None
+        self.history: History | None = None
+        self.in_features = None
+        first = next(layer for layer in layers if isinstance(layer, Dense))
+        width = in_features if in_features is not None else first.in_features
+        if width is not None:
+            self.build(width)
+
+    # -- structure ---------------------------------------------------------------------------
+    @property
+    def built(self) -> bool:
+        return self.in_features is not None
+
+    def build(self, in_features: int) -> None:
+        """Allocate every layer's parameters for inputs of width ``in_features``."""
+        width = int(in_features)
+        self.in_features = width
+        for layer in self.layers:
+            width = layer.build(width, self.backend, self.dtype, self._init_rng)
+        self.out_features = width
+
+    def slots(self) -> list:
+        """Every trainable parameter as (layer.params, layer.grads, key), in a fixed order."""
+        return [(layer.params, layer.grads, key) for layer in self.layers for key in layer.params]
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies of all parameters as NumPy arrays, in ``slots()`` order."""
+        return [to_numpy(pd[k]).copy() for pd, _, k in self.slots()]
+
+    def set_weights(self, weights) -> None:
+        """Replace all parameters (NumPy or host arrays, in ``slots()`` order), checking shapes."""
+        slots = self.slots()
+        if len(weights) != len(slots):
+            raise ValueError(f"expected {len(slots)} arrays, got {len(weights)}")
+        for (pd, _, k), w in zip(slots, weights):
+            w = np.asarray(w)
+            if tuple(w.shape) != tuple(pd[k].shape):
+                raise ValueError(f"weight {k!r} has shape {tuple(pd[k].shape)}, got {w.shape}")
+            pd[k] = self.backend.from_host(w.astype(self.dtype))
+
+    @property
+    def n_params(self) -> int:
+        return sum(int(np.prod(pd[k].shape)) for pd, _, k in self.slots())
+
+    # -- passes ------------------------------------------------------------------------------
+    def forward(self, x, training: bool = False):
+        """Raw outputs (logits) for a device array x of shape (n, in_features) -> (n, out)."""
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, grad):
+        """Backpropagate dL/d(outputs) (n, out); fills every layer's grads; returns dL/dx (n, in)."""
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return grad
+
+    # -- training API ------------------------------------------------------------------------
+    fit = fit
+    predict = predict
+    evaluate = evaluate
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential([\n  {inner}\n], backend={self.backend}, dtype={self.dtype!r})"
+
+
+class MLP(Sequential):
+    """Multilayer perceptron from layer sizes: Dense layers with activations in between.
+
+    The output layer is linear: pick the output activation through the loss
+    (``softmax_cross_entropy`` for classes, ``sigmoid_binary_cross_entropy`` for binary
+    labels, ``mse`` for regression), which fuses it stably.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        ``[n_inputs, hidden_1, ..., n_outputs]``; at least two entries.
+    activation : str, Activation, or a list with one per hidden layer; default "relu".
+    dropout : float, default 0
+        Dropout rate after each hidden activation.
+    **kwargs : passed to :class:`Sequential` (device, xp, dtype, seed).
+    """
+
+    def __init__(self, sizes, activation="relu", *, dropout: float = 0.0, **kwargs):
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise ValueError(f"MLP sizes must list at least an input and an output width, all positive; got {sizes}")
+        hidden = sizes[1:-1]
+        acts = list(activation) if isinstance(activation, (list, tuple)) else [activation] * len(hidden)
+        if len(acts) != len(hidden):
+            raise ValueError(f"got {len(acts)} activations for {len(hidden)} hidden layers")
+        layers: list[Layer] = []
+        for width, act in zip(hidden, acts):
+            layer = get_activation(act)
+            if layer is act:  # a user's instance: one copy per hidden layer, as each caches its input
+                layer = type(act)(**act.get_config())
+            layers += [dense_for(width, act), layer]
+            if dropout:
+                layers.append(Dropout(dropout))
+        layers.append(Dense(sizes[-1]))
+        layers[0].in_features = sizes[0]
+        self.sizes = sizes
+        self.activations = [activation_name(a) for a in acts]
+        super().__init__(layers, **kwargs)
