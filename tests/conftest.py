@@ -1,0 +1,125 @@
+"""The backend matrix: every numeric test takes ``case`` (all combinations) or ``case64``
+(the float64 ones, for gradient checks and tight comparisons).
+
+numpy; array_api_strict on CPU_DEVICE/float64, device1/float32 and no_float64/float32 (the last
+raises on any float64 array: the best detector of accidental promotion); torch on the CPU when
+installed; torch CUDA and CuPy when a GPU is usable (skipped otherwise, and reported as skips).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xpmlp
+from xpmlp.backend import to_numpy
+
+
+def _gpu_reason() -> str | None:
+    """None when CuPy sees a CUDA device, else why not."""
+    if importlib.util.find_spec("cupy") is None:
+        return "CuPy is not installed"
+    try:
+        import cupy
+
+        return None if cupy.cuda.runtime.getDeviceCount() > 0 else "no CUDA device"
+    except Exception as e:  # driver missing or broken
+        return f"CUDA unusable: {e}"
+
+
+GPU_REASON = _gpu_reason()
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+TORCH_CUDA = False
+if HAS_TORCH:
+    import torch
+
+    TORCH_CUDA = torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class Case:
+    """One (namespace, device, dtype) combination."""
+
+    lib: str
+    device_name: str | None
+    dtype: str
+
+    @property
+    def xp(self):
+        return {"numpy": lambda: np, "strict": lambda: __import__("array_api_strict"),
+                "torch": lambda: __import__("torch"), "cupy": lambda: __import__("cupy")}[self.lib]()
+
+    @property
+    def device(self):
+        if self.lib == "strict":
+            return self.xp.Device(self.device_name)
+        return self.device_name
+
+    @property
+    def backend(self):
+        return xpmlp.resolve(self.device, xp=self.xp)
+
+    def model_kwargs(self) -> dict:
+        return {"xp": self.xp, "device": self.device, "dtype": self.dtype}
+
+    def asarray(self, a, dtype=None):
+        """Host data -> this case's namespace and device (floats in the case's dtype)."""
+        a = np.asarray(a)
+        if a.dtype.kind == "f":
+            a = a.astype(dtype or self.dtype)
+        return self.backend.from_host(a)
+
+    @property
+    def rtol(self) -> float:
+        return 1e-10 if self.dtype == "float64" else 1e-4
+
+    def __str__(self):
+        return f"{self.lib}-{self.device_name}-{self.dtype}"
+
+
+def _cases():
+    gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"needs CuPy and a GPU: {GPU_REASON}")
+    cases = [
+        pytest.param(Case("numpy", None, "float64"), id="numpy-f64"),
+        pytest.param(Case("numpy", None, "float32"), id="numpy-f32"),
+        pytest.param(Case("strict", "CPU_DEVICE", "float64"), id="strict-cpu-f64"),
+        pytest.param(Case("strict", "device1", "float32"), id="strict-device1-f32"),
+        pytest.param(Case("strict", "no_float64", "float32"), id="strict-nof64-f32"),
+    ]
+    if HAS_TORCH:
+        cases += [pytest.param(Case("torch", "cpu", "float64"), id="torch-cpu-f64"),
+                  pytest.param(Case("torch", "cpu", "float32"), id="torch-cpu-f32")]
+    torch_gpu = pytest.mark.skipif(not TORCH_CUDA, reason="needs torch with CUDA")
+    cases += [pytest.param(Case("torch", "cuda", "float64"), id="torch-cuda-f64", marks=[torch_gpu, pytest.mark.gpu]),
+              pytest.param(Case("torch", "cuda", "float32"), id="torch-cuda-f32", marks=[torch_gpu, pytest.mark.gpu]),
+              pytest.param(Case("cupy", None, "float64"), id="cupy-f64", marks=[gpu, pytest.mark.gpu]),
+              pytest.param(Case("cupy", None, "float32"), id="cupy-f32", marks=[gpu, pytest.mark.gpu])]
+    return cases
+
+
+CASES = _cases()
+CASES64 = [c for c in CASES if c.values[0].dtype == "float64"]
+
+
+@pytest.fixture(params=CASES)
+def case(request) -> Case:
+    return request.param
+
+
+@pytest.fixture(params=CASES64)
+def case64(request) -> Case:
+    return request.param
+
+
+@pytest.fixture
+def data_dir() -> Path | None:
+    """``$XPMLP_DATA`` when it points at a folder, else None."""
+    path = os.environ.get("XPMLP_DATA")
+    return Path(path) if path and Path(path).is_dir() else None
+
+
