@@ -82,6 +82,8 @@ class Backend:
         """
         if _is_host(a):
             host = np.asarray(a)
+            if host.dtype.kind not in "biuf":
+                raise ValueError(f"{what} must hold real numbers, got dtype {host.dtype}")
             if dtype is not None and host.dtype != np.dtype(dtype):
                 host = host.astype(dtype)
             return self.from_host(host)
@@ -229,6 +231,7 @@ def resolve(device=None, xp=None) -> Backend:
         return device
     if xp is not None:
         return _from_namespace(xp, device)
+    source = "$XPMLP_DEVICE" if device is None else "device"
     spec = os.environ.get("XPMLP_DEVICE", "auto") if device is None else device
     if not isinstance(spec, str):
         raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {type(spec).__name__}")
@@ -242,7 +245,7 @@ def resolve(device=None, xp=None) -> Backend:
             return _numpy_backend()
     match = re.fullmatch(r"(?:cuda|gpu)(?::(\d+))?", spec)
     if match is None:
-        raise ValueError(f"unknown device {device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
+        raise ValueError(f"unknown {source} {spec!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
     try:
         return _cupy_backend(int(match.group(1) or 0))
     except _Unavailable as e:

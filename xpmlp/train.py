@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 
-from .backend import _is_host
 from .losses import get_loss
 from .optim import Adam, get_optimizer
 
@@ -42,10 +41,6 @@ def _positive_int(value, name):
 
 def _prepare_X(model, X):
     """Validate X (2-D, numeric, finite, the model's width) and copy it to the device."""
-    if _is_host(X):
-        host = np.asarray(X)
-        if host.dtype.kind not in "biuf":
-            raise ValueError(f"X must hold real numbers, got dtype {host.dtype}")
     Xd = model.backend.asarray(X, dtype=model.dtype, what="X")
     if Xd.ndim != 2:
         hint = " (use X.reshape(-1, 1) for a single feature)" if Xd.ndim == 1 else ""
