@@ -39,6 +39,8 @@ if HAS_TORCH:
     import torch
 
     TORCH_CUDA = torch.cuda.is_available()
+    # Test arrays are tiny: torch's thread pool only adds contention (tens of ms per op on 2 cores).
+    torch.set_num_threads(1)
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,12 @@ Array API library; pick one with ``device="cpu" | "cuda" | "auto"`` (or ``xp=`` 
 
 from .backend import Backend, DeviceMismatchError, available_backends, resolve, to_numpy
 from .layers import (ACTIVATIONS, ELU, GELU, Activation, Dense, Dropout, Identity, Layer, LeakyReLU,
-                     ReLU, Sigmoid, Softmax, Softplus, Tanh)
+                     ReLU, Sigmoid, Softmax, Softplus, Standardize, Tanh)
 from .losses import (LOSSES, Huber, Loss, MeanAbsoluteError, MeanSquaredError, SigmoidBinaryCrossEntropy,
                      SoftmaxCrossEntropy)
 from .model import MLP, Sequential
 from .optim import OPTIMIZERS, SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from . import datasets
 from .train import History
 
 __version__ = "0.1.0"
@@ -18,9 +19,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Backend", "DeviceMismatchError", "available_backends", "resolve", "to_numpy",
     "ACTIVATIONS", "ELU", "GELU", "Activation", "Dense", "Dropout", "Identity", "Layer", "LeakyReLU",
-    "ReLU", "Sigmoid", "Softmax", "Softplus", "Tanh",
+    "ReLU", "Sigmoid", "Softmax", "Softplus", "Standardize", "Tanh",
     "LOSSES", "Huber", "Loss", "MeanAbsoluteError", "MeanSquaredError", "SigmoidBinaryCrossEntropy",
     "SoftmaxCrossEntropy",
-    "MLP", "Sequential", "History",
+    "MLP", "Sequential", "History", "datasets",
     "OPTIMIZERS", "SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop",
 ]

@@ -22,7 +22,7 @@ from .functional import sigmoid, softmax_rows, softplus
 from .init import default_init_for, initialize
 
 __all__ = [
-    "Layer", "Dense", "Dropout", "Activation", "ACTIVATIONS", "get_activation",
+    "Layer", "Dense", "Dropout", "Standardize", "Activation", "ACTIVATIONS", "get_activation",
     "Identity", "ReLU", "LeakyReLU", "ELU", "GELU", "Sigmoid", "Tanh", "Softplus", "Softmax",
 ]
 
@@ -139,6 +139,41 @@ class Dropout(Layer):
 
     def get_config(self):
         return {"rate": self.rate}
+
+
+class Standardize(Layer):
+    """Per-feature ``(x - mean) / std``, with mean and std learned from the training data.
+
+    ``fit`` calls ``adapt`` on the first batch of data it sees (the whole training set), so
+    raw inputs - 0..255 pixels, clinical measurements in mg/dl - can be given as they are. The
+    statistics are state, not parameters: optimisers never change them. Features with zero
+    spread (MNIST's always-blank corner pixels) are divided by 1, not 0.
+
+    Shapes: x (n, d) -> (n, d); mean and std (d,).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.state: dict = {}
+
+    @property
+    def adapted(self) -> bool:
+        return bool(self.state)
+
+    def adapt(self, x) -> None:
+        """Learn mean and std from x (n, d), an array on the model's device."""
+        xp = self.xp
+        mean = xp.mean(x, axis=0)
+        std = xp.std(x, axis=0)
+        self.state = {"mean": mean, "std": xp.where(std > 0, std, 1.0)}
+
+    def forward(self, x, training=False):
+        if not self.state:
+            raise RuntimeError("Standardize has no statistics yet: fit the model, or call adapt(X) first")
+        return (x - self.state["mean"]) / self.state["std"]
+
+    def backward(self, grad_out):
+        return grad_out / self.state["std"]
 
 
 class Activation(Layer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import resolve, to_numpy
-from .layers import Dense, Dropout, Layer, activation_name, dense_for, get_activation
+from .layers import Dense, Dropout, Layer, Standardize, activation_name, dense_for, get_activation
 from .train import History, evaluate, fit, predict
 
 __all__ = ["Sequential", "MLP"]
@@ -130,10 +130,12 @@ class MLP(Sequential):
     activation : str, Activation, or a list with one per hidden layer; default "relu".
     dropout : float, default 0
         Dropout rate after each hidden activation.
+    standardize : bool, default False
+        Start with a :class:`Standardize` layer, so raw (unscaled) features can be given.
     **kwargs : passed to :class:`Sequential` (device, xp, dtype, seed).
     """
 
-    def __init__(self, sizes, activation="relu", *, dropout: float = 0.0, **kwargs):
+    def __init__(self, sizes, activation="relu", *, dropout: float = 0.0, standardize: bool = False, **kwargs):
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) < 1:
             raise ValueError(f"MLP sizes must list at least an input and an output width, all positive; got {sizes}")
@@ -151,6 +153,8 @@ class MLP(Sequential):
                 layers.append(Dropout(dropout))
         layers.append(Dense(sizes[-1]))
         layers[0].in_features = sizes[0]
+        if standardize:
+            layers.insert(0, Standardize())
         self.sizes = sizes
         self.activations = [activation_name(a) for a in acts]
         super().__init__(layers, **kwargs)

@@ -64,6 +64,19 @@ def _prepare_y(model, loss, y, n_samples):
     return yd
 
 
+def _adapt(model, Xd) -> None:
+    """Let layers that learn statistics from data (Standardize) see the inputs that reach them."""
+    pending = [layer for layer in model.layers if hasattr(layer, "adapt") and not layer.adapted]
+    h = Xd
+    for layer in model.layers:
+        if not pending:
+            return
+        if layer is pending[0]:
+            layer.adapt(h)
+            pending.pop(0)
+        h = layer.forward(h)
+
+
 def _batches(n: int, batch_size: int):
     for start in range(0, n, batch_size):
         yield start, min(start + batch_size, n)  # clamp: slicing past the end is not portable
@@ -111,6 +124,7 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     if not model.built:
         model.build(Xd.shape[1])
     yd = _prepare_y(model, loss, y, Xd.shape[0])
+    _adapt(model, Xd)
     model.loss, model.optimizer = loss, optimizer
 
     xp, n = model.xp, Xd.shape[0]

@@ -1,0 +1,341 @@
+"""Datasets on the host (NumPy and pandas): MNIST, UCI heart disease, and toy problems.
+
+Nothing here touches a device: models copy what they need at ``fit``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_mnist", "load_heart_disease", "make_xor", "make_sine", "make_spirals",
+           "train_test_split", "mnist_cache_dir", "DataError", "HEART_COLUMNS"]
+
+
+class DataError(ValueError):
+    """A data file is missing, truncated, corrupted or malformed; the message names it."""
+
+
+# -- MNIST ------------------------------------------------------------------------------------
+MNIST_FILES = {
+    # name: SHA-256 of the *decompressed* IDX content (the original LeCun files), so that
+    # re-compressed archives from any mirror verify too.
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+MNIST_CSV = ("mnist_train.csv", "mnist_test.csv")
+
+
+def mnist_cache_dir() -> Path:
+    """Where downloaded MNIST files go: ``$XPMLP_CACHE/mnist`` or ``~/.cache/xpmlp/mnist``."""
+    root = os.environ.get("XPMLP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "xpmlp")
+    return Path(root) / "mnist"
+
+
+def _open_idx(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    try:
+        if head == b"\x1f\x8b":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as e:  # gzip raises these for truncated or damaged archives
+        raise DataError(f"{path}: cannot be decompressed ({e}); the file is truncated or corrupted") from None
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (gzipped or not) of unsigned bytes into an array of its stated shape."""
+    path = Path(path)
+    data = _open_idx(path)
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (magic {data[:4].hex()!r})")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated header")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    expected = int(np.prod(shape))
+    if len(data) - header != expected:
+        raise DataError(f"{path}: expected {expected} bytes of data for shape {shape}, found "
+                        f"{len(data) - header}; the file is truncated or corrupted")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find_idx(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / (name + ".gz"), folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _mnist_in(folder: Path):
+    """The MNIST files found in a folder as ("idx", {name: path}) or ("csv", paths), or None."""
+    if not folder.is_dir():
+        return None
+    found = {name: _find_idx(folder, name) for name in MNIST_FILES}
+    if all(found.values()):
+        return "idx", found
+    if all((folder / f).is_file() for f in MNIST_CSV):
+        return "csv", [folder / f for f in MNIST_CSV]
+    return None
+
+
+def _read_mnist_csv(path: Path):
+    """``label,pixel0..pixel783`` rows, with or without a header line, via pandas."""
+    import pandas as pd
+
+    first = path.open().readline()
+    has_header = any(c.isalpha() for c in first)
+    frame = pd.read_csv(path, header=0 if has_header else None)
+    if frame.shape[1] != 785:
+        raise DataError(f"{path}: expected 785 columns (label + 784 pixels), found {frame.shape[1]}")
+    values = frame.to_numpy()
+    if not np.issubdtype(values.dtype, np.number) or np.isnan(values).any():
+        raise DataError(f"{path}: holds non-numeric or missing values")
+    if values.min() < 0 or values[:, 1:].max() > 255 or values[:, 0].max() > 9:
+        raise DataError(f"{path}: labels must be 0..9 and pixels 0..255")
+    return values[:, 1:].astype(np.uint8), values[:, 0].astype(np.int64)
+
+
+def _download(name: str, dest: Path, mirrors, progress: bool) -> None:
+    """Fetch ``name.gz`` from the first mirror that answers, verify it, then move it into place.
+
+    The archive is written to a temporary file beside ``dest`` and renamed only after its
+    checksum matches, so an interrupted or corrupted download never leaves a file behind.
+    """
+    from tqdm.auto import tqdm
+
+    errors = []
+    for base in mirrors:
+        url = base.rstrip("/") + "/" + name + ".gz"
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress) as bar:
+                    while chunk := response.read(1 << 16):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+            digest = hashlib.sha256(_open_idx(Path(tmp))).hexdigest()
+            if digest != MNIST_FILES[name]:
+                raise DataError(f"checksum mismatch for {url}: SHA-256 of the content is {digest}, "
+                                f"expected {MNIST_FILES[name]}; the download is corrupted")
+            os.replace(tmp, dest)
+            return
+        except (urllib.error.URLError, OSError, DataError) as e:
+            errors.append(f"{url}: {e}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    if any("checksum mismatch" in e or "corrupted" in e for e in errors):
+        raise DataError("MNIST download failed verification:\n  " + "\n  ".join(errors))
+    raise DataError("could not download MNIST:\n  " + "\n  ".join(errors))
+
+
+def load_mnist(path=None, download: bool = True, *, flatten: bool = True, cache_dir=None,
+               mirrors=MNIST_MIRRORS, progress: bool = True):
+    """Load MNIST as NumPy arrays.
+
+    Looks in ``path``, then ``$XPMLP_DATA/mnist``, then the cache directory, for the four IDX
+    files (``train-images-idx3-ubyte[.gz]`` and so on) or for ``mnist_train.csv`` and
+    ``mnist_test.csv`` (``label,pixel0..pixel783``, with or without a header). If none has them
+    and ``download`` is true, downloads the four archives into the cache, verifying checksums.
+
+    Parameters
+    ----------
+    path : folder, optional
+    download : bool, default True
+    flatten : bool, default True
+        Images as (n, 784) rows; False gives (n, 28, 28).
+    cache_dir : folder, optional
+        Default :func:`mnist_cache_dir`.
+    mirrors : sequence of base URLs tried in order.
+    progress : show a tqdm progress bar while downloading.
+
+    Returns
+    -------
+    (X_train, y_train), (X_test, y_test)
+        uint8 images (60000, 784) and (10000, 784); int64 labels 0..9.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else mnist_cache_dir()
+    places = ([Path(path)] if path is not None else [])
+    if os.environ.get("XPMLP_DATA"):
+        places.append(Path(os.environ["XPMLP_DATA"]) / "mnist")
+    places.append(cache)
+    found = next((f for f in map(_mnist_in, places) if f is not None), None)
+    if found is None:
+        if not download:
+            raise DataError(_where_to_put_mnist(places))
+        cache.mkdir(parents=True, exist_ok=True)
+        try:
+            for name in MNIST_FILES:
+                if _find_idx(cache, name) is None:
+                    _download(name, cache / (name + ".gz"), mirrors, progress)
+        except DataError as e:
+            raise DataError(f"{e}\n{_where_to_put_mnist(places)}") from None
+        found = _mnist_in(cache)
+
+    kind, files = found
+    if kind == "csv":
+        (Xtr, ytr), (Xte, yte) = _read_mnist_csv(files[0]), _read_mnist_csv(files[1])
+    else:
+        Xtr, ytr = read_idx(files["train-images-idx3-ubyte"]), read_idx(files["train-labels-idx1-ubyte"])
+        Xte, yte = read_idx(files["t10k-images-idx3-ubyte"]), read_idx(files["t10k-labels-idx1-ubyte"])
+        for images, labels, name in ((Xtr, ytr, "train"), (Xte, yte, "t10k")):
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise DataError(f"MNIST {name} files disagree: images {images.shape}, labels {labels.shape}")
+        ytr, yte = ytr.astype(np.int64), yte.astype(np.int64)
+    if flatten:
+        Xtr, Xte = Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1)
+    else:
+        Xtr, Xte = Xtr.reshape(-1, 28, 28), Xte.reshape(-1, 28, 28)
+    return (Xtr, ytr), (Xte, yte)
+
+
+def _where_to_put_mnist(places) -> str:
+    listed = "\n  ".join(str(p) for p in places)
+    return ("MNIST was not found. Put the four files train-images-idx3-ubyte.gz, "
+            "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz "
+            "(or mnist_train.csv and mnist_test.csv) in one of:\n  " + listed +
+            "\nor set XPMLP_DATA to a folder with an mnist/ subfolder.")
+
+
+# -- UCI heart disease ------------------------------------------------------------------------
+HEART_COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach",
+                 "exang", "oldpeak", "slope", "ca", "thal", "num"]
+
+
+def load_heart_disease(path=None, *, missing: str = "drop", target: str = "binary", as_frame: bool = False):
+    """Load the UCI Cleveland heart-disease file (``processed.cleveland.data``).
+
+    The file has 303 rows of 14 comma-separated columns (``HEART_COLUMNS``), no header, and
+    ``?`` for 6 missing values (in ``ca`` and ``thal``).
+
+    Parameters
+    ----------
+    path : file, optional
+        Default ``$XPMLP_DATA/uci-heart/processed.cleveland.data``.
+    missing : "drop" (default) or "median"
+        Missing-value policy: drop the 6 incomplete rows (297 remain), or fill each missing
+        value with its column's median.
+    target : "binary" (default) or "num"
+        ``disease`` = 1 when ``num`` > 0 (disease present), or the 0..4 severity ``num``.
+    as_frame : bool
+        Return the pandas DataFrame (the 14 columns plus ``disease``) instead of X, y.
+
+    Returns
+    -------
+    DataFrame, or X (n, 13) float64 and y (n,) int64.
+    """
+    import pandas as pd
+
+    if path is None:
+        if not os.environ.get("XPMLP_DATA"):
+            raise DataError("no path given and XPMLP_DATA is not set; pass the path of processed.cleveland.data")
+        path = Path(os.environ["XPMLP_DATA"]) / "uci-heart" / "processed.cleveland.data"
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (the UCI Cleveland file processed.cleveland.data)")
+    if missing not in ("drop", "median") or target not in ("binary", "num"):
+        raise ValueError(f"missing must be 'drop' or 'median' and target 'binary' or 'num'; got {missing!r}, {target!r}")
+    frame = pd.read_csv(path, header=None, na_values="?")
+    if frame.shape[1] != len(HEART_COLUMNS):
+        raise DataError(f"{path}: expected {len(HEART_COLUMNS)} columns, found {frame.shape[1]}")
+    frame.columns = HEART_COLUMNS
+    for column in HEART_COLUMNS:
+        bad = pd.to_numeric(frame[column], errors="coerce").isna() & frame[column].notna()
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise DataError(f"{path}: row {row + 1}, column {column!r}: {frame[column].iloc[row]!r} is not a number")
+    frame = frame.astype(float)
+    if frame["num"].isna().any():
+        raise DataError(f"{path}: row {int(frame['num'].isna().to_numpy().argmax()) + 1} has no target (num)")
+    frame = frame.dropna() if missing == "drop" else frame.fillna(frame.median())
+    frame = frame.reset_index(drop=True)
+    frame["num"] = frame["num"].astype(np.int64)
+    frame["disease"] = (frame["num"] > 0).astype(np.int64)
+    if as_frame:
+        return frame
+    X = frame[HEART_COLUMNS[:-1]].to_numpy(dtype=np.float64)
+    return X, frame["disease" if target == "binary" else "num"].to_numpy()
+
+
+# -- toy problems -----------------------------------------------------------------------------
+def make_xor(n: int = 4000, noise: float = 0.1, bias_column: bool = False, seed: int | None = 0):
+    """XOR: points near the corners of the unit square, label = x1 XOR x2.
+
+    Returns X (n, 2), or (n, 3) with a leading column of ones when ``bias_column`` (as in many
+    tutorials; xpmlp's layers have their own biases), and y (n,) int64.
+    """
+    rng = np.random.default_rng(seed)
+    corners = rng.integers(0, 2, size=(n, 2))
+    X = corners + rng.normal(0.0, noise, size=(n, 2))
+    if bias_column:
+        X = np.column_stack([np.ones(n), X])
+    return X, (corners[:, 0] ^ corners[:, 1]).astype(np.int64)
+
+
+def make_sine(n: int = 1000, low: float = 0.0, high: float = 4 * np.pi, fn=None, noise: float = 0.0,
+              seed: int | None = 0):
+    """A 1-D regression problem: x uniform on [low, high], y = fn(x) (default |sin x|) + noise.
+
+    Returns X (n, 1) and y (n, 1), float64.
+    """
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(low, high, size=(n, 1))
+    y = (np.abs(np.sin(X)) if fn is None else fn(X)) + rng.normal(0.0, noise, size=(n, 1)) * (noise > 0)
+    return X, y
+
+
+def make_spirals(n: int = 1000, n_classes: int = 2, noise: float = 0.2, turns: float = 1.5,
+                 seed: int | None = 0):
+    """Interleaved 2-D spirals, one arm per class: not linearly separable.
+
+    Returns X (n, 2) float64 and y (n,) int64 with classes of (almost) equal size.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    r = rng.uniform(0.05, 1.0, size=n)
+    theta = r * turns * 2 * np.pi + y * (2 * np.pi / n_classes)
+    X = np.column_stack([r * np.cos(theta), r * np.sin(theta)]) + rng.normal(0.0, noise * 0.1, size=(n, 2))
+    return X, y.astype(np.int64)
+
+
+def train_test_split(X, y, test_size: float = 0.2, *, stratify: bool = True, seed: int | None = 0):
+    """Shuffle and split (X, y) into train and test parts, keeping class proportions by default.
+
+    Returns X_train, X_test, y_train, y_test. With ``stratify``, each class (value of y) sends
+    round(test_size * its count) rows to the test part, so class-ordered data is never split by
+    position.
+    """
+    if not 0.0 < float(test_size) < 1.0:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size!r}")
+    X, y = np.asarray(X), np.asarray(y)
+    if len(X) != len(y):
+        raise ValueError(f"X and y have different lengths: {len(X)} and {len(y)}")
+    rng = np.random.default_rng(seed)
+    if stratify:
+        groups = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
+        test = np.concatenate([g[: int(round(test_size * len(g)))] for g in groups])
+    else:
+        test = rng.permutation(len(X))[: int(round(test_size * len(X)))]
+    mask = np.zeros(len(X), dtype=bool)
+    mask[test] = True
+    train_idx, test_idx = rng.permutation(np.flatnonzero(~mask)), rng.permutation(np.flatnonzero(mask))
+    return X[train_idx], X[test_idx], y[train_idx], y[test_idx]
