@@ -12,6 +12,7 @@ from .losses import (LOSSES, Huber, Loss, MeanAbsoluteError, MeanSquaredError, S
 from .model import MLP, Sequential
 from .optim import OPTIMIZERS, SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from . import datasets
+from .io import ModelFileError, load
 from .train import History
 
 __version__ = "0.1.0"
@@ -22,6 +23,6 @@ __all__ = [
     "ReLU", "Sigmoid", "Softmax", "Softplus", "Standardize", "Tanh",
     "LOSSES", "Huber", "Loss", "MeanAbsoluteError", "MeanSquaredError", "SigmoidBinaryCrossEntropy",
     "SoftmaxCrossEntropy",
-    "MLP", "Sequential", "History", "datasets",
+    "MLP", "Sequential", "History", "datasets", "load", "ModelFileError",
     "OPTIMIZERS", "SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop",
 ]

@@ -66,7 +66,14 @@ def cmd_mnist(args) -> int:
     model = _model([784, *args.hidden, 10], args)
     seconds = _train_epochs(model, X_train, y_train, "softmax_cross_entropy", args)
     _report(seconds, len(X_train), args.epochs, test_accuracy=_accuracy(model, X_test, y_test))
+    _save(model, args)
     return 0
+
+
+def _save(model, args) -> None:
+    if args.save:
+        model.save(args.save)
+        print(f"model saved to {args.save} (load it with xpmlp.load)")
 
 
 def _read_csv(path: str, target: str):
@@ -132,6 +139,7 @@ def cmd_csv(args) -> int:
         mse = float(np.mean((pred - y[test]) ** 2))
         r2 = 1.0 - mse / float(np.var(y[test])) if np.var(y[test]) > 0 else float("nan")
         _report(seconds, len(train), args.epochs, held_out_mse=mse, held_out_r2=r2)
+    _save(model, args)
     return 0
 
 
@@ -149,6 +157,7 @@ def cmd_toy(args) -> int:
         model = _model([1, *args.hidden, 1], args)
         seconds = _train_epochs(model, X, y, "mse", args)
         _report(seconds, len(X), args.epochs, mse=float(np.mean((to_numpy(model.predict(X)) - y) ** 2)))
+    _save(model, args)
     return 0
 
 
@@ -187,6 +196,7 @@ def _add_training_options(p, problem):
     p.add_argument("--lr", type=float, default=d["lr"])
     p.add_argument("--lr-decay", type=float, default=d["lr_decay"], help="learning rate factor after each epoch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", default=None, metavar="PATH", help="save the trained model (safetensors)")
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import io as _io
 from .backend import resolve, to_numpy
 from .layers import Dense, Dropout, Layer, Standardize, activation_name, dense_for, get_activation
 from .train import History, evaluate, fit, predict
@@ -110,6 +111,19 @@ class Sequential:
     fit = fit
     predict = predict
     evaluate = evaluate
+
+    # -- files ---------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Save architecture, weights, loss, optimiser state and RNG states (see :mod:`xpmlp.io`)."""
+        _io.save(self, path)
+
+    def save_weights(self, path) -> None:
+        """Save only the weights (and Standardize statistics)."""
+        _io.save_weights(self, path)
+
+    def load_weights(self, path) -> None:
+        """Load weights saved from a model of the same architecture."""
+        _io.load_weights(self, path)
 
     def __repr__(self):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)

@@ -1,0 +1,175 @@
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import xpmlp
+from xpmlp import ModelFileError, to_numpy
+from xpmlp.io import FORMAT_VERSION
+from conftest import Case
+
+rng = np.random.default_rng(0)
+X = rng.normal(50.0, 10.0, size=(40, 5))  # unscaled on purpose: Standardize state must survive
+Y = (X[:, 0] > 50).astype(np.int64) + (X[:, 1] > 50)
+
+
+def _model(case, **kw):
+    return xpmlp.MLP([5, 8, 3], activation="tanh", dropout=0.1, standardize=True, seed=1,
+                     **case.model_kwargs(), **kw)
+
+
+def test_save_on_one_backend_load_on_another(case, tmp_path):
+    """Stands in for GPU -> CPU and back: arrays are stored on the host."""
+    model = _model(case)
+    model.fit(X, Y, loss="softmax_cross_entropy", optimizer=xpmlp.AdamW(lr=0.01), epochs=2, batch_size=8)
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    expected = to_numpy(model.predict(X))
+    on_numpy = xpmlp.load(path, device="cpu")
+    for a, b in zip(on_numpy.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)  # the stored numbers are exact
+    # another library's kernels round differently: equal to rounding, not bit for bit
+    np.testing.assert_allclose(to_numpy(on_numpy.predict(X)), expected, rtol=case.rtol, atol=case.rtol * 1e-3)
+    back = xpmlp.load(path, **{k: v for k, v in case.model_kwargs().items() if k != "dtype"})
+    np.testing.assert_array_equal(to_numpy(back.predict(X)), expected)  # same backend: identical
+    assert back.dtype == case.dtype and isinstance(back.optimizer, xpmlp.AdamW)
+    assert back.optimizer.t == model.optimizer.t and back.optimizer.weight_decay == 0.01
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    case = Case("numpy", None, "float64")
+    straight = _model(case)
+    straight.fit(X, Y, loss="softmax_cross_entropy", optimizer=xpmlp.Adam(lr=0.01), epochs=4, batch_size=8)
+    first = _model(case)
+    first.fit(X, Y, loss="softmax_cross_entropy", optimizer=xpmlp.Adam(lr=0.01), epochs=2, batch_size=8)
+    first.save(tmp_path / "ckpt.safetensors")
+    resumed = xpmlp.load(tmp_path / "ckpt.safetensors", device="cpu")
+    resumed.fit(X, Y, epochs=2, batch_size=8)  # loss, optimiser, shuffle and dropout RNGs from the file
+    for a, b in zip(resumed.get_weights(), straight.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_save_weights_and_load_weights(tmp_path):
+    a = xpmlp.MLP([5, 4, 3], seed=1, device="cpu", standardize=True)
+    a.fit(X, Y, loss="softmax_cross_entropy", epochs=1)
+    a.save_weights(tmp_path / "w.safetensors")
+    b = xpmlp.MLP([5, 4, 3], seed=2, device="cpu", standardize=True)
+    b.load_weights(tmp_path / "w.safetensors")
+    for u, v in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(u, v)
+    np.testing.assert_array_equal(to_numpy(a.forward(a.backend.from_host(X.astype("float32")))),
+                                  to_numpy(b.forward(b.backend.from_host(X.astype("float32")))))
+    other = xpmlp.MLP([5, 6, 3], seed=1, device="cpu", standardize=True)
+    with pytest.raises(ModelFileError, match=r"layers.1.W has shape \(5, 4\), the model expects \(5, 6\)"):
+        other.load_weights(tmp_path / "w.safetensors")
+    deeper = xpmlp.MLP([5, 4, 4, 3], seed=1, device="cpu", standardize=True)
+    with pytest.raises(ModelFileError, match="do not match this model's architecture"):
+        deeper.load_weights(tmp_path / "w.safetensors")
+
+
+def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    model = xpmlp.MLP([5, 4, 3], seed=1, device="cpu")
+    model.save(path)
+    before = path.read_bytes()
+
+    def crash(fd):
+        raise KeyboardInterrupt  # as if the process were stopped mid-write
+
+    monkeypatch.setattr(os, "fsync", crash)
+    model.fit(X, Y, loss="softmax_cross_entropy", epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        model.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary left behind
+
+
+KILLED_WRITER = """
+import sys, numpy as np, xpmlp
+model = xpmlp.MLP([784, 1024, 1024, 10], seed=0, device="cpu")
+print("ready", flush=True)
+while True:
+    model.set_weights([w + 1 for w in model.get_weights()])
+    model.save(sys.argv[1])
+"""
+
+
+def test_killed_during_save_leaves_a_loadable_file(tmp_path):
+    path = tmp_path / "big.safetensors"
+    xpmlp.MLP([784, 1024, 1024, 10], seed=0, device="cpu").save(path)
+    for delay in (0.3, 0.55, 0.8):
+        child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE)
+        assert child.stdout.readline().strip() == b"ready"
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        loaded = xpmlp.load(path, device="cpu")  # whole and valid, old or new
+        assert loaded.n_params == 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10
+
+
+def _saved(tmp_path):
+    path = tmp_path / "good.safetensors"
+    xpmlp.MLP([5, 4, 3], seed=1, device="cpu").save(path)
+    return path
+
+
+def test_truncated_and_corrupted_files(tmp_path):
+    data = _saved(tmp_path).read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 10])
+    with pytest.raises(ModelFileError, match="cut.safetensors: not a valid safetensors file, or truncated or corrupted"):
+        xpmlp.load(tmp_path / "cut.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(data[:8] + b"#" * 20 + data[28:])
+    with pytest.raises(ModelFileError, match="bad.safetensors: not a valid safetensors file"):
+        xpmlp.load(tmp_path / "bad.safetensors")
+    with pytest.raises(ModelFileError, match="nothere.safetensors: no such file"):
+        xpmlp.load(tmp_path / "nothere.safetensors")
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_pickle_files_are_refused_without_running_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(_Boom()))
+    with pytest.raises(ModelFileError, match="a pickle or zip archive.*never unpickles"):
+        xpmlp.load(tmp_path / "evil.pkl")
+    assert not (tmp_path / "pwned").exists()
+    torch = pytest.importorskip("torch")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "t.pt")
+    with pytest.raises(ModelFileError, match="a pickle or zip archive"):
+        xpmlp.load(tmp_path / "t.pt")
+
+
+def test_foreign_and_future_files(tmp_path):
+    import safetensors.numpy
+
+    safetensors.numpy.save_file({"weight": np.zeros(3, np.float32)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(ModelFileError, match="a safetensors file, but not an xpmlp file"):
+        xpmlp.load(tmp_path / "foreign.safetensors")
+    safetensors.numpy.save_file({"w": np.zeros(1)}, str(tmp_path / "future.safetensors"),
+                                metadata={"format": "xpmlp", "format_version": str(FORMAT_VERSION + 1)})
+    with pytest.raises(ModelFileError, match="format version '2' is not one this xpmlp reads"):
+        xpmlp.load(tmp_path / "future.safetensors")
+
+
+def test_saving_an_unbuilt_model_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no weights yet"):
+        xpmlp.Sequential([xpmlp.Dense(2)], device="cpu").save(tmp_path / "x.safetensors")
+
+
+def test_cli_save_then_load(tmp_path, capsys):
+    from xpmlp.cli import main
+
+    path = tmp_path / "xor.safetensors"
+    assert main(["train", "xor", "--device", "cpu", "--save", str(path)]) == 0
+    assert f"model saved to {path}" in capsys.readouterr().out
+    model = xpmlp.load(path, device="cpu")
+    corners = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
+    np.testing.assert_array_equal(to_numpy(model.predict(corners)).argmax(axis=1), [0, 1, 1, 0])
