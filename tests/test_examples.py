@@ -59,3 +59,13 @@ def test_mnist_example_reaches_its_targets(data_dir):
     result = module.main()
     for name, accuracy in result.items():
         assert accuracy >= module.ARCHITECTURES[name][-1], (name, accuracy)
+
+
+def test_training_curves_example(data_dir, tmp_path):
+    _need(data_dir, "mnist")
+    pytest.importorskip("matplotlib")
+    result = _example("training_curves").main(epochs=3, subset=3000, plot=str(tmp_path / "c.png"),
+                                               log=str(tmp_path / "log.csv"))
+    assert result["accuracy"] > 0.85 and result["epochs_run"] == 3
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 4  # header + 3 epochs

@@ -11,9 +11,9 @@ from .losses import (LOSSES, Huber, Loss, MeanAbsoluteError, MeanSquaredError, S
                      SoftmaxCrossEntropy)
 from .model import MLP, Sequential
 from .optim import OPTIMIZERS, SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
-from . import datasets
+from . import callbacks, datasets, metrics, schedules
 from .io import ModelFileError, load
-from .train import History
+from .train import DivergenceError, History
 
 __version__ = "0.1.0"
 
@@ -23,6 +23,7 @@ __all__ = [
     "ReLU", "Sigmoid", "Softmax", "Softplus", "Standardize", "Tanh",
     "LOSSES", "Huber", "Loss", "MeanAbsoluteError", "MeanSquaredError", "SigmoidBinaryCrossEntropy",
     "SoftmaxCrossEntropy",
-    "MLP", "Sequential", "History", "datasets", "load", "ModelFileError",
+    "MLP", "Sequential", "History", "DivergenceError", "load", "ModelFileError",
+    "callbacks", "datasets", "metrics", "schedules",
     "OPTIMIZERS", "SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop",
 ]

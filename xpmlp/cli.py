@@ -20,18 +20,14 @@ class CliError(Exception):
 
 
 def _train_epochs(model, X, y, loss, args):
-    """Train epoch by epoch (learning rate decayed after each), printing one line per epoch."""
+    """fit with the learning rate decayed after each epoch; a progress bar (or a line) per epoch."""
+    from .callbacks import LearningRateScheduler
     from .optim import get_optimizer
 
-    optimizer = get_optimizer(args.optimizer, lr=args.lr)
+    decay = LearningRateScheduler(lambda epoch, lr: args.lr * args.lr_decay ** epoch)
     started = time.perf_counter()
-    for epoch in range(args.epochs):
-        t = time.perf_counter()
-        history = model.fit(X, y, loss=loss, optimizer=optimizer, epochs=1, batch_size=args.batch_size,
-                            seed=args.seed + epoch)
-        optimizer.lr *= args.lr_decay
-        print(f"epoch {epoch + 1}/{args.epochs}  loss {history.history['loss'][0]:.4f}  "
-              f"{time.perf_counter() - t:.1f}s", flush=True)
+    model.fit(X, y, loss=loss, optimizer=get_optimizer(args.optimizer, lr=args.lr), epochs=args.epochs,
+              batch_size=args.batch_size, seed=args.seed, verbose=1, callbacks=[decay])
     model.backend.synchronize()
     return time.perf_counter() - started
 

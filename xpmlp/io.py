@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from .backend import to_numpy
 from .layers import ACTIVATIONS, Dense, Dropout, Standardize
 from .losses import LOSSES
 from .optim import OPTIMIZERS
+from .schedules import SCHEDULES, Schedule
 
 __all__ = ["save", "load", "save_weights", "load_weights", "ModelFileError", "FORMAT_VERSION"]
 
@@ -81,8 +83,8 @@ def save(model, path) -> None:
     optimizer = None
     if model.optimizer is not None:
         opt = model.optimizer
-        optimizer = {"class": type(opt).__name__, "config": opt.get_config(), "t": opt.t,
-                     "has_state": opt.state is not None}
+        optimizer = {"class": type(opt).__name__, "config": {**opt.get_config(), "lr": _lr_config(opt)},
+                     "t": opt.t, "has_state": opt.state is not None}
         for j, state in enumerate(opt.state or []):
             for key, value in state.items():
                 tensors[f"optimizer.{j}.{key}"] = to_numpy(value)
@@ -101,6 +103,18 @@ def save(model, path) -> None:
                                       for i, layer in enumerate(model.layers) if isinstance(layer, Dropout)}}),
     }
     _write(path, tensors, metadata)
+
+
+def _lr_config(opt):
+    """A float, or a schedule as {"schedule": name, "config": {...}}; plain functions are not storable."""
+    if isinstance(opt.lr, Schedule) and type(opt.lr).__name__ in SCHEDULES:
+        return {"schedule": type(opt.lr).__name__, "config": opt.lr.get_config()}
+    if callable(opt.lr):
+        warnings.warn("the learning rate is a plain function, which cannot be saved; the file stores its "
+                      f"current value {opt.current_lr():g} (use a schedule from xpmlp.schedules to keep it)",
+                      UserWarning, stacklevel=3)
+        return opt.current_lr()
+    return opt.lr
 
 
 def _read(path, formats: tuple):
@@ -193,7 +207,10 @@ def load(path, device=None, xp=None):
         model.loss = _LOSSES[loss["class"]](**loss["config"])
     opt = _json(metadata, "optimizer", path)
     if opt is not None:
-        optimizer = _OPTIMIZERS[opt["class"]](**opt["config"])
+        config = dict(opt["config"])
+        if isinstance(config["lr"], dict):
+            config["lr"] = SCHEDULES[config["lr"]["schedule"]](**config["lr"]["config"])
+        optimizer = _OPTIMIZERS[opt["class"]](**config)
         optimizer.t = int(opt["t"])
         if opt["has_state"]:
             optimizer.state = []

@@ -20,19 +20,38 @@ __all__ = ["Loss", "SoftmaxCrossEntropy", "SigmoidBinaryCrossEntropy", "MeanSqua
 
 
 class Loss:
-    """Base class: caches what ``backward`` needs in ``forward``."""
+    """Base class. Subclasses give per-sample losses and the gradient of their mean.
+
+    ``forward(z, y, sample_weight=None)`` returns the mean over the batch of
+    ``sample_weight[i] * loss_i`` (Keras's convention: weights scale each sample's pull, the
+    divisor stays the batch size); ``backward()`` returns its gradient with respect to z.
+    """
 
     name = ""
     is_classifier = False
 
-    def forward(self, z, y):
+    def per_sample(self, xp, z, y):
+        """Loss of each row, shape (n,); caches what ``mean_grad`` needs."""
         raise NotImplementedError
+
+    def mean_grad(self, xp):
+        """Gradient of the unweighted batch mean with respect to z, shape of z."""
+        raise NotImplementedError
+
+    def forward(self, z, y, sample_weight=None):
+        xp = namespace_of(z)
+        self._xp, self._w = xp, sample_weight
+        losses = self.per_sample(xp, z, y)
+        if sample_weight is None:
+            return xp.mean(losses)
+        return xp.sum(losses * sample_weight) / z.shape[0]
 
     def backward(self):
-        raise NotImplementedError
+        g = self.mean_grad(self._xp)
+        return g if self._w is None else g * self._xp.expand_dims(self._w, axis=1)
 
-    def __call__(self, z, y):
-        return self.forward(z, y)
+    def __call__(self, z, y, sample_weight=None):
+        return self.forward(z, y, sample_weight)
 
     def link(self, xp, z):
         """Predictions from outputs z (n, k): identity unless the loss fuses an activation."""
@@ -73,14 +92,13 @@ class SoftmaxCrossEntropy(Loss):
             y = (1.0 - self.label_smoothing) * y + self.label_smoothing / k
         return y
 
-    def forward(self, z, y):
-        xp = namespace_of(z)
+    def per_sample(self, xp, z, y):
         t = self._targets(xp, z, y)
         logp = z - logsumexp_rows(xp, z)
         self._p, self._t = xp.exp(logp), t
-        return -xp.sum(t * logp) / z.shape[0]
+        return -xp.sum(t * logp, axis=1)
 
-    def backward(self):
+    def mean_grad(self, xp):
         return (self._p - self._t) / self._p.shape[0]
 
     def link(self, xp, z):
@@ -102,15 +120,13 @@ class SigmoidBinaryCrossEntropy(Loss):
     name = "sigmoid_binary_cross_entropy"
     is_classifier = True
 
-    def forward(self, z, y):
-        xp = namespace_of(z)
+    def per_sample(self, xp, z, y):
         self._z, self._y = z, y
         # log(1 + exp(z)) - z*y, with the log1p term bounded: never overflows.
         per_entry = xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
-        return xp.mean(per_entry)
+        return xp.mean(per_entry, axis=1)
 
-    def backward(self):
-        xp = namespace_of(self._z)
+    def mean_grad(self, xp):
         return (sigmoid(xp, self._z) - self._y) / _count(self._z)
 
     def link(self, xp, z):
@@ -129,12 +145,11 @@ class MeanSquaredError(Loss):
 
     name = "mse"
 
-    def forward(self, z, y):
-        xp = namespace_of(z)
+    def per_sample(self, xp, z, y):
         self._d = z - y
-        return xp.mean(self._d * self._d)
+        return xp.mean(self._d * self._d, axis=1)
 
-    def backward(self):
+    def mean_grad(self, xp):
         return 2.0 * self._d / _count(self._d)
 
 
@@ -143,13 +158,12 @@ class MeanAbsoluteError(Loss):
 
     name = "mae"
 
-    def forward(self, z, y):
-        xp = namespace_of(z)
+    def per_sample(self, xp, z, y):
         self._d = z - y
-        return xp.mean(xp.abs(self._d))
+        return xp.mean(xp.abs(self._d), axis=1)
 
-    def backward(self):
-        return namespace_of(self._d).sign(self._d) / _count(self._d)
+    def mean_grad(self, xp):
+        return xp.sign(self._d) / _count(self._d)
 
 
 class Huber(Loss):
@@ -162,17 +176,14 @@ class Huber(Loss):
             raise ValueError(f"Huber delta must be positive, got {delta!r}")
         self.delta = float(delta)
 
-    def forward(self, z, y):
-        xp = namespace_of(z)
+    def per_sample(self, xp, z, y):
         d = z - y
         a = xp.abs(d)
         self._d = d
-        return xp.mean(xp.where(a <= self.delta, 0.5 * d * d, self.delta * (a - 0.5 * self.delta)))
+        return xp.mean(xp.where(a <= self.delta, 0.5 * d * d, self.delta * (a - 0.5 * self.delta)), axis=1)
 
-    def backward(self):
-        xp = namespace_of(self._d)
-        d = self._d
-        return xp.clip(d, -self.delta, self.delta) / _count(d)
+    def mean_grad(self, xp):
+        return xp.clip(self._d, -self.delta, self.delta) / _count(self._d)
 
     def get_config(self):
         return {"delta": self.delta}

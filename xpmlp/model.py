@@ -51,6 +51,7 @@ class Sequential:
         self.shuffle_rng = np.random.default_rng(shuffle_seq)
         self.loss = None
         self.optimizer = None
+        self.stop_training = False  # callbacks set it to end fit after the current epoch
         self.history: History | None = None
         self.in_features = None
         first = next(layer for layer in layers if isinstance(layer, Dense))
@@ -124,6 +125,31 @@ class Sequential:
     def load_weights(self, path) -> None:
         """Load weights saved from a model of the same architecture."""
         _io.load_weights(self, path)
+
+    def summary(self, print_fn=print) -> str:
+        """Print (and return) a table of layers, output shapes and parameter counts, like Keras."""
+        rows = [("Layer", "Output shape", "Params")]
+        width = self.in_features
+        if width is not None:
+            rows.append(("Input", f"(None, {width})", "0"))
+        for layer in self.layers:
+            if isinstance(layer, Dense):
+                width = layer.units
+            count = sum(int(np.prod(p.shape)) for p in layer.params.values())
+            extra = sum(int(np.prod(v.shape)) for v in getattr(layer, "state", {}).values())
+            shown = f"{count:,}" + (f" (+{extra:,} statistics)" if extra else "")
+            name = type(layer).__name__
+            arg = layer.units if isinstance(layer, Dense) else getattr(layer, "rate", None)
+            rows.append((name if arg is None else f"{name}({arg})", f"(None, {width if width is not None else '?'})", shown))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        rule = "-" * (sum(widths) + 4)
+        lines = [f"Sequential on {self.backend}, {self.dtype}", rule]
+        lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
+        total = self.n_params if self.built else 0
+        lines += [rule, f"Total parameters: {total:,}" + ("" if self.built else " (not built yet)")]
+        text = "\n".join(lines)
+        print_fn(text)
+        return text
 
     def __repr__(self):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)

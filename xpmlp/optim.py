@@ -32,8 +32,9 @@ class Optimizer:
 
     Parameters
     ----------
-    lr : float
-        Learning rate; may be changed between steps (``opt.lr = ...``).
+    lr : float or callable
+        Learning rate; may be changed between steps (``opt.lr = ...``), or a schedule
+        ``fn(step) -> float`` of the number of updates done so far (see :mod:`xpmlp.schedules`).
     weight_decay : float, default 0
         L2 penalty added to the gradient (``g + weight_decay * p``), or, for optimisers with
         ``decoupled_weight_decay``, a shrink ``p * (1 - lr * weight_decay)`` before the update.
@@ -43,16 +44,20 @@ class Optimizer:
 
     decoupled_weight_decay = False
 
-    def __init__(self, lr: float, weight_decay: float = 0.0, clipnorm: float | None = None):
-        if float(lr) < 0:
+    def __init__(self, lr, weight_decay: float = 0.0, clipnorm: float | None = None):
+        if not callable(lr) and float(lr) < 0:
             raise ValueError(f"learning rate must be non-negative, got {lr!r}")
         if clipnorm is not None and float(clipnorm) <= 0:
             raise ValueError(f"clipnorm must be positive, got {clipnorm!r}")
-        self.lr = float(lr)
+        self.lr = lr if callable(lr) else float(lr)
         self.weight_decay = float(weight_decay)
         self.clipnorm = None if clipnorm is None else float(clipnorm)
         self.t = 0  # steps taken
         self.state: list[dict] | None = None
+
+    def current_lr(self) -> float:
+        """The learning rate the next update uses (a schedule is evaluated at the step count)."""
+        return float(self.lr(self.t)) if callable(self.lr) else self.lr
 
     def init_state(self, xp, p) -> dict:
         """Per-parameter state (moment buffers) for parameter p."""
@@ -83,8 +88,8 @@ class Optimizer:
                              f"given {len(params)}; use a new optimizer for a different model")
         if self.clipnorm is not None:
             grads = clip_by_global_norm(xp, grads, self.clipnorm)
+        lr, wd = self.current_lr(), self.weight_decay
         self.t += 1
-        lr, wd = float(self.lr), self.weight_decay
         for (pd, _, k), p, g, state in zip(slots, params, grads, self.state):
             if wd and self.decoupled_weight_decay:
                 p = p * (1.0 - lr * wd)

@@ -2,79 +2,192 @@
 
 The whole training set is copied to the model's device once; each epoch draws one seeded
 permutation on the host, copies it over, and gathers every batch on the device with
-``xp.take``. The loss is summed on the device and read once per epoch, so the loop never waits
-for the device between batches.
+``xp.take``. The loss, the metrics' running sums and the index of the first non-finite batch
+all stay on the device and are read once per epoch, so the loop never waits for the device
+between batches (the progress bar only counts batches).
 """
 
 from __future__ import annotations
 
+import math
+import sys
 import time
+import warnings
 
 import numpy as np
 
+from .backend import to_numpy
+from .callbacks import Callback, TerminateOnNaN
 from .losses import get_loss
+from .metrics import CallableMetric, get_metric
 from .optim import Adam, get_optimizer
 
-__all__ = ["History", "fit", "predict", "evaluate"]
+__all__ = ["History", "DivergenceError", "fit", "predict", "evaluate"]
+
+EVAL_BATCH = 4096  # rows per inference batch: bounds memory, does not change results
+
+
+class DivergenceError(FloatingPointError):
+    """The training loss became NaN or infinite."""
 
 
 class History:
-    """What ``fit`` records: ``history["loss"][i]`` is the mean training loss of epoch i."""
+    """What ``fit`` records, one entry per epoch: ``history["loss"][i]`` and so on.
+
+    Keys: ``loss``, each metric, ``val_loss`` and ``val_<metric>`` with validation data,
+    ``lr`` (at the end of the epoch), ``epoch_time`` (s) and ``samples_per_s``.
+    """
 
     def __init__(self):
         self.epoch: list[int] = []
-        self.history: dict[str, list[float]] = {"loss": []}
+        self.history: dict[str, list[float]] = {}
+
+    def append(self, epoch: int, logs: dict) -> None:
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
 
     def __getitem__(self, key):
         return self.history[key]
+
+    def to_frame(self):
+        """The history as a pandas DataFrame, one row per epoch."""
+        import pandas as pd
+
+        return pd.DataFrame(self.history, index=pd.Index(self.epoch, name="epoch"))
+
+    def plot(self, path=None):
+        """Loss and metric curves (train and validation) as a matplotlib Figure; saved as PNG if ``path``.
+
+        Needs matplotlib (``pip install 'xpmlp[plot]'``).
+        """
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError:
+            raise ImportError("History.plot needs matplotlib: pip install 'xpmlp[plot]' "
+                              "(or pip install matplotlib)") from None
+        names = ["loss"] + [k for k in self.history if k not in ("loss", "lr", "epoch_time", "samples_per_s")
+                            and not k.startswith("val_")]
+        fig = Figure(figsize=(4.5 * len(names), 3.2))
+        FigureCanvasAgg(fig)
+        epochs = [e + 1 for e in self.epoch]
+        for i, name in enumerate(names):
+            ax = fig.add_subplot(1, len(names), i + 1)
+            for key, label in ((name, "train"), ("val_" + name, "validation")):
+                if key in self.history:
+                    ax.plot(epochs, self.history[key], marker="o", ms=3, label=label)
+            ax.set_xlabel("epoch")
+            ax.set_title(name)
+            if name == "loss" and all(v > 0 for v in self.history["loss"] if math.isfinite(v)):
+                ax.set_yscale("log")
+            ax.legend()
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=100)
+        return fig
 
     def __repr__(self):
         last = {k: v[-1] for k, v in self.history.items() if v}
         return f"History(epochs={len(self.epoch)}, last={last})"
 
 
+# -- input checks ---------------------------------------------------------------------------------
 def _positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
-def _prepare_X(model, X):
+def _prepare_X(model, X, what="X"):
     """Validate X (2-D, numeric, finite, the model's width) and copy it to the device."""
-    Xd = model.backend.asarray(X, dtype=model.dtype, what="X")
+    Xd = model.backend.asarray(X, dtype=model.dtype, what=what)
     if Xd.ndim != 2:
         hint = " (use X.reshape(-1, 1) for a single feature)" if Xd.ndim == 1 else ""
-        raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {tuple(Xd.shape)}{hint}")
+        raise ValueError(f"{what} must be 2-D (n_samples, n_features), got shape {tuple(Xd.shape)}{hint}")
     if Xd.shape[0] == 0:
-        raise ValueError("X has no samples")
+        raise ValueError(f"{what} has no samples")
     if model.built and Xd.shape[1] != model.in_features:
-        raise ValueError(f"X has {Xd.shape[1]} features but the model expects {model.in_features}")
+        raise ValueError(f"{what} has {Xd.shape[1]} features but the model expects {model.in_features}")
     if not bool(model.xp.all(model.xp.isfinite(Xd))):
-        raise ValueError(f"X contains NaN or infinity (checked after conversion to {model.dtype})")
+        raise ValueError(f"{what} contains NaN or infinity (checked after conversion to {model.dtype})")
     return Xd
 
 
-def _prepare_y(model, loss, y, n_samples):
+def _prepare_y(model, loss, y, n_samples, what="y"):
     xp = model.xp
     yd = loss.prepare_targets(y, model.backend, model.dtype, model.out_features)
     if yd.shape[0] != n_samples:
-        raise ValueError(f"X and y have different lengths: {n_samples} and {yd.shape[0]}")
+        x_name = "X" if what == "y" else what.replace("y", "X")
+        raise ValueError(f"{x_name} and {what} have different lengths: {n_samples} and {yd.shape[0]}")
     if xp.isdtype(yd.dtype, "real floating") and not bool(xp.all(xp.isfinite(yd))):
-        raise ValueError("y contains NaN or infinity")
+        raise ValueError(f"{what} contains NaN or infinity")
     return yd
 
 
-def _adapt(model, Xd) -> None:
-    """Let layers that learn statistics from data (Standardize) see the inputs that reach them."""
-    pending = [layer for layer in model.layers if hasattr(layer, "adapt") and not layer.adapted]
-    h = Xd
-    for layer in model.layers:
-        if not pending:
-            return
-        if layer is pending[0]:
-            layer.adapt(h)
-            pending.pop(0)
-        h = layer.forward(h)
+def _class_index(model, loss, yd):
+    """Class of each row as int64 (n,), for class weights and stratified splits."""
+    xp = model.xp
+    if yd.ndim == 1:
+        return yd
+    if yd.shape[1] == 1:  # a single sigmoid output: classes 0 and 1
+        return xp.astype(yd[:, 0] > 0.5, xp.int64)
+    return xp.argmax(yd, axis=1)
+
+
+def _n_classes(model, loss) -> int:
+    return 2 if model.out_features == 1 else model.out_features
+
+
+def _sample_weights(model, loss, yd, class_weight, sample_weight):
+    """Per-row weights on the device (n,), or None: sample_weight times class_weight[class]."""
+    xp, n = model.xp, yd.shape[0]
+    weights = None
+    if sample_weight is not None:
+        weights = model.backend.asarray(sample_weight, dtype=model.dtype, what="sample_weight")
+        if tuple(weights.shape) != (n,):
+            raise ValueError(f"sample_weight must have shape ({n},), got {tuple(weights.shape)}")
+        if not bool(xp.all(xp.isfinite(weights) & (weights >= 0))):
+            raise ValueError("sample_weight must be finite and non-negative")
+    if class_weight is None:
+        return weights
+    if not loss.is_classifier or (yd.ndim == 2 and yd.shape[1] > 1 and loss.name != "softmax_cross_entropy"):
+        raise ValueError("class_weight needs a classification loss with one label per row "
+                         "(softmax_cross_entropy, or sigmoid_binary_cross_entropy with one output)")
+    k = _n_classes(model, loss)
+    labels = _class_index(model, loss, yd)
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
+        counts = np.bincount(to_numpy(labels), minlength=k).astype(float)
+        table = np.where(counts > 0, n / (k * np.maximum(counts, 1)), 1.0)
+    else:
+        unknown = [c for c in class_weight if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < k]
+        if unknown:
+            raise ValueError(f"class_weight names unknown classes {unknown}; the model's classes are 0..{k - 1}")
+        table = np.ones(k)
+        for c, w in class_weight.items():
+            if not (math.isfinite(float(w)) and float(w) >= 0):
+                raise ValueError(f"class_weight[{c}] must be finite and non-negative, got {w!r}")
+            table[int(c)] = float(w)
+    per_row = xp.take(model.backend.from_host(table.astype(model.dtype)), labels, axis=0)
+    return per_row if weights is None else weights * per_row
+
+
+def _split(model, loss, yd, fraction, rng):
+    """Shuffled train/validation row indices (host), stratified by class for classification."""
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"validation_split must be in (0, 1), got {fraction!r}")
+    from .datasets import train_test_split
+
+    n = yd.shape[0]
+    stratify = loss.is_classifier
+    labels = to_numpy(_class_index(model, loss, yd)) if stratify else np.zeros(n)
+    train, val, _, _ = train_test_split(np.arange(n), labels, test_size=fraction, stratify=stratify,
+                                        seed=int(rng.integers(2**63)))
+    if len(val) == 0 or len(train) == 0:
+        raise ValueError(f"validation_split={fraction} leaves an empty part of {n} rows")
+    return np.sort(train), np.sort(val)
 
 
 def _batches(n: int, batch_size: int):
@@ -82,8 +195,48 @@ def _batches(n: int, batch_size: int):
         yield start, min(start + batch_size, n)  # clamp: slicing past the end is not portable
 
 
+def _add(acc, stats):
+    return list(stats) if acc is None else [a + s for a, s in zip(acc, stats)]
+
+
+def _result(metric, acc) -> float:
+    return metric.result([s if isinstance(s, float) else to_numpy(s) for s in acc])
+
+
+class _Progress:
+    """verbose=1: a tqdm bar per epoch on a terminal (one line per epoch otherwise); 2: one line; 0: quiet."""
+
+    def __init__(self, verbose, epochs, n_batches):
+        self.mode = 0 if not verbose else (1 if verbose == 1 and sys.stdout.isatty() else 2)
+        self.epochs, self.n_batches, self.bar = epochs, n_batches, None
+
+    def begin(self, epoch):
+        if self.mode == 1:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.n_batches, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                            leave=True, file=sys.stdout)
+
+    def step(self):
+        if self.bar is not None:
+            self.bar.update(1)  # counts only: reading the loss here would wait for the device
+
+    def end(self, epoch, logs):
+        text = " - ".join(f"{k} {v:.4g}" for k, v in logs.items() if k not in ("epoch_time", "samples_per_s"))
+        timing = f"{logs['epoch_time']:.1f}s, {logs['samples_per_s']:,.0f} samples/s"
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{text} - {timing}")
+            self.bar.close()
+            self.bar = None
+        elif self.mode == 2:
+            print(f"epoch {epoch + 1}/{self.epochs} - {text} - {timing}", flush=True)
+
+
+# -- fit ------------------------------------------------------------------------------------------
 def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: int = 32,
-        shuffle: bool = True, seed: int | None = None, verbose: int = 0) -> History:
+        shuffle: bool = True, seed: int | None = None, verbose: int = 0, validation_data=None,
+        validation_split: float = 0.0, metrics=None, class_weight=None, sample_weight=None,
+        callbacks=None, on_divergence: str = "raise") -> History:
     """Train the model with minibatch gradient descent.
 
     Parameters
@@ -102,13 +255,29 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     shuffle : bool
         A fresh permutation every epoch.
     seed : int, optional
-        Seeds this call's shuffles; by default they come from the model's seed.
-    verbose : 0 silent, 1 or more one line per epoch.
+        Seeds this call's shuffles and validation split; by default they come from the model's seed.
+    verbose : 0 quiet; 1 a progress bar per epoch (one line per epoch when not on a terminal);
+        2 one line per epoch.
+    validation_data : (X_val, y_val), optional
+    validation_split : float in (0, 1), optional
+        Hold out this fraction of (X, y), shuffled and (for classification) stratified by class,
+        drawn from the seed. Standardize layers learn only from the training part.
+    metrics : list of names ("accuracy", "top_5_accuracy", "mse", "mae", "r2"), Metric objects or
+        callables ``fn(y_true, y_pred) -> float`` (run once per epoch on NumPy arrays of the
+        validation set, or of the training set without one).
+    class_weight : dict {class: weight} or "balanced", optional
+    sample_weight : array (n,), optional
+        Each row's loss is multiplied by its weight (and by its class's weight).
+    callbacks : list of :class:`xpmlp.callbacks.Callback`
+    on_divergence : "raise" (default) or "warn"
+        What to do when the loss becomes NaN or infinite: raise :class:`DivergenceError`, or warn
+        and stop. Either way the weights of the last finite epoch are kept.
 
     Returns
     -------
     History, also kept as ``model.history``.
     """
+    # Every option is checked before the first update.
     epochs = _positive_int(epochs, "epochs")
     batch_size = _positive_int(batch_size, "batch_size")
     if loss is None and model.loss is None:
@@ -119,39 +288,147 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
         optimizer = model.optimizer if model.optimizer is not None else Adam()
     else:
         optimizer = get_optimizer(optimizer)
+    metrics = [get_metric(m) for m in (metrics or [])]
+    callbacks = list(callbacks or [])
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be Callback objects, got {type(cb).__name__}")
+    if on_divergence not in ("raise", "warn"):
+        raise ValueError(f"on_divergence must be 'raise' or 'warn', got {on_divergence!r}")
+    if validation_data is not None and validation_split:
+        raise ValueError("give validation_data or validation_split, not both")
+    if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
+        raise ValueError("validation_data must be a pair (X_val, y_val)")
 
     Xd = _prepare_X(model, X)
     if not model.built:
         model.build(Xd.shape[1])
     yd = _prepare_y(model, loss, y, Xd.shape[0])
+    weights = _sample_weights(model, loss, yd, class_weight, sample_weight)
+    xp = model.xp
+    rng = np.random.default_rng(seed) if seed is not None else model.shuffle_rng
+    Xv = yv = None
+    if validation_split:
+        train_rows, val_rows = _split(model, loss, yd, validation_split, rng)
+        train_idx, val_idx = model.backend.from_host(train_rows), model.backend.from_host(val_rows)
+        Xv, yv = xp.take(Xd, val_idx, axis=0), xp.take(yd, val_idx, axis=0)
+        Xd, yd = xp.take(Xd, train_idx, axis=0), xp.take(yd, train_idx, axis=0)
+        weights = None if weights is None else xp.take(weights, train_idx, axis=0)
+    elif validation_data is not None:
+        Xv = _prepare_X(model, validation_data[0], what="X_val")
+        yv = _prepare_y(model, loss, validation_data[1], Xv.shape[0], what="y_val")
+
+    streamed = [m for m in metrics if not isinstance(m, CallableMetric)]
+    called = [m for m in metrics if isinstance(m, CallableMetric)]
+    log_keys = ["loss", *(m.name for m in streamed)]
+    log_keys += [m.name for m in called] if Xv is None else []
+    if Xv is not None:
+        log_keys += ["val_loss", *("val_" + m.name for m in metrics)]
+    log_keys += ["lr", "epoch_time", "samples_per_s"]
+    for cb in callbacks:
+        cb.model = model
+        cb.check(log_keys)
+
     _adapt(model, Xd)
     model.loss, model.optimizer = loss, optimizer
-
-    xp, n = model.xp, Xd.shape[0]
-    rng = np.random.default_rng(seed) if seed is not None else model.shuffle_rng
+    model.stop_training = False
+    n = Xd.shape[0]
     slots = model.slots()
     history = History()
+    progress = _Progress(verbose, epochs, math.ceil(n / batch_size))
+    quiet_on_nan = any(isinstance(cb, TerminateOnNaN) for cb in callbacks)
+    for cb in callbacks:
+        cb.on_train_begin()
     for epoch in range(epochs):
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch)
+        # Updates assign new arrays (never in place), so holding the references is a free snapshot.
+        snapshot = [pd[k] for pd, _, k in slots], [dict(s) for s in (optimizer.state or [])], optimizer.t
         started = time.perf_counter()
+        progress.begin(epoch)
         order = model.backend.from_host(rng.permutation(n)) if shuffle else None
-        total = 0.0
-        for start, stop in _batches(n, batch_size):
+        total, sums = 0.0, [None] * len(streamed)
+        first_bad = model.backend.from_host(np.asarray(-1.0, dtype=model.dtype))  # batch index, on the device
+        for b, (start, stop) in enumerate(_batches(n, batch_size)):
             if order is None:
                 xb, yb = Xd[start:stop, ...], yd[start:stop, ...]
+                wb = None if weights is None else weights[start:stop]
             else:
                 idx = order[start:stop]
                 xb, yb = xp.take(Xd, idx, axis=0), xp.take(yd, idx, axis=0)
-            batch_loss = loss.forward(model.forward(xb, training=True), yb)
+                wb = None if weights is None else xp.take(weights, idx, axis=0)
+            z = model.forward(xb, training=True)
+            batch_loss = loss.forward(z, yb, wb)
             model.backward(loss.backward())
             optimizer.step(slots)
             total = total + batch_loss * float(stop - start)
+            first_bad = xp.where(xp.isfinite(batch_loss) | (first_bad >= 0), first_bad, float(b))
+            if streamed:
+                p = loss.link(xp, z)
+                sums = [_add(acc, m.stats(xp, yb, p)) for m, acc in zip(streamed, sums)]
+            progress.step()
         epoch_loss = float(total) / n  # the one host sync of the epoch
-        history.epoch.append(epoch)
-        history.history["loss"].append(epoch_loss)
-        if verbose:
-            print(f"epoch {epoch + 1}/{epochs} - loss {epoch_loss:.6g} - {time.perf_counter() - started:.2f}s")
+
+        if not math.isfinite(epoch_loss):
+            params, state, t = snapshot
+            for (pd, _, k), p in zip(slots, params):
+                pd[k] = p
+            if optimizer.state is not None:
+                optimizer.state = state or None
+            optimizer.t = t
+            if progress.bar is not None:
+                progress.bar.close()
+            message = _divergence_message(epoch, int(float(first_bad)), epoch_loss, optimizer)
+            if quiet_on_nan:
+                if verbose:
+                    print(message)
+                break
+            if on_divergence == "warn":
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+                break
+            raise DivergenceError(message)
+
+        logs = {"loss": epoch_loss}
+        logs.update({m.name: _result(m, acc) for m, acc in zip(streamed, sums)})
+        if Xv is not None:
+            logs.update({"val_" + k: v for k, v in _evaluate(model, loss, metrics, Xv, yv).items()})
+        elif called:
+            p = to_numpy(loss.link(xp, _outputs(model, Xd, EVAL_BATCH)))
+            logs.update({m.name: float(m.fn(to_numpy(yd), p)) for m in called})
+        seconds = time.perf_counter() - started
+        logs.update({"lr": optimizer.current_lr(), "epoch_time": seconds, "samples_per_s": n / seconds})
+        history.append(epoch, logs)
+        progress.end(epoch, logs)
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    for cb in callbacks:
+        cb.on_train_end()
     model.history = history
     return history
+
+
+def _divergence_message(epoch, batch, value, optimizer) -> str:
+    return (f"the training loss became {value} in epoch {epoch + 1} (first at batch {batch + 1}); "
+            f"training stopped and the weights of the end of epoch {epoch} were kept. Usual causes: "
+            f"a learning rate too high (now {optimizer.current_lr():g}: try 10x smaller), unscaled inputs "
+            "(scale them or use MLP(..., standardize=True)), or an output/loss that does not match the "
+            "targets (classes need softmax_cross_entropy, 0/1 labels sigmoid_binary_cross_entropy, "
+            "real values mse with a linear output).")
+
+
+def _adapt(model, Xd) -> None:
+    """Let layers that learn statistics from data (Standardize) see the inputs that reach them."""
+    pending = [layer for layer in model.layers if hasattr(layer, "adapt") and not layer.adapted]
+    h = Xd
+    for layer in model.layers:
+        if not pending:
+            return
+        if layer is pending[0]:
+            layer.adapt(h)
+            pending.pop(0)
+        h = layer.forward(h)
 
 
 def _outputs(model, Xd, batch_size):
@@ -159,7 +436,28 @@ def _outputs(model, Xd, batch_size):
         return model.forward(Xd)
     batch_size = _positive_int(batch_size, "batch_size")
     parts = [model.forward(Xd[a:b, ...]) for a, b in _batches(Xd.shape[0], batch_size)]
-    return model.xp.concat(parts, axis=0)
+    return parts[0] if len(parts) == 1 else model.xp.concat(parts, axis=0)
+
+
+def _evaluate(model, loss, metrics, Xd, yd, batch_size=EVAL_BATCH) -> dict:
+    """Mean loss and metrics over a whole set, in inference mode; one host sync per quantity."""
+    xp, n = model.xp, Xd.shape[0]
+    total, sums, preds = 0.0, [None] * len(metrics), []
+    called = any(isinstance(m, CallableMetric) for m in metrics)
+    for start, stop in _batches(n, batch_size):
+        z = model.forward(Xd[start:stop, ...])
+        yb = yd[start:stop, ...]
+        total = total + loss.forward(z, yb) * float(stop - start)
+        if metrics:
+            p = loss.link(xp, z)
+            sums = [acc if isinstance(m, CallableMetric) else _add(acc, m.stats(xp, yb, p))
+                    for m, acc in zip(metrics, sums)]
+            if called:
+                preds.append(to_numpy(p))
+    out = {"loss": float(total) / n}
+    for m, acc in zip(metrics, sums):
+        out[m.name] = float(m.fn(to_numpy(yd), np.concatenate(preds))) if isinstance(m, CallableMetric) else _result(m, acc)
+    return out
 
 
 def predict(model, X, *, batch_size: int | None = None):
@@ -175,18 +473,19 @@ def predict(model, X, *, batch_size: int | None = None):
     return out if model.loss is None else model.loss.link(model.xp, out)
 
 
-def evaluate(model, X, y, *, loss=None, batch_size: int | None = None) -> float:
-    """Mean loss over (X, y), by default with the loss the model was trained with."""
+def evaluate(model, X, y, *, loss=None, metrics=None, batch_size: int | None = None):
+    """Mean loss over (X, y), by default with the loss the model was trained with.
+
+    Returns a float, or with ``metrics`` a dict {"loss": ..., "<metric>": ...}.
+    """
     if not model.built:
         raise ValueError("the model has no weights yet: call fit first or give in_features")
     if loss is None and model.loss is None:
         raise ValueError("evaluate needs a loss: pass loss=... or fit the model first")
     loss = model.loss if loss is None else get_loss(loss)
+    metric_objs = [get_metric(m) for m in (metrics or [])]
     Xd = _prepare_X(model, X)
     yd = _prepare_y(model, loss, y, Xd.shape[0])
-    n = Xd.shape[0]
-    size = n if batch_size is None else _positive_int(batch_size, "batch_size")
-    total = 0.0
-    for start, stop in _batches(n, size):
-        total = total + loss.forward(model.forward(Xd[start:stop, ...]), yd[start:stop, ...]) * float(stop - start)
-    return float(total) / n
+    size = Xd.shape[0] if batch_size is None else _positive_int(batch_size, "batch_size")
+    result = _evaluate(model, loss, metric_objs, Xd, yd, size)
+    return result if metrics else result["loss"]

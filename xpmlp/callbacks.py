@@ -1,0 +1,189 @@
+"""Callbacks: hooks that ``fit`` calls at the start and end of training and of each epoch.
+
+Subclass :class:`Callback` and override what you need. ``logs`` is the epoch's record: ``loss``,
+``val_loss`` (with validation data), each metric (``accuracy``, ``val_accuracy``, ...), ``lr``,
+``epoch_time`` and ``samples_per_s``, all Python floats. Set ``self.model.stop_training = True``
+to end training after the current epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+
+__all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "ReduceLROnPlateau",
+           "TerminateOnNaN", "CSVLogger"]
+
+
+class Callback:
+    model = None
+
+    def check(self, log_keys: list[str]) -> None:
+        """Called before training with the names the logs will hold; raise on a bad option."""
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch: int, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch: int, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+
+class _Monitor(Callback):
+    """Tracks the best value of one logged quantity."""
+
+    def __init__(self, monitor: str, mode: str, min_delta: float):
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor, self.min_delta = monitor, abs(float(min_delta))
+        if mode == "auto":
+            mode = "max" if any(w in monitor for w in ("accuracy", "acc", "r2")) else "min"
+        self.mode = mode
+        self.best = math.inf if mode == "min" else -math.inf
+
+    def check(self, log_keys):
+        if self.monitor not in log_keys:
+            hint = " (val_* needs validation_data or validation_split)" if self.monitor.startswith("val_") else ""
+            raise ValueError(f"{type(self).__name__} monitors {self.monitor!r}, which fit does not log{hint}; "
+                             f"logged: {', '.join(log_keys)}")
+
+    def improved(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+
+class EarlyStopping(_Monitor):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    With ``restore_best_weights``, the best epoch's weights are put back at the end of training,
+    whether training stopped early or ran out of epochs.
+    """
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 0, min_delta: float = 0.0,
+                 restore_best_weights: bool = False):
+        super().__init__(monitor, mode, min_delta)
+        self.patience, self.restore_best_weights = int(patience), bool(restore_best_weights)
+        self.wait, self.best_epoch, self.best_weights, self.stopped_epoch = 0, None, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = logs[self.monitor]
+        if self.improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            return
+        self.wait += 1
+        if self.wait > self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.restore_best_weights and self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+class ModelCheckpoint(_Monitor):
+    """Save the model after each epoch, or only when ``monitor`` improves (``save_best_only``).
+
+    ``path`` may hold ``{epoch}`` (1-based) and log names, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.safetensors"``.
+    Every write is atomic (see :func:`xpmlp.io.save`).
+    """
+
+    def __init__(self, path, monitor: str = "val_loss", mode: str = "auto", save_best_only: bool = False,
+                 save_weights_only: bool = False, min_delta: float = 0.0):
+        super().__init__(monitor, mode, min_delta)
+        self.path, self.save_best_only, self.save_weights_only = str(path), bool(save_best_only), bool(save_weights_only)
+
+    def check(self, log_keys):
+        if self.save_best_only:
+            super().check(log_keys)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_best_only:
+            if not self.improved(logs[self.monitor]):
+                return
+            self.best = logs[self.monitor]
+        path = self.path.format(epoch=epoch + 1, **logs)
+        (self.model.save_weights if self.save_weights_only else self.model.save)(path)
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)``."""
+
+    def __init__(self, schedule):
+        if not callable(schedule):
+            raise TypeError("LearningRateScheduler takes a function schedule(epoch, lr) -> lr")
+        self.schedule = schedule
+
+    def on_epoch_begin(self, epoch, logs=None):
+        opt = self.model.optimizer
+        opt.lr = float(self.schedule(epoch, opt.current_lr()))
+
+
+class ReduceLROnPlateau(_Monitor):
+    """Multiply the learning rate by ``factor`` when ``monitor`` stalls for ``patience`` epochs."""
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, mode: str = "auto",
+                 min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0):
+        super().__init__(monitor, mode, min_delta)
+        if not 0.0 < factor < 1.0:
+            raise ValueError(f"factor must be in (0, 1), got {factor!r}")
+        self.factor, self.patience, self.cooldown, self.min_lr = float(factor), int(patience), int(cooldown), float(min_lr)
+        self.wait, self.cooling = 0, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.cooling:
+            self.cooling -= 1
+            self.wait = 0
+        if self.improved(logs[self.monitor]):
+            self.best, self.wait = logs[self.monitor], 0
+            return
+        self.wait += 1
+        opt = self.model.optimizer
+        if self.wait > self.patience and not self.cooling and not callable(opt.lr):
+            opt.lr = max(opt.lr * self.factor, self.min_lr)
+            self.wait, self.cooling = 0, self.cooldown
+
+
+class TerminateOnNaN(Callback):
+    """End training quietly (no exception) when the loss becomes NaN or infinite.
+
+    ``fit`` keeps the weights of the last finite epoch either way; without this callback it
+    raises :class:`xpmlp.train.DivergenceError` (or warns, with ``on_divergence="warn"``).
+    """
+
+
+class CSVLogger(Callback):
+    """Append one row per epoch to a CSV file (flushed every epoch, so it survives a crash)."""
+
+    def __init__(self, path, append: bool = False):
+        self.path, self.append = str(path), bool(append)
+        self._file = self._writer = None
+
+    def on_train_begin(self, logs=None):
+        exists = self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        self._file = open(self.path, "a" if self.append else "w", newline="")
+        self._header = not exists
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch, **logs}
+        if self._writer is None:
+            self._writer = csv.DictWriter(self._file, fieldnames=list(row))
+            if self._header:
+                self._writer.writeheader()
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+            self._file = self._writer = None
