@@ -22,6 +22,8 @@ __all__ = ["Metric", "Accuracy", "TopKAccuracy", "MeanSquaredErrorMetric", "Mean
 
 
 class Metric:
+    """Base class. ``stats`` returns sums whose first is a total and whose last is its count."""
+
     name = ""
     higher_is_better = False
 
@@ -29,7 +31,7 @@ class Metric:
         raise NotImplementedError
 
     def result(self, stats) -> float:
-        raise NotImplementedError
+        return float(stats[0]) / stats[-1]  # divide on the host: a float32 quotient would round
 
 
 def _labels(xp, y, p):
@@ -50,9 +52,6 @@ class Accuracy(Metric):
         true, pred = _labels(xp, y, p)
         return (xp.sum(xp.astype(true == xp.astype(pred, true.dtype), p.dtype)), float(p.shape[0]))
 
-    def result(self, stats):
-        return float(stats[0]) / stats[1]  # divide on the host: a float32 quotient would round
-
 
 class TopKAccuracy(Metric):
     """Fraction of rows whose true class is among the k most probable."""
@@ -72,30 +71,30 @@ class TopKAccuracy(Metric):
         rank = xp.sum(xp.astype(p > p_true, p.dtype), axis=1)
         return (xp.sum(xp.astype(rank < self.k, p.dtype)), float(p.shape[0]))
 
-    def result(self, stats):
-        return float(stats[0]) / stats[1]  # divide on the host: a float32 quotient would round
+
+class _MeanOfErrors(Metric):
+    """Mean of ``error(p - y)`` over every entry."""
+
+    def error(self, xp, d):
+        raise NotImplementedError
+
+    def stats(self, xp, y, p):
+        d = p - _as_2d(xp, y, p)
+        return (xp.sum(self.error(xp, d)), float(d.shape[0] * d.shape[1]))
 
 
-class MeanSquaredErrorMetric(Metric):
+class MeanSquaredErrorMetric(_MeanOfErrors):
     name = "mse"
 
-    def stats(self, xp, y, p):
-        d = p - _as_2d(xp, y, p)
-        return (xp.sum(d * d), float(d.shape[0] * d.shape[1]))
-
-    def result(self, stats):
-        return float(stats[0]) / stats[1]  # divide on the host: a float32 quotient would round
+    def error(self, xp, d):
+        return d * d
 
 
-class MeanAbsoluteErrorMetric(Metric):
+class MeanAbsoluteErrorMetric(_MeanOfErrors):
     name = "mae"
 
-    def stats(self, xp, y, p):
-        d = p - _as_2d(xp, y, p)
-        return (xp.sum(xp.abs(d)), float(d.shape[0] * d.shape[1]))
-
-    def result(self, stats):
-        return float(stats[0]) / stats[1]  # divide on the host: a float32 quotient would round
+    def error(self, xp, d):
+        return xp.abs(d)
 
 
 class R2(Metric):

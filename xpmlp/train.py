@@ -125,7 +125,7 @@ def _prepare_y(model, loss, y, n_samples, what="y"):
     return yd
 
 
-def _class_index(model, loss, yd):
+def _class_index(model, yd):
     """Class of each row as int64 (n,), for class weights and stratified splits."""
     xp = model.xp
     if yd.ndim == 1:
@@ -133,10 +133,6 @@ def _class_index(model, loss, yd):
     if yd.shape[1] == 1:  # a single sigmoid output: classes 0 and 1
         return xp.astype(yd[:, 0] > 0.5, xp.int64)
     return xp.argmax(yd, axis=1)
-
-
-def _n_classes(model, loss) -> int:
-    return 2 if model.out_features == 1 else model.out_features
 
 
 def _sample_weights(model, loss, yd, class_weight, sample_weight):
@@ -154,8 +150,8 @@ def _sample_weights(model, loss, yd, class_weight, sample_weight):
     if not loss.is_classifier or (yd.ndim == 2 and yd.shape[1] > 1 and loss.name != "softmax_cross_entropy"):
         raise ValueError("class_weight needs a classification loss with one label per row "
                          "(softmax_cross_entropy, or sigmoid_binary_cross_entropy with one output)")
-    k = _n_classes(model, loss)
-    labels = _class_index(model, loss, yd)
+    k = 2 if model.out_features == 1 else model.out_features  # one sigmoid output: classes 0 and 1
+    labels = _class_index(model, yd)
     if isinstance(class_weight, str):
         if class_weight != "balanced":
             raise ValueError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
@@ -182,7 +178,7 @@ def _split(model, loss, yd, fraction, rng):
 
     n = yd.shape[0]
     stratify = loss.is_classifier
-    labels = to_numpy(_class_index(model, loss, yd)) if stratify else np.zeros(n)
+    labels = to_numpy(_class_index(model, yd)) if stratify else np.zeros(n)
     train, val, _, _ = train_test_split(np.arange(n), labels, test_size=fraction, stratify=stratify,
                                         seed=int(rng.integers(2**63)))
     if len(val) == 0 or len(train) == 0:
