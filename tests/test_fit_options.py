@@ -362,6 +362,7 @@ def test_divergence_raises_names_epoch_and_batch_and_keeps_last_finite_weights(c
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # the overflow is the point
 def test_divergence_can_warn_or_stop_quietly():
     model, rec = _model(), Recorder()
     with pytest.warns(RuntimeWarning, match="in epoch 2"):
