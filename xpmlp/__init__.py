@@ -9,6 +9,7 @@ from .layers import (ACTIVATIONS, ELU, GELU, Activation, Dense, Dropout, Identit
                      ReLU, Sigmoid, Softmax, Softplus, Standardize, Tanh)
 from .losses import (LOSSES, Huber, Loss, MeanAbsoluteError, MeanSquaredError, SigmoidBinaryCrossEntropy,
                      SoftmaxCrossEntropy)
+from .estimators import MLPClassifier, MLPRegressor
 from .model import MLP, Sequential
 from .optim import OPTIMIZERS, SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from . import callbacks, datasets, metrics, schedules
@@ -23,7 +24,7 @@ __all__ = [
     "ReLU", "Sigmoid", "Softmax", "Softplus", "Standardize", "Tanh",
     "LOSSES", "Huber", "Loss", "MeanAbsoluteError", "MeanSquaredError", "SigmoidBinaryCrossEntropy",
     "SoftmaxCrossEntropy",
-    "MLP", "Sequential", "History", "DivergenceError", "load", "ModelFileError",
+    "MLP", "Sequential", "MLPClassifier", "MLPRegressor", "History", "DivergenceError", "load", "ModelFileError",
     "callbacks", "datasets", "metrics", "schedules",
     "OPTIMIZERS", "SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop",
 ]

@@ -127,6 +127,11 @@ def _is_host(a) -> bool:
     return module.startswith("pandas.")
 
 
+def is_device_library_array(a) -> bool:
+    """True for CuPy and torch arrays: data that may live on a GPU and must be copied to the host explicitly."""
+    return array_api_compat.is_cupy_array(a) or array_api_compat.is_torch_array(a)
+
+
 def _library_name(ns) -> str:
     return ns.__name__.rsplit(".", 1)[-1]
 

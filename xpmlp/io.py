@@ -227,6 +227,22 @@ def load(path, device=None, xp=None):
     return model
 
 
+def to_bytes(model) -> bytes:
+    """The file :func:`save` would write, as bytes (used to pickle scikit-learn estimators)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.safetensors"
+        save(model, path)
+        return path.read_bytes()
+
+
+def from_bytes(data: bytes, device=None, xp=None):
+    """The model that :func:`to_bytes` gave, rebuilt on ``device``."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.safetensors"
+        path.write_bytes(data)
+        return load(path, device=device, xp=xp)
+
+
 def save_weights(model, path) -> None:
     """Write only the weights (and layer state such as Standardize statistics)."""
     _require_built(model)

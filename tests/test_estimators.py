@@ -1,0 +1,162 @@
+"""scikit-learn compatible estimators."""
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import xpmlp
+from xpmlp import MLPClassifier, MLPRegressor
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+# Checks that cannot apply, with the reason:
+EXPECTED_FAILED = {
+    "check_sample_weight_equivalence_on_dense_data":
+        "minibatch training with shuffling: a repeated row falls into other batches than a weighted row, "
+        "so weights and repetition give different (equally valid) fits; scikit-learn's own MLP fails it too",
+}
+
+
+@parametrize_with_checks([MLPClassifier(max_iter=50), MLPRegressor(max_iter=50)],
+                         expected_failed_checks=lambda est: EXPECTED_FAILED)
+@pytest.mark.filterwarnings("ignore:Estimator .* does not inherit from `sklearn.base.BaseEstimator`")
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_importing_xpmlp_does_not_import_sklearn():
+    code = "import sys, xpmlp; print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def _blobs(n=300, seed=0):
+    from sklearn.datasets import make_classification
+
+    return make_classification(n_samples=n, n_features=6, n_informative=4, n_classes=3, random_state=seed)
+
+
+def test_pipeline_grid_search_cross_val_and_clone():
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = _blobs()
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(16,), max_iter=200, random_state=0))
+    scores = cross_val_score(pipe, X, y, cv=3)
+    assert scores.mean() > 0.7
+    grid = GridSearchCV(pipe, {"mlpclassifier__alpha": [1e-4, 1e-2], "mlpclassifier__activation": ["relu", "tanh"]}, cv=2)
+    grid.fit(X, y)
+    assert set(grid.best_params_) == {"mlpclassifier__alpha", "mlpclassifier__activation"}
+    copy = clone(MLPClassifier(hidden_layer_sizes=(5, 3), solver="sgd", device="cpu", dropout=0.1))
+    assert copy.get_params()["hidden_layer_sizes"] == (5, 3) and copy.get_params()["dropout"] == 0.1
+
+
+def test_attributes_string_labels_and_feature_names():
+    import pandas as pd
+
+    X, y = _blobs()
+    labels = np.array(["cat", "dog", "emu"])[y]
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(6)])
+    clf = MLPClassifier(hidden_layer_sizes=(20, 10), max_iter=100, random_state=1).fit(frame, pd.Series(labels))
+    assert list(clf.classes_) == ["cat", "dog", "emu"] and list(clf.feature_names_in_) == list(frame.columns)
+    assert [c.shape for c in clf.coefs_] == [(6, 20), (20, 10), (10, 3)] and [b.shape for b in clf.intercepts_] == [(20,), (10,), (3,)]
+    assert clf.n_layers_ == 4 and clf.n_outputs_ == 3 and clf.out_activation_ == "softmax"
+    assert clf.n_iter_ == len(clf.loss_curve_) <= 100 and clf.t_ == clf.n_iter_ * 300
+    assert clf.loss_ == clf.loss_curve_[-1] and clf.best_loss_ == min(clf.loss_curve_)
+    proba = clf.predict_proba(frame)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.exp(clf.predict_log_proba(frame)), proba, rtol=1e-6)
+    assert set(clf.predict(frame)) <= {"cat", "dog", "emu"} and clf.score(frame, labels) > 0.8
+    assert isinstance(clf.model_, xpmlp.Sequential)
+
+
+def test_binary_multilabel_and_early_stopping():
+    X, y = _blobs()
+    binary = MLPClassifier(max_iter=30, random_state=0).fit(X, y == 1)
+    assert binary.out_activation_ == "logistic" and binary.n_outputs_ == 1 and binary.predict_proba(X).shape == (300, 2)
+    Y = np.column_stack([y == 0, y == 1, X[:, 0] > 0]).astype(int)
+    multi = MLPClassifier(max_iter=40, random_state=0).fit(X, Y)
+    assert multi.predict(X).shape == (300, 3) and multi.score(X, Y) > 0.5
+    stop = MLPClassifier(max_iter=200, early_stopping=True, n_iter_no_change=3, random_state=0).fit(X, y)
+    assert stop.n_iter_ < 200 and stop.best_validation_score_ == max(stop.validation_scores_) and stop.best_loss_ is None
+
+
+def test_partial_fit_and_warm_start():
+    X, y = _blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(10,), random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        clf.partial_fit(X, y)
+    for _ in range(3):
+        clf.partial_fit(X, y, classes=[0, 1, 2])
+    assert clf.n_iter_ == 3
+    warm = MLPClassifier(hidden_layer_sizes=(10,), max_iter=2, n_iter_no_change=100, warm_start=True, random_state=0)
+    warm.fit(X, y)
+    first = warm.coefs_[0].copy()
+    warm.fit(X, y)
+    assert warm.n_iter_ == 4 and not np.array_equal(first, warm.coefs_[0])
+
+
+def test_regressor_single_and_multi_output():
+    from sklearn.datasets import make_regression
+
+    X, y = make_regression(n_samples=300, n_features=5, n_targets=2, noise=1.0, random_state=0)
+    y = y / y.std(axis=0)
+    reg = MLPRegressor(hidden_layer_sizes=(32,), max_iter=200, random_state=0).fit(X, y)
+    assert reg.predict(X).shape == (300, 2) and reg.score(X, y) > 0.9 and reg.out_activation_ == "identity"
+    single = MLPRegressor(hidden_layer_sizes=(32,), max_iter=200, random_state=0).fit(X, y[:, 0])
+    assert single.predict(X).shape == (300,) and single.predict(X).dtype == np.float64
+
+
+def test_same_results_on_every_backend(case):
+    """The estimator on any backend (passed as a resolved Backend) matches NumPy in the same dtype."""
+    X, y = _blobs(n=120)
+    runs = []
+    for device in ("cpu", case.backend):
+        clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, n_iter_no_change=100, random_state=3,
+                            device=device, dtype=case.dtype)
+        runs.append(clf.fit(X, y))
+    np.testing.assert_allclose(runs[1].loss_curve_, runs[0].loss_curve_, rtol=case.rtol)
+    np.testing.assert_allclose(runs[1].predict_proba(X), runs[0].predict_proba(X), rtol=case.rtol * 10, atol=1e-6)
+
+
+def test_bad_parameters():
+    X, y = _blobs(n=60)
+    with pytest.raises(ValueError, match="lbfgs is not supported"):
+        MLPClassifier(solver="lbfgs").fit(X, y)
+    with pytest.raises(ValueError, match="hidden_layer_sizes must be > 0"):
+        MLPClassifier(hidden_layer_sizes=(0,)).fit(X, y)
+    with pytest.raises(ValueError, match=r"class_weight names classes \[7\]"):
+        MLPClassifier(class_weight={7: 2.0}, max_iter=2).fit(X, y)
+    with pytest.raises(ValueError, match="only one class"):
+        MLPClassifier(max_iter=2).fit(X, np.zeros(60))
+
+
+def test_accuracy_side_by_side_with_sklearn_on_heart(data_dir, capsys):
+    """Same split, same architecture and optimiser settings; prints both."""
+    if data_dir is None or not (data_dir / "uci-heart").is_dir():
+        pytest.skip("UCI heart data not in $XPMLP_DATA")
+    from sklearn.neural_network import MLPClassifier as SkMLP
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from xpmlp.datasets import load_heart_disease, train_test_split
+
+    X, y = load_heart_disease()
+    results = {}
+    for seed in range(5):
+        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, seed=seed)
+        for name, cls in (("xpmlp", MLPClassifier), ("sklearn", SkMLP)):
+            model = make_pipeline(StandardScaler(), cls(hidden_layer_sizes=(13,), activation="tanh", max_iter=300,
+                                                        random_state=seed))
+            with warnings.catch_warnings():  # scikit-learn's ConvergenceWarning at max_iter
+                warnings.simplefilter("ignore")
+                model.fit(Xtr, ytr)
+            results.setdefault(name, []).append(model.score(Xte, yte))
+    ours, theirs = np.mean(results["xpmlp"]), np.mean(results["sklearn"])
+    print(f"UCI heart, 5 stratified 75/25 splits: xpmlp {ours:.3f}, scikit-learn {theirs:.3f}")
+    assert ours >= theirs - 0.02

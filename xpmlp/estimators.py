@@ -1,0 +1,427 @@
+"""scikit-learn compatible estimators: ``MLPClassifier`` and ``MLPRegressor`` on NumPy or a GPU.
+
+They take scikit-learn's parameter names and defaults and expose its fitted attributes, plus
+xpmlp's own options (device, dtype, per-layer activations, dropout, class_weight,
+restore_best_weights). scikit-learn is optional: importing xpmlp never imports it. When it is
+installed, input validation is scikit-learn's own (``validate_data``), so errors, feature names
+and pandas handling are exactly what its users know; without it, xpmlp's checks apply.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from . import io as _io
+from .backend import is_device_library_array, to_numpy
+from .callbacks import EarlyStopping, LearningRateScheduler, ReduceLROnPlateau
+from .model import MLP
+from .optim import SGD, Adam, AdamW, RMSprop
+
+__all__ = ["MLPClassifier", "MLPRegressor", "NotFittedError"]
+
+_SK_ACTIVATIONS = {"logistic": "sigmoid", "identity": "identity"}
+_SOLVERS = ("sgd", "adam", "adamw", "rmsprop")
+
+
+def _sklearn():
+    try:
+        import sklearn  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+class NotFittedError(ValueError, AttributeError):
+    """The estimator is used before ``fit`` (scikit-learn's own class when it is installed)."""
+
+
+def _not_fitted(est):
+    message = (f"This {type(est).__name__} instance is not fitted yet. Call 'fit' with appropriate "
+               "arguments before using this estimator.")
+    if _sklearn():
+        from sklearn.exceptions import NotFittedError as SkNotFitted
+
+        return SkNotFitted(message)
+    return NotFittedError(message)
+
+
+class _BaseMLP:
+    _estimator_type = None
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
+                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
+                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, device="cpu", dtype=None,
+                 dropout=0.0, class_weight=None, restore_best_weights=False):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.device = device
+        self.dtype = dtype
+        self.dropout = dropout
+        self.class_weight = class_weight
+        self.restore_best_weights = restore_best_weights
+
+    # -- the scikit-learn protocol -------------------------------------------------------------------
+    @classmethod
+    def _param_names(cls):
+        return sorted(p.name for p in inspect.signature(_BaseMLP.__init__).parameters.values() if p.name != "self")
+
+    def get_params(self, deep=True):
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params):
+        valid = self._param_names()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"Invalid parameter {key!r} for estimator {type(self).__name__}. "
+                                 f"Valid parameters are: {valid!r}.")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self):
+        defaults = type(self)().get_params()
+        changed = {k: v for k, v in self.get_params().items() if repr(v) != repr(defaults[k])}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "model_")
+
+    def _check_fitted(self):
+        if not hasattr(self, "model_"):
+            raise _not_fitted(self)
+
+    # -- validation ------------------------------------------------------------------------------------
+    def __getstate__(self):
+        # The model holds array-library modules, which do not pickle: store its safetensors bytes.
+        state = dict(self.__dict__)
+        if "model_" in state:
+            state["model_"] = _io.to_bytes(state["model_"])
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state.get("model_"), bytes):
+            state["model_"] = _io.from_bytes(state["model_"], device=state.get("device"))
+        self.__dict__.update(state)
+
+    def _sample_weight(self, sample_weight, X):
+        if sample_weight is None:
+            return None
+        if _sklearn():
+            from sklearn.utils.validation import _check_sample_weight
+
+            sample_weight = _check_sample_weight(sample_weight, X, ensure_non_negative=True)
+        sample_weight = np.asarray(sample_weight, dtype=np.float64)
+        if not np.any(sample_weight > 0):
+            raise ValueError("Sample weights must contain at least one non-zero number.")
+        return sample_weight
+
+    def _validate(self, X, y=None, reset=True, fitting=False):
+        if fitting and y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
+        if is_device_library_array(X):
+            X = to_numpy(X)  # CuPy/torch input: scikit-learn's checks run on the host
+        if is_device_library_array(y):
+            y = to_numpy(y)
+        if _sklearn():
+            from sklearn.utils.validation import validate_data
+
+            kwargs = dict(reset=reset, dtype=[np.float64, np.float32])
+            if y is None:
+                return validate_data(self, X, **kwargs), None
+            return validate_data(self, X, y, multi_output=True, y_numeric=self._estimator_type == "regressor",
+                                 **kwargs)
+        X = np.asarray(X)
+        if X.dtype.kind not in "biuf" or X.ndim != 2:
+            raise ValueError(f"X must be a 2-D array of real numbers, got shape {X.shape} and dtype {X.dtype}")
+        if reset:
+            self.n_features_in_ = X.shape[1]
+        elif X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input.")
+        return X, (None if y is None else np.asarray(y))
+
+    def _validate_params(self):
+        if self.solver not in _SOLVERS:
+            raise ValueError(f"solver must be one of {_SOLVERS} (lbfgs is not supported), got {self.solver!r}")
+        if self.learning_rate not in ("constant", "invscaling", "adaptive"):
+            raise ValueError(f"learning_rate must be 'constant', 'invscaling' or 'adaptive', got {self.learning_rate!r}")
+        sizes = [self.hidden_layer_sizes] if np.isscalar(self.hidden_layer_sizes) else list(self.hidden_layer_sizes)
+        if any(int(h) < 1 for h in sizes):
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {self.hidden_layer_sizes}")
+        if int(self.max_iter) < 1:
+            raise ValueError(f"max_iter must be > 0, got {self.max_iter}")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        return [int(h) for h in sizes]
+
+    # -- training ----------------------------------------------------------------------------------------
+    def _seed(self):
+        rs = self.random_state
+        if rs is None:
+            return None
+        if isinstance(rs, np.random.RandomState):
+            return int(rs.randint(2**31))
+        return int(rs)
+
+    def _optimizer(self, batch_size):
+        # scikit-learn's L2 term alpha/2 * ||W||^2 / batch_size gives the gradient alpha * W / batch_size
+        common = dict(lr=self.learning_rate_init, weight_decay=self.alpha / batch_size)
+        if self.solver == "sgd":
+            return SGD(momentum=self.momentum, nesterov=self.nesterovs_momentum and self.momentum > 0, **common)
+        if self.solver == "rmsprop":
+            return RMSprop(eps=self.epsilon, **common)
+        cls = Adam if self.solver == "adam" else AdamW
+        return cls(beta_1=self.beta_1, beta_2=self.beta_2, eps=self.epsilon, **common)
+
+    def _activations(self, n_hidden):
+        acts = self.activation if isinstance(self.activation, (list, tuple)) else [self.activation] * n_hidden
+        return [_SK_ACTIVATIONS.get(a, a) for a in acts]
+
+    def _fit(self, X, targets, n_outputs, loss, incremental, sample_weight=None, class_weight=None):
+        sizes = self._validate_params()
+        n = X.shape[0]
+        batch_size = min(200, n) if self.batch_size == "auto" else min(int(self.batch_size), n)
+        fresh = not (hasattr(self, "model_") and (self.warm_start or incremental))
+        if fresh:
+            # dtype None follows the input, as scikit-learn does (float32 data stays float32)
+            dtype = self.dtype or ("float32" if X.dtype == np.float32 else "float64")
+            self.model_ = MLP([X.shape[1], *sizes, n_outputs], activation=self._activations(len(sizes)),
+                              dropout=self.dropout, device=self.device, dtype=dtype, seed=self._seed())
+            self.loss_curve_, self.t_, self.n_iter_ = [], 0, 0
+            self.validation_scores_ = [] if self.early_stopping else None
+            self.best_loss_ = np.inf if not self.early_stopping else None
+            self.best_validation_score_ = -np.inf if self.early_stopping else None
+            optimizer = self._optimizer(batch_size)
+        else:
+            optimizer = self.model_.optimizer
+        callbacks, epochs, kwargs = [], 1 if incremental else int(self.max_iter), {}
+        score = "val_accuracy" if self._estimator_type == "classifier" else "val_r2"
+        if not incremental:
+            if self.early_stopping:
+                kwargs = dict(validation_split=self.validation_fraction,
+                              metrics=["accuracy" if self._estimator_type == "classifier" else "r2"])
+                callbacks.append(EarlyStopping(monitor=score, mode="max", patience=self.n_iter_no_change,
+                                               min_delta=self.tol, restore_best_weights=True))
+            else:
+                callbacks.append(EarlyStopping(monitor="loss", mode="min", patience=self.n_iter_no_change,
+                                               min_delta=self.tol, restore_best_weights=self.restore_best_weights))
+            if self.learning_rate == "adaptive" and self.solver == "sgd":
+                callbacks.append(ReduceLROnPlateau(monitor="loss", factor=0.2, patience=1, min_delta=self.tol))
+            if self.learning_rate == "invscaling" and self.solver == "sgd":
+                start = self.t_
+                callbacks.append(LearningRateScheduler(
+                    lambda epoch, lr: self.learning_rate_init / (start + epoch * n + 1) ** self.power_t))
+        history = self.model_.fit(X, targets, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+                                  shuffle=self.shuffle, verbose=2 if self.verbose else 0, sample_weight=sample_weight,
+                                  class_weight=class_weight, callbacks=callbacks, **kwargs)
+        losses = history["loss"]
+        self.loss_curve_ += losses
+        self.loss_ = losses[-1]
+        self.n_iter_ += len(losses)
+        self.t_ += len(losses) * n
+        if self.early_stopping and not incremental:
+            self.validation_scores_ += history[score]
+            self.best_validation_score_ = max(self.validation_scores_)
+        elif not self.early_stopping:
+            self.best_loss_ = min(self.best_loss_, min(losses))
+        weights = self.model_.get_weights()
+        self.coefs_, self.intercepts_ = weights[0::2], weights[1::2]
+        self.n_layers_ = len(sizes) + 2
+        self.n_outputs_ = n_outputs
+        return self
+
+    def _outputs(self, X):
+        self._check_fitted()
+        X, _ = self._validate(X, reset=False)
+        # float64 out, as scikit-learn returns (the model itself may compute in float32)
+        return to_numpy(self.model_.predict(X, batch_size=8192)).astype(np.float64)
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import InputTags, Tags, TargetTags
+
+        return Tags(estimator_type=self._estimator_type, target_tags=TargetTags(required=True, multi_output=True),
+                    input_tags=InputTags(allow_nan=False))
+
+
+class MLPClassifier(_BaseMLP):
+    """Multilayer perceptron classifier with scikit-learn's API, on NumPy or a CUDA GPU.
+
+    Binary targets get one sigmoid output (``out_activation_ = "logistic"``), several classes a
+    softmax, and 2-D indicator targets one sigmoid per label (multilabel). Labels may be strings.
+    See ``MLPRegressor`` for the parameters.
+    """
+
+    _estimator_type = "classifier"
+
+    def _encode(self, y, classes=None, reset=True):
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] > 1:  # multilabel indicator
+            if reset:
+                self.classes_ = np.arange(y.shape[1])
+                self._multilabel = True
+            if not np.isin(y, (0, 1)).all():
+                raise ValueError("multilabel targets must be a 0/1 indicator matrix")
+            return y.astype(float), y.shape[1], "sigmoid_binary_cross_entropy"
+        y = y.ravel()
+        if _sklearn():
+            from sklearn.utils.multiclass import check_classification_targets
+
+            check_classification_targets(y)
+        if reset:
+            self.classes_ = np.unique(y if classes is None else np.asarray(classes))
+            self._multilabel = False
+        if len(self.classes_) < 2:
+            raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in the data, "
+                             f"but the data contains only one class: {self.classes_[0]!r}")
+        index = np.searchsorted(self.classes_, y)
+        if np.any(index >= len(self.classes_)) or np.any(self.classes_[np.minimum(index, len(self.classes_) - 1)] != y):
+            raise ValueError(f"y holds labels not in classes_ {self.classes_.tolist()}")
+        if len(self.classes_) == 2:
+            return index.astype(float), 1, "sigmoid_binary_cross_entropy"
+        return index, len(self.classes_), "softmax_cross_entropy"
+
+    def _class_weight(self):
+        if self.class_weight is None or isinstance(self.class_weight, str):
+            return self.class_weight
+        position = {c: i for i, c in enumerate(self.classes_.tolist())}
+        unknown = [c for c in self.class_weight if c not in position]
+        if unknown:
+            raise ValueError(f"class_weight names classes {unknown} that are not in the data {self.classes_.tolist()}")
+        return {position[c]: w for c, w in self.class_weight.items()}
+
+    def fit(self, X, y, sample_weight=None):
+        """Train on X (n, d) and labels y (n,) or a 0/1 indicator matrix (n, k); returns self."""
+        X, y = self._validate(X, y, fitting=True)
+        targets, n_out, loss = self._encode(y)
+        self.out_activation_ = "softmax" if loss == "softmax_cross_entropy" else "logistic"
+        return self._fit(X, targets, n_out, loss, incremental=False,
+                         sample_weight=self._sample_weight(sample_weight, X), class_weight=self._class_weight())
+
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """One epoch over (X, y); ``classes`` (all labels) is required on the first call."""
+        first = not hasattr(self, "model_")
+        if first and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        X, y = self._validate(X, y, reset=first, fitting=True)
+        targets, n_out, loss = self._encode(y, classes, reset=first)
+        self.out_activation_ = "softmax" if loss == "softmax_cross_entropy" else "logistic"
+        return self._fit(X, targets, n_out, loss, incremental=True,
+                         sample_weight=self._sample_weight(sample_weight, X), class_weight=self._class_weight())
+
+    def predict_proba(self, X):
+        """Class probabilities (n, n_classes); for multilabel, each label's probability."""
+        p = self._outputs(X)
+        if p.shape[1] == 1 and not self._multilabel:
+            return np.hstack([1.0 - p, p])
+        return p
+
+    def predict_log_proba(self, X):
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def predict(self, X):
+        p = self.predict_proba(X)
+        if self._multilabel:
+            return (p > 0.5).astype(int)
+        return self.classes_[np.argmax(p, axis=1)]
+
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy (exact match of all labels for multilabel)."""
+        pred, y = self.predict(X), np.asarray(y)
+        hits = np.all(pred == y, axis=1) if pred.ndim == 2 else pred == y
+        return float(np.average(hits, weights=sample_weight))
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import ClassifierTags
+
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags = ClassifierTags(multi_label=True)
+        return tags
+
+
+class MLPRegressor(_BaseMLP):
+    """Multilayer perceptron regressor with scikit-learn's API, on NumPy or a CUDA GPU.
+
+    Parameters (scikit-learn's names and defaults): hidden_layer_sizes, activation ("relu",
+    "tanh", "logistic", "identity", any xpmlp activation, or a list per layer), solver ("adam",
+    "sgd", "adamw", "rmsprop"), alpha (L2 penalty), batch_size ("auto" = min(200, n)),
+    learning_rate ("constant", "invscaling", "adaptive"; the last two for sgd), learning_rate_init,
+    power_t, max_iter (epochs), shuffle, random_state, tol and n_iter_no_change (stop when the
+    training loss - or, with early_stopping, the validation score - has not improved by tol for
+    n_iter_no_change epochs), verbose, warm_start, momentum, nesterovs_momentum, early_stopping,
+    validation_fraction, beta_1, beta_2, epsilon. xpmlp's own: device ("cpu", "cuda", "auto"),
+    dtype (None: the input's, as scikit-learn; or "float32" - fastest on a GPU - or "float64"),
+    dropout, class_weight (classifier), restore_best_weights.
+    The output layer is linear (``out_activation_ = "identity"``).
+    """
+
+    _estimator_type = "regressor"
+
+    def fit(self, X, y, sample_weight=None):
+        """Train on X (n, d) and targets y (n,) or (n, k); returns self."""
+        X, y = self._validate(X, y, fitting=True)
+        y = np.asarray(y, dtype=np.float64)
+        self._y_1d = y.ndim == 1
+        targets = y.reshape(-1, 1) if y.ndim == 1 else y
+        self.out_activation_ = "identity"
+        return self._fit(X, targets, targets.shape[1], "mse", incremental=False,
+                         sample_weight=self._sample_weight(sample_weight, X))
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y)."""
+        first = not hasattr(self, "model_")
+        X, y = self._validate(X, y, reset=first, fitting=True)
+        y = np.asarray(y, dtype=np.float64)
+        if first:
+            self._y_1d = y.ndim == 1
+        targets = y.reshape(-1, 1) if y.ndim == 1 else y
+        self.out_activation_ = "identity"
+        return self._fit(X, targets, targets.shape[1], "mse", incremental=True,
+                         sample_weight=self._sample_weight(sample_weight, X))
+
+    def predict(self, X):
+        out = self._outputs(X)
+        return out[:, 0] if self._y_1d else out
+
+    def score(self, X, y, sample_weight=None):
+        """Coefficient of determination R^2 (averaged over outputs)."""
+        y = np.asarray(y, dtype=np.float64)
+        pred = self.predict(X)
+        y2, p2 = y.reshape(len(y), -1), pred.reshape(len(pred), -1)
+        w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        mean = np.average(y2, axis=0, weights=w)
+        ss_res = (w[:, None] * (y2 - p2) ** 2).sum(axis=0)
+        ss_tot = (w[:, None] * (y2 - mean) ** 2).sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = np.where(ss_tot > 0, 1 - ss_res / ss_tot, np.where(ss_res == 0, 1.0, 0.0))
+        return float(r2.mean())
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import RegressorTags
+
+        tags = super().__sklearn_tags__()
+        tags.regressor_tags = RegressorTags()
+        return tags
