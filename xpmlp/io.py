@@ -64,11 +64,10 @@ def _layer_tensors(model) -> dict:
     return tensors
 
 
-def _write(path, tensors: dict, metadata: dict) -> None:
+def _encode(tensors: dict, metadata: dict) -> bytes:
     import safetensors.numpy
 
-    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    _atomic_write(Path(path), safetensors.numpy.save(tensors, metadata=metadata))
+    return safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
 
 
 def _require_built(model):
@@ -78,6 +77,11 @@ def _require_built(model):
 
 def save(model, path) -> None:
     """Write the whole model - architecture, weights, loss, optimiser state, RNG states - to ``path``."""
+    _atomic_write(Path(path), to_bytes(model))
+
+
+def to_bytes(model) -> bytes:
+    """The file :func:`save` writes, as bytes (used to pickle scikit-learn estimators)."""
     _require_built(model)
     tensors = _layer_tensors(model)
     optimizer = None
@@ -102,7 +106,7 @@ def save(model, path) -> None:
                            "layers": {str(i): layer._rng.bit_generator.state
                                       for i, layer in enumerate(model.layers) if isinstance(layer, Dropout)}}),
     }
-    _write(path, tensors, metadata)
+    return _encode(tensors, metadata)
 
 
 def _lr_config(opt):
@@ -227,14 +231,6 @@ def load(path, device=None, xp=None):
     return model
 
 
-def to_bytes(model) -> bytes:
-    """The file :func:`save` would write, as bytes (used to pickle scikit-learn estimators)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.safetensors"
-        save(model, path)
-        return path.read_bytes()
-
-
 def from_bytes(data: bytes, device=None, xp=None):
     """The model that :func:`to_bytes` gave, rebuilt on ``device``."""
     with tempfile.TemporaryDirectory() as folder:
@@ -246,7 +242,8 @@ def from_bytes(data: bytes, device=None, xp=None):
 def save_weights(model, path) -> None:
     """Write only the weights (and layer state such as Standardize statistics)."""
     _require_built(model)
-    _write(path, _layer_tensors(model), {"format": "xpmlp-weights", "format_version": str(FORMAT_VERSION)})
+    _atomic_write(Path(path), _encode(_layer_tensors(model), {"format": "xpmlp-weights",
+                                                              "format_version": str(FORMAT_VERSION)}))
 
 
 def load_weights(model, path) -> None:
