@@ -339,7 +339,8 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
         for cb in callbacks:
             cb.on_epoch_begin(epoch)
         # Updates assign new arrays (never in place), so holding the references is a free snapshot.
-        snapshot = [pd[k] for pd, _, k in slots], [dict(s) for s in (optimizer.state or [])], optimizer.t
+        snapshot = ([pd[k] for pd, _, k in slots],
+                    None if optimizer.state is None else [dict(s) for s in optimizer.state], optimizer.t)
         started = time.perf_counter()
         progress.begin(epoch)
         order = model.backend.from_host(rng.permutation(n)) if shuffle else None
@@ -366,12 +367,9 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
         epoch_loss = float(total) / n  # the one host sync of the epoch
 
         if not math.isfinite(epoch_loss):
-            params, state, t = snapshot
+            params, optimizer.state, optimizer.t = snapshot
             for (pd, _, k), p in zip(slots, params):
                 pd[k] = p
-            if optimizer.state is not None:
-                optimizer.state = state or None
-            optimizer.t = t
             if progress.bar is not None:
                 progress.bar.close()
             message = _divergence_message(epoch, int(float(first_bad)), epoch_loss, optimizer)
