@@ -73,7 +73,7 @@ def _save(model, args) -> None:
 
 
 def _read_csv(path: str, target: str):
-    """Features (n, d) float64, the target Series, and feature names; errors name file, column, row."""
+    """Features (n, d) float64 and the target Series; errors name the file, column and row."""
     import pandas as pd
 
     try:
@@ -97,7 +97,7 @@ def _read_csv(path: str, target: str):
             row = int(bad.to_numpy().argmax())
             raise CliError(f"{path}: feature column {column!r}, row {row + 1}: {features[column].iloc[row]!r} "
                            "is missing or not a number (encode or drop non-numeric columns, fill missing values)")
-    return features.to_numpy(dtype=np.float64), y, list(map(str, features.columns))
+    return features.to_numpy(dtype=np.float64), y
 
 
 def _is_classification(y) -> bool:
@@ -112,29 +112,32 @@ def _is_classification(y) -> bool:
 def cmd_csv(args) -> int:
     from .backend import to_numpy
 
-    X, target, names = _read_csv(args.file, args.target)
+    from .datasets import train_test_split
+
+    X, target = _read_csv(args.file, args.target)
     classify = _is_classification(target)
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(X))
-    n_test = max(1, int(round(0.2 * len(X))))
-    test, train = order[:n_test], order[n_test:]
     if classify:
         classes, y = np.unique(target.to_numpy(), return_inverse=True)
-        print(f"{args.file}: {len(X)} rows, {X.shape[1]} features, classification of {args.target!r} "
-              f"into {len(classes)} classes; 20% held out")
-        model = _model([X.shape[1], *args.hidden, len(classes)], args, standardize=True)
-        seconds = _train_epochs(model, X[train], y[train], "softmax_cross_entropy", args)
-        _report(seconds, len(train), args.epochs, held_out_accuracy=_accuracy(model, X[test], y[test]))
     else:
         y = target.to_numpy(dtype=np.float64)
-        mean, std = y[train].mean(), y[train].std() or 1.0
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, stratify=classify, seed=args.seed)
+    if len(X_test) == 0 or len(X_train) == 0:
+        raise CliError(f"{args.file}: {len(X)} rows are too few to hold out 20% for testing")
+    if classify:
+        print(f"{args.file}: {len(X)} rows, {X.shape[1]} features, classification of {args.target!r} "
+              f"into {len(classes)} classes; 20% held out (stratified)")
+        model = _model([X.shape[1], *args.hidden, len(classes)], args, standardize=True)
+        seconds = _train_epochs(model, X_train, y_train, "softmax_cross_entropy", args)
+        _report(seconds, len(X_train), args.epochs, held_out_accuracy=_accuracy(model, X_test, y_test))
+    else:
+        mean, std = y_train.mean(), y_train.std() or 1.0
         print(f"{args.file}: {len(X)} rows, {X.shape[1]} features, regression of {args.target!r}; 20% held out")
         model = _model([X.shape[1], *args.hidden, 1], args, standardize=True)
-        seconds = _train_epochs(model, X[train], (y[train] - mean) / std, "mse", args)
-        pred = to_numpy(model.predict(X[test])).ravel() * std + mean
-        mse = float(np.mean((pred - y[test]) ** 2))
-        r2 = 1.0 - mse / float(np.var(y[test])) if np.var(y[test]) > 0 else float("nan")
-        _report(seconds, len(train), args.epochs, held_out_mse=mse, held_out_r2=r2)
+        seconds = _train_epochs(model, X_train, (y_train - mean) / std, "mse", args)
+        pred = to_numpy(model.predict(X_test)).ravel() * std + mean
+        mse = float(np.mean((pred - y_test) ** 2))
+        r2 = 1.0 - mse / float(np.var(y_test)) if np.var(y_test) > 0 else float("nan")
+        _report(seconds, len(X_train), args.epochs, held_out_mse=mse, held_out_r2=r2)
     _save(model, args)
     return 0
 
