@@ -16,6 +16,7 @@ import numpy as np
 from . import io as _io
 from .backend import is_device_library_array, to_numpy
 from .callbacks import EarlyStopping, LearningRateScheduler, ReduceLROnPlateau
+from .metrics import r2_from_sums
 from .model import MLP
 from .optim import SGD, Adam, AdamW, RMSprop
 
@@ -413,11 +414,7 @@ class MLPRegressor(_BaseMLP):
         y2, p2 = y.reshape(len(y), -1), pred.reshape(len(pred), -1)
         w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
         mean = np.average(y2, axis=0, weights=w)
-        ss_res = (w[:, None] * (y2 - p2) ** 2).sum(axis=0)
-        ss_tot = (w[:, None] * (y2 - mean) ** 2).sum(axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r2 = np.where(ss_tot > 0, 1 - ss_res / ss_tot, np.where(ss_res == 0, 1.0, 0.0))
-        return float(r2.mean())
+        return r2_from_sums((w[:, None] * (y2 - p2) ** 2).sum(axis=0), (w[:, None] * (y2 - mean) ** 2).sum(axis=0))
 
     def __sklearn_tags__(self):
         from sklearn.utils import RegressorTags

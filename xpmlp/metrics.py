@@ -110,10 +110,15 @@ class R2(Metric):
 
     def result(self, stats):
         ss_res, s1, s2, n = (np.asarray(s, dtype=np.float64) for s in stats)
-        ss_tot = s2 - s1 * s1 / n
-        with np.errstate(divide="ignore", invalid="ignore"):
-            per_column = np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.where(ss_res == 0, 1.0, 0.0))
-        return float(per_column.mean())
+        return r2_from_sums(ss_res, s2 - s1 * s1 / n)
+
+
+def r2_from_sums(ss_res, ss_tot) -> float:
+    """Mean over columns of 1 - ss_res/ss_tot; a constant column scores 1 if fitted exactly, else 0."""
+    ss_res, ss_tot = np.asarray(ss_res, dtype=np.float64), np.asarray(ss_tot, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_column = np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.where(ss_res == 0, 1.0, 0.0))
+    return float(per_column.mean())
 
 
 class CallableMetric(Metric):
