@@ -13,7 +13,9 @@ from xpmlp import MLPClassifier, MLPRegressor
 sklearn = pytest.importorskip("sklearn")
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
-# Checks that cannot apply, with the reason:
+# scikit-learn skips check_array_api_input by itself unless SCIPY_ARRAY_API=1 (shown as skipped);
+# the estimators accept CuPy and torch arrays but answer in NumPy, as scikit-learn does without
+# array_api_dispatch. Checks that cannot apply, with the reason:
 EXPECTED_FAILED = {
     "check_sample_weight_equivalence_on_dense_data":
         "minibatch training with shuffling: a repeated row falls into other batches than a weighted row, "
@@ -23,7 +25,6 @@ EXPECTED_FAILED = {
 
 @parametrize_with_checks([MLPClassifier(max_iter=50), MLPRegressor(max_iter=50)],
                          expected_failed_checks=lambda est: EXPECTED_FAILED)
-@pytest.mark.filterwarnings("ignore:Estimator .* does not inherit from `sklearn.base.BaseEstimator`")
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -31,6 +32,46 @@ def test_sklearn_estimator_checks(estimator, check):
 def test_importing_xpmlp_does_not_import_sklearn():
     code = "import sys, xpmlp; print('sklearn' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_estimators_inherit_sklearn_base_when_installed():
+    from sklearn.base import BaseEstimator, is_classifier, is_regressor
+
+    assert isinstance(MLPClassifier(), BaseEstimator) and is_classifier(MLPClassifier())
+    assert isinstance(MLPRegressor(), BaseEstimator) and is_regressor(MLPRegressor())
+
+
+WITHOUT_SKLEARN = """
+import sys
+sys.modules["sklearn"] = None  # any import of scikit-learn now fails
+import numpy as np
+from xpmlp import MLPClassifier, MLPRegressor
+rng = np.random.default_rng(0)
+X = rng.normal(size=(200, 3))
+y = np.where(X[:, 0] + X[:, 1] > 0, "yes", "no")
+clf = MLPClassifier(hidden_layer_sizes=(8,), learning_rate_init=0.01, random_state=0).set_params(alpha=0.01)
+print(clf.get_params()["alpha"], repr(clf))
+print(clf.fit(X, y).score(X, y) > 0.9, clf.predict(X[:2]).tolist())
+reg = MLPRegressor(hidden_layer_sizes=(8,), learning_rate_init=0.01, random_state=0).fit(X, X[:, 0] - X[:, 2])
+print(reg.score(X, X[:, 0] - X[:, 2]) > 0.9)
+try:
+    MLPClassifier().predict(X)
+except ValueError as e:
+    print(type(e).__name__, "not fitted" in str(e))
+try:
+    clf.set_params(bogus=1)
+except ValueError as e:
+    print("Invalid parameter 'bogus'" in str(e))
+"""
+
+
+def test_estimators_work_without_sklearn():
+    out = subprocess.run([sys.executable, "-c", WITHOUT_SKLEARN], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "0.01 MLPClassifier(alpha=0.01, hidden_layer_sizes=(8,), learning_rate_init=0.01, random_state=0)"
+    assert lines[1].startswith("True [")
+    assert lines[2:] == ["True", "NotFittedError True", "True"]
 
 
 def _blobs(n=300, seed=0):

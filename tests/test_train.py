@@ -157,3 +157,13 @@ def test_unshuffled_fit_is_deterministic():
         model = xpmlp.MLP([4, 5, 2], seed=0, device="cpu")
         runs.append(model.fit(X, y, loss="mse", epochs=2, shuffle=False).history["loss"])
     assert runs[0] == runs[1]
+
+
+def test_mlp_init_applies_to_every_dense_layer():
+    model = xpmlp.MLP([4, 8, 8, 2], activation=["relu", "tanh"], init="glorot_normal")
+    assert [layer.init for layer in model.layers if isinstance(layer, xpmlp.Dense)] == ["glorot_normal"] * 3
+    defaults = xpmlp.MLP([4, 8, 8, 2], activation=["relu", "tanh"])
+    assert [layer.init for layer in defaults.layers if isinstance(layer, xpmlp.Dense)] == [
+        "he_uniform", "glorot_uniform", "glorot_uniform"]
+    with pytest.raises(ValueError, match="unknown initializer 'nope'"):
+        xpmlp.MLP([4, 8, 2], init="nope")

@@ -9,7 +9,6 @@ from .layers import (ACTIVATIONS, ELU, GELU, Activation, Dense, Dropout, Identit
                      ReLU, Sigmoid, Softmax, Softplus, Standardize, Tanh)
 from .losses import (LOSSES, Huber, Loss, MeanAbsoluteError, MeanSquaredError, SigmoidBinaryCrossEntropy,
                      SoftmaxCrossEntropy)
-from .estimators import MLPClassifier, MLPRegressor
 from .model import MLP, Sequential
 from .optim import OPTIMIZERS, SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from . import callbacks, datasets, metrics, schedules
@@ -17,6 +16,17 @@ from .io import ModelFileError, load
 from .train import DivergenceError, History
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # The estimators subclass scikit-learn's BaseEstimator when it is installed, so they are
+    # imported on first use: ``import xpmlp`` itself never imports scikit-learn.
+    if name in ("MLPClassifier", "MLPRegressor"):
+        from . import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'xpmlp' has no attribute {name!r}")
+
 
 __all__ = [
     "Backend", "DeviceMismatchError", "available_backends", "resolve", "to_numpy",

@@ -48,8 +48,60 @@ def _not_fitted(est):
     return NotFittedError(message)
 
 
-class _BaseMLP:
-    _estimator_type = None
+class _ParamsFallback:
+    """get_params/set_params/repr as scikit-learn's BaseEstimator, for when it is not installed."""
+
+    @classmethod
+    def _get_param_names(cls):
+        return sorted(p.name for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self")
+
+    def get_params(self, deep=True):
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params):
+        valid = self._get_param_names()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"Invalid parameter {key!r} for estimator {type(self).__name__}. "
+                                 f"Valid parameters are: {valid!r}.")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self):
+        defaults = type(self)().get_params()
+        changed = {k: v for k, v in self.get_params().items() if repr(v) != repr(defaults[k])}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+
+class _ClassifierFallback:
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy (exact match of all labels for multilabel), as scikit-learn's accuracy_score."""
+        pred, y = self.predict(X), np.asarray(y)
+        hits = np.all(pred == y, axis=1) if pred.ndim == 2 else pred == y
+        return float(np.average(hits, weights=sample_weight))
+
+
+class _RegressorFallback:
+    def score(self, X, y, sample_weight=None):
+        """Coefficient of determination R^2 averaged over outputs, as scikit-learn's r2_score."""
+        y = np.asarray(y, dtype=np.float64)
+        pred = self.predict(X)
+        y2, p2 = y.reshape(len(y), -1), pred.reshape(len(pred), -1)
+        w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        mean = np.average(y2, axis=0, weights=w)
+        return r2_from_sums((w[:, None] * (y2 - p2) ** 2).sum(axis=0), (w[:, None] * (y2 - mean) ** 2).sum(axis=0))
+
+
+try:  # with scikit-learn installed the estimators are its own kind: params, tags, score, html repr
+    from sklearn.base import BaseEstimator as _Base
+    from sklearn.base import ClassifierMixin as _ClassifierMixin
+    from sklearn.base import RegressorMixin as _RegressorMixin
+except ImportError:
+    _Base, _ClassifierMixin, _RegressorMixin = _ParamsFallback, _ClassifierFallback, _RegressorFallback
+
+
+class _BaseMLP(_Base):
+    _kind = None  # "classifier" or "regressor"
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
@@ -85,28 +137,6 @@ class _BaseMLP:
         self.class_weight = class_weight
         self.restore_best_weights = restore_best_weights
 
-    # -- the scikit-learn protocol -------------------------------------------------------------------
-    @classmethod
-    def _param_names(cls):
-        return sorted(p.name for p in inspect.signature(_BaseMLP.__init__).parameters.values() if p.name != "self")
-
-    def get_params(self, deep=True):
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params):
-        valid = self._param_names()
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(f"Invalid parameter {key!r} for estimator {type(self).__name__}. "
-                                 f"Valid parameters are: {valid!r}.")
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self):
-        defaults = type(self)().get_params()
-        changed = {k: v for k, v in self.get_params().items() if repr(v) != repr(defaults[k])}
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
-
     def __sklearn_is_fitted__(self):
         return hasattr(self, "model_")
 
@@ -117,14 +147,14 @@ class _BaseMLP:
     # -- validation ------------------------------------------------------------------------------------
     def __getstate__(self):
         # The model holds array-library modules, which do not pickle: store its safetensors bytes.
-        state = dict(self.__dict__)
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
         if "model_" in state:
             state["model_"] = _io.to_bytes(state["model_"])
         return state
 
     def __setstate__(self, state):
         if isinstance(state.get("model_"), bytes):
-            state["model_"] = _io.from_bytes(state["model_"], device=state.get("device"))
+            state = {**state, "model_": _io.from_bytes(state["model_"], device=state.get("device"))}
         self.__dict__.update(state)
 
     def _sample_weight(self, sample_weight, X):
@@ -152,7 +182,7 @@ class _BaseMLP:
             kwargs = dict(reset=reset, dtype=[np.float64, np.float32])
             if y is None:
                 return validate_data(self, X, **kwargs), None
-            return validate_data(self, X, y, multi_output=True, y_numeric=self._estimator_type == "regressor",
+            return validate_data(self, X, y, multi_output=True, y_numeric=self._kind == "regressor",
                                  **kwargs)
         X = np.asarray(X)
         if X.dtype.kind not in "biuf" or X.ndim != 2:
@@ -209,8 +239,10 @@ class _BaseMLP:
         if fresh:
             # dtype None follows the input, as scikit-learn does (float32 data stays float32)
             dtype = self.dtype or ("float32" if X.dtype == np.float32 else "float64")
+            # Glorot-uniform weights for every layer, as scikit-learn initialises (biases start at zero)
             self.model_ = MLP([X.shape[1], *sizes, n_outputs], activation=self._activations(len(sizes)),
-                              dropout=self.dropout, device=self.device, dtype=dtype, seed=self._seed())
+                              dropout=self.dropout, init="glorot_uniform", device=self.device, dtype=dtype,
+                              seed=self._seed())
             self.loss_curve_, self.t_, self.n_iter_ = [], 0, 0
             self.validation_scores_ = [] if self.early_stopping else None
             self.best_loss_ = np.inf if not self.early_stopping else None
@@ -219,11 +251,11 @@ class _BaseMLP:
         else:
             optimizer = self.model_.optimizer
         callbacks, epochs, kwargs = [], 1 if incremental else int(self.max_iter), {}
-        score = "val_accuracy" if self._estimator_type == "classifier" else "val_r2"
+        score = "val_accuracy" if self._kind == "classifier" else "val_r2"
         if not incremental:
             if self.early_stopping:
                 kwargs = dict(validation_split=self.validation_fraction,
-                              metrics=["accuracy" if self._estimator_type == "classifier" else "r2"])
+                              metrics=["accuracy" if self._kind == "classifier" else "r2"])
                 callbacks.append(EarlyStopping(monitor=score, mode="max", patience=self.n_iter_no_change,
                                                min_delta=self.tol, restore_best_weights=True))
             else:
@@ -261,13 +293,13 @@ class _BaseMLP:
         return to_numpy(self.model_.predict(X, batch_size=8192)).astype(np.float64)
 
     def __sklearn_tags__(self):
-        from sklearn.utils import InputTags, Tags, TargetTags
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        tags.target_tags.multi_output = True
+        return tags
 
-        return Tags(estimator_type=self._estimator_type, target_tags=TargetTags(required=True, multi_output=True),
-                    input_tags=InputTags(allow_nan=False))
 
-
-class MLPClassifier(_BaseMLP):
+class MLPClassifier(_ClassifierMixin, _BaseMLP):
     """Multilayer perceptron classifier with scikit-learn's API, on NumPy or a CUDA GPU.
 
     Binary targets get one sigmoid output (``out_activation_ = "logistic"``), several classes a
@@ -275,7 +307,7 @@ class MLPClassifier(_BaseMLP):
     See ``MLPRegressor`` for the parameters.
     """
 
-    _estimator_type = "classifier"
+    _kind = "classifier"
 
     def _encode(self, y, classes=None, reset=True):
         y = np.asarray(y)
@@ -349,21 +381,13 @@ class MLPClassifier(_BaseMLP):
             return (p > 0.5).astype(int)
         return self.classes_[np.argmax(p, axis=1)]
 
-    def score(self, X, y, sample_weight=None):
-        """Mean accuracy (exact match of all labels for multilabel)."""
-        pred, y = self.predict(X), np.asarray(y)
-        hits = np.all(pred == y, axis=1) if pred.ndim == 2 else pred == y
-        return float(np.average(hits, weights=sample_weight))
-
     def __sklearn_tags__(self):
-        from sklearn.utils import ClassifierTags
-
         tags = super().__sklearn_tags__()
-        tags.classifier_tags = ClassifierTags(multi_label=True)
+        tags.classifier_tags.multi_label = True
         return tags
 
 
-class MLPRegressor(_BaseMLP):
+class MLPRegressor(_RegressorMixin, _BaseMLP):
     """Multilayer perceptron regressor with scikit-learn's API, on NumPy or a CUDA GPU.
 
     Parameters (scikit-learn's names and defaults): hidden_layer_sizes, activation ("relu",
@@ -379,7 +403,7 @@ class MLPRegressor(_BaseMLP):
     The output layer is linear (``out_activation_ = "identity"``).
     """
 
-    _estimator_type = "regressor"
+    _kind = "regressor"
 
     def fit(self, X, y, sample_weight=None):
         """Train on X (n, d) and targets y (n,) or (n, k); returns self."""
@@ -406,19 +430,3 @@ class MLPRegressor(_BaseMLP):
     def predict(self, X):
         out = self._outputs(X)
         return out[:, 0] if self._y_1d else out
-
-    def score(self, X, y, sample_weight=None):
-        """Coefficient of determination R^2 (averaged over outputs)."""
-        y = np.asarray(y, dtype=np.float64)
-        pred = self.predict(X)
-        y2, p2 = y.reshape(len(y), -1), pred.reshape(len(pred), -1)
-        w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
-        mean = np.average(y2, axis=0, weights=w)
-        return r2_from_sums((w[:, None] * (y2 - p2) ** 2).sum(axis=0), (w[:, None] * (y2 - mean) ** 2).sum(axis=0))
-
-    def __sklearn_tags__(self):
-        from sklearn.utils import RegressorTags
-
-        tags = super().__sklearn_tags__()
-        tags.regressor_tags = RegressorTags()
-        return tags

@@ -47,6 +47,15 @@ def default_init_for(activation: str | None) -> str:
     return "he_uniform" if activation in _HE_ACTIVATIONS else "glorot_uniform"
 
 
+def check_name(name: str) -> str:
+    """The initialiser's canonical name; a clear ValueError for an unknown one."""
+    key = _ALIASES.get(name, name) if isinstance(name, str) else name
+    if key not in INITIALIZERS:
+        valid = sorted(INITIALIZERS) + sorted(_ALIASES)
+        raise ValueError(f"unknown initializer {name!r}; valid names: {', '.join(valid)}")
+    return key
+
+
 def initialize(name: str, fan_in: int, fan_out: int, rng: np.random.Generator, dtype: str) -> np.ndarray:
     """Draw a (fan_in, fan_out) weight matrix on the host.
 
@@ -62,9 +71,5 @@ def initialize(name: str, fan_in: int, fan_out: int, rng: np.random.Generator, d
     -------
     np.ndarray of shape (fan_in, fan_out)
     """
-    key = _ALIASES.get(name, name)
-    if key not in INITIALIZERS:
-        valid = sorted(INITIALIZERS) + sorted(_ALIASES)
-        raise ValueError(f"unknown initializer {name!r}; valid names: {', '.join(valid)}")
-    sampler = INITIALIZERS[key](fan_in, fan_out)
+    sampler = INITIALIZERS[check_name(name)](fan_in, fan_out)
     return sampler(rng, (fan_in, fan_out)).astype(dtype)

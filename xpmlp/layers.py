@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from .functional import sigmoid, softmax_rows, softplus
-from .init import default_init_for, initialize
+from .init import check_name, default_init_for, initialize
 
 __all__ = [
     "Layer", "Dense", "Dropout", "Standardize", "Activation", "ACTIVATIONS", "get_activation",
@@ -78,6 +78,7 @@ class Dense(Layer):
         self.units = int(units)
         self.in_features = None if in_features is None else int(in_features)
         self.bias = bool(bias)
+        check_name(init)  # fail here, not at the first fit
         self.init = init
         self._x = None
 

@@ -172,10 +172,14 @@ class MLP(Sequential):
         Dropout rate after each hidden activation.
     standardize : bool, default False
         Start with a :class:`Standardize` layer, so raw (unscaled) features can be given.
+    init : str, optional
+        Weight initialiser for every Dense layer (see :mod:`xpmlp.init`); by default He for
+        ReLU-like activations and Glorot otherwise.
     **kwargs : passed to :class:`Sequential` (device, xp, dtype, seed).
     """
 
-    def __init__(self, sizes, activation="relu", *, dropout: float = 0.0, standardize: bool = False, **kwargs):
+    def __init__(self, sizes, activation="relu", *, dropout: float = 0.0, standardize: bool = False,
+                 init: str | None = None, **kwargs):
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) < 1:
             raise ValueError(f"MLP sizes must list at least an input and an output width, all positive; got {sizes}")
@@ -188,10 +192,10 @@ class MLP(Sequential):
             layer = get_activation(act)
             if layer is act:  # a user's instance: one copy per hidden layer, as each caches its input
                 layer = type(act)(**act.get_config())
-            layers += [dense_for(width, act), layer]
+            layers += [dense_for(width, act) if init is None else Dense(width, init=init), layer]
             if dropout:
                 layers.append(Dropout(dropout))
-        layers.append(Dense(sizes[-1]))
+        layers.append(Dense(sizes[-1]) if init is None else Dense(sizes[-1], init=init))
         layers[0].in_features = sizes[0]
         if standardize:
             layers.insert(0, Standardize())
