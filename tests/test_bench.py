@@ -1,0 +1,31 @@
+"""The benchmark harnesses run (quick mode) and write what they promise; no speed is asserted."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _run(script, out, *args):
+    done = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_accuracy_vs_sklearn_quick(tmp_path, data_dir):
+    pytest.importorskip("sklearn")
+    if data_dir is None or not (data_dir / "mnist").is_dir() or not (data_dir / "uci-heart").is_dir():
+        pytest.skip("MNIST and UCI heart data not in $XPMLP_DATA")
+    stdout = _run("accuracy_vs_sklearn.py", tmp_path)
+    results = json.loads((tmp_path / "accuracy_vs_sklearn.json").read_text())
+    for name in ("heart", "mnist"):
+        r = results[name]
+        assert 0.5 < r["xpmlp"] <= 1 and 0.5 < r["sklearn"] <= 1, r
+        assert r["wins"] + r["ties"] + r["losses"] == r["runs"] > 0
+        assert f"| {name} |" in stdout
+    assert (tmp_path / "accuracy_vs_sklearn.md").read_text().startswith("# xpmlp.MLPClassifier vs scikit-learn")
