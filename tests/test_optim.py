@@ -14,7 +14,7 @@ G = [np.array([[0.2, -0.4, 1.0], [-0.05, 0.3, 0.0]]),
 
 def _run(case, opt, grads, p0=P0, lrs=None):
     """Apply opt to one parameter fed with the given gradients; NumPy result after each step."""
-    params, gstore = {"w": case.asarray(p0)}, {}
+    params, gstore = {"w": case.asarray(p0.copy())}, {}  # the NumPy fast path updates in place
     out = []
     for i, g in enumerate(grads):
         if lrs is not None:
@@ -22,7 +22,7 @@ def _run(case, opt, grads, p0=P0, lrs=None):
         gstore["w"] = case.asarray(g)
         opt.step([(params, gstore, "w")])
         assert params["w"].dtype == case.backend.dtype(case.dtype)  # no promotion
-        out.append(to_numpy(params["w"]))
+        out.append(to_numpy(params["w"]).copy())
     return out
 
 

@@ -147,6 +147,21 @@ def to_numpy(a) -> np.ndarray:
     return np.from_dlpack(a)
 
 
+def fast_kernels(xp):
+    """The backend's fast-path kernels for namespace xp (a module), or None for the reference path.
+
+    NumPy gets :mod:`xpmlp.kernels_numpy` (in-place, chunked optimiser updates, bitwise equal to
+    the reference). ``XPMLP_REFERENCE=1`` turns every fast path off.
+    """
+    if os.environ.get("XPMLP_REFERENCE", "") == "1":
+        return None
+    if _library_name(xp) == "numpy":
+        from . import kernels_numpy
+
+        return kernels_numpy
+    return None
+
+
 def namespace_of(*arrays):
     """The Array API namespace of ``arrays``; refuses a mix of libraries with a clear error."""
     try:

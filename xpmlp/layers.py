@@ -43,7 +43,12 @@ class Layer:
         raise NotImplementedError
 
     def backward(self, grad_out):
+        """dL/d(input) from dL/d(output); layers with parameters also fill ``grads``."""
         raise NotImplementedError
+
+    def backward_params(self, grad_out) -> None:
+        """Fill ``grads`` only: for the first trainable layer, whose input gradient nobody uses."""
+        self.backward(grad_out)
 
     def get_config(self) -> dict:
         """Constructor arguments that rebuild this layer (used for saving and repr)."""
@@ -95,14 +100,19 @@ class Dense(Layer):
     def forward(self, x, training=False):
         self._x = x
         y = self.xp.matmul(x, self.params["W"])
-        return y + self.params["b"] if self.bias else y
+        if self.bias:
+            y += self.params["b"]  # y is a fresh array of ours: add in place, no temporary
+        return y
 
     def backward(self, grad_out):
+        self.backward_params(grad_out)
+        return self.xp.matmul(grad_out, self.params["W"].T)
+
+    def backward_params(self, grad_out):
         xp = self.xp
         self.grads["W"] = xp.matmul(self._x.T, grad_out)
         if self.bias:
             self.grads["b"] = xp.sum(grad_out, axis=0)
-        return xp.matmul(grad_out, self.params["W"].T)
 
     def get_config(self):
         return {"units": self.units, "in_features": self.in_features, "bias": self.bias, "init": self.init}
@@ -214,7 +224,9 @@ class ReLU(Activation):
         return xp.maximum(x, 0.0)
 
     def backward(self, grad_out):
-        return self.xp.where(self._x > 0, grad_out, 0.0)
+        # Multiplying by the 0/1 mask is ~10x faster than where(x > 0, g, 0) in NumPy (bench/NOTES.md)
+        xp = self.xp
+        return grad_out * xp.astype(self._x > 0, grad_out.dtype)
 
 
 class LeakyReLU(Activation):

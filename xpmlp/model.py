@@ -102,11 +102,20 @@ class Sequential:
             x = layer.forward(x, training)
         return x
 
-    def backward(self, grad):
-        """Backpropagate dL/d(outputs) (n, out); fills every layer's grads; returns dL/dx (n, in)."""
-        for layer in reversed(self.layers):
+    def backward(self, grad, input_grad: bool = True):
+        """Backpropagate dL/d(outputs) (n, out); fills every layer's grads; returns dL/dx (n, in).
+
+        With ``input_grad=False`` (as in ``fit``) it stops at the first layer with parameters and
+        returns None: dL/dx is one matrix product per step that training never uses.
+        """
+        first = next((i for i, layer in enumerate(self.layers) if layer.params), 0)
+        stop = 0 if input_grad else first + 1
+        for layer in reversed(self.layers[stop:]):
             grad = layer.backward(grad)
-        return grad
+        if input_grad:
+            return grad
+        self.layers[first].backward_params(grad)
+        return None
 
     # -- training API ------------------------------------------------------------------------
     fit = fit

@@ -3,7 +3,8 @@
 The base class does what every optimiser shares: it pairs parameters with gradients, applies
 (coupled or decoupled) weight decay and clipping by global norm, counts steps, and writes the
 new values back into the layers' ``params`` (the standard allows ``p -= ...`` not to mutate, so
-results are assigned, never updated in place). Hyper-parameters, the step counter and bias
+results are assigned). A backend may offer fast kernels (NumPy: :mod:`xpmlp.kernels_numpy`)
+that do the same update in place, bitwise equal; ``update_fast`` uses them where they apply. Hyper-parameters, the step counter and bias
 corrections are Python floats on the host: no device scalar, no dtype promotion.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from .backend import namespace_of
+from .backend import fast_kernels, namespace_of
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "OPTIMIZERS", "get_optimizer",
            "clip_by_global_norm"]
@@ -67,6 +68,10 @@ class Optimizer:
         """Return the new value of parameter p from gradient g; may replace entries of state."""
         raise NotImplementedError
 
+    def update_fast(self, kernels, p, g, state: dict, lr: float) -> bool:
+        """The same update in place with a backend's fast kernels; False where none applies."""
+        return False
+
     def step(self, slots) -> None:
         """Apply one update.
 
@@ -74,7 +79,8 @@ class Optimizer:
         ----------
         slots : list of (params, grads, key)
             Dicts of a layer's parameters and gradients and the key of one parameter (as given
-            by ``Sequential.slots()``). The new value is stored in ``params[key]``.
+            by ``Sequential.slots()``). The new value is stored in ``params[key]``; on a fast
+            path (NumPy) the parameter and state arrays are updated in place, as torch.optim does.
         """
         if not slots:
             return
@@ -90,12 +96,16 @@ class Optimizer:
             grads = clip_by_global_norm(xp, grads, self.clipnorm)
         lr, wd = self.current_lr(), self.weight_decay
         self.t += 1
+        kernels = fast_kernels(xp)
         for (pd, _, k), p, g, state in zip(slots, params, grads, self.state):
             if wd and self.decoupled_weight_decay:
                 p = p * (1.0 - lr * wd)
             elif wd:
                 g = g + wd * p
-            pd[k] = self.update(xp, p, g, state, lr)
+            if kernels is not None and self.update_fast(kernels, p, g, state, lr):
+                pd[k] = p  # updated in place
+            else:
+                pd[k] = self.update(xp, p, g, state, lr)
 
     def get_config(self) -> dict:
         return {"lr": self.lr, "weight_decay": self.weight_decay, "clipnorm": self.clipnorm}
@@ -130,6 +140,14 @@ class SGD(Optimizer):
             g = g + self.momentum * buf if self.nesterov else buf
         return p - lr * g
 
+    def update_fast(self, kernels, p, g, state, lr):
+        buf = state.get("momentum")
+        if not kernels.usable(p, g, *([] if buf is None else [buf])):
+            return False
+        damp = 1.0 if self.t == 1 else 1.0 - self.dampening
+        kernels.sgd_(p, g, buf, lr=lr, momentum=self.momentum, damp=damp, nesterov=self.nesterov)
+        return True
+
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov,
                 "dampening": self.dampening}
@@ -157,6 +175,12 @@ class Adam(Optimizer):
         step_size = lr / (1.0 - b1 ** self.t)
         denom = xp.sqrt(v) / math.sqrt(1.0 - b2 ** self.t) + self.eps
         return p - step_size * (m / denom)
+
+    def update_fast(self, kernels, p, g, state, lr):
+        if not kernels.usable(p, g, state["m"], state["v"]):
+            return False
+        kernels.adam_(p, g, state["m"], state["v"], lr=lr, b1=self.beta_1, b2=self.beta_2, eps=self.eps, t=self.t)
+        return True
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "eps": self.eps}

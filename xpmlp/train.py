@@ -338,9 +338,10 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     for epoch in range(epochs):
         for cb in callbacks:
             cb.on_epoch_begin(epoch)
-        # Updates assign new arrays (never in place), so holding the references is a free snapshot.
-        snapshot = ([pd[k] for pd, _, k in slots],
-                    None if optimizer.state is None else [dict(s) for s in optimizer.state], optimizer.t)
+        # Fast-path updates work in place, so the snapshot is a copy (once per epoch: cheap).
+        snapshot = ([_copy(xp, pd[k]) for pd, _, k in slots],
+                    None if optimizer.state is None else [{key: _copy(xp, a) for key, a in s.items()}
+                                                          for s in optimizer.state], optimizer.t)
         started = time.perf_counter()
         progress.begin(epoch)
         order = model.backend.from_host(rng.permutation(n)) if shuffle else None
@@ -356,7 +357,7 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
                 wb = None if weights is None else xp.take(weights, idx, axis=0)
             z = model.forward(xb, training=True)
             batch_loss = loss.forward(z, yb, wb)
-            model.backward(loss.backward())
+            model.backward(loss.backward(), input_grad=False)
             optimizer.step(slots)
             total = total + batch_loss * float(stop - start)
             first_bad = xp.where(xp.isfinite(batch_loss) | (first_bad >= 0), first_bad, float(b))
@@ -401,6 +402,10 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
         cb.on_train_end()
     model.history = history
     return history
+
+
+def _copy(xp, a):
+    return xp.asarray(a, copy=True)
 
 
 def _divergence_message(epoch, batch, value, optimizer) -> str:

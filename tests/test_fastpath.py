@@ -1,0 +1,104 @@
+"""The NumPy fast path (in-place, chunked optimiser updates) equals the Array API reference path.
+
+The kernels do the reference's operations in the same order with the same scalars, so the
+results must be bitwise equal, not merely close.
+"""
+
+import numpy as np
+import pytest
+
+import xpmlp
+from xpmlp import SGD, Adam, AdamW, kernels_numpy
+from xpmlp.backend import fast_kernels
+
+OPTIMIZERS = {
+    "adam": lambda: Adam(lr=1e-2),
+    "adamw": lambda: AdamW(lr=1e-2, weight_decay=0.1),
+    "adam-l2-clip": lambda: Adam(lr=1e-2, weight_decay=1e-3, clipnorm=1.0),
+    "sgd": lambda: SGD(lr=0.1),
+    "sgd-momentum": lambda: SGD(lr=0.1, momentum=0.9, dampening=0.1),
+    "sgd-nesterov": lambda: SGD(lr=0.1, momentum=0.9, nesterov=True),
+}
+# one parameter larger than a chunk (and not a multiple of it), one small
+SHAPES = [(kernels_numpy.CHUNK // 100 + 7, 100 + 3), (13,)]
+
+
+def _steps(make, dtype, n_steps=6):
+    rng = np.random.default_rng(0)
+    params = {f"p{i}": rng.normal(size=s).astype(dtype) for i, s in enumerate(SHAPES)}
+    grads_seq = [{k: rng.normal(size=v.shape).astype(dtype) for k, v in params.items()} for _ in range(n_steps)]
+    opt, grads = make(), {}
+    for step_grads in grads_seq:
+        grads.update(step_grads)
+        opt.step([(params, grads, k) for k in params])
+    return params, opt.state
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_fast_update_is_bitwise_equal_to_reference(monkeypatch, name, dtype):
+    fast_params, fast_state = _steps(OPTIMIZERS[name], dtype)
+    monkeypatch.setenv("XPMLP_REFERENCE", "1")
+    ref_params, ref_state = _steps(OPTIMIZERS[name], dtype)
+    for k in ref_params:
+        assert fast_params[k].dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(fast_params[k], ref_params[k])
+    for fs, rs in zip(fast_state, ref_state):
+        assert fs.keys() == rs.keys()
+        for key in rs:
+            np.testing.assert_array_equal(fs[key], rs[key])
+
+
+def test_reference_switch_and_selection(monkeypatch):
+    import array_api_compat.numpy as np_compat
+    import array_api_strict
+
+    assert fast_kernels(np_compat) is kernels_numpy
+    assert fast_kernels(array_api_strict) is None
+    monkeypatch.setenv("XPMLP_REFERENCE", "1")
+    assert fast_kernels(np_compat) is None
+
+
+def test_unusable_arrays_take_the_reference_path():
+    base = np.arange(12.0).reshape(3, 4)
+    readonly = base.copy()
+    readonly.flags.writeable = False
+    assert kernels_numpy.usable(base, base.copy())
+    assert not kernels_numpy.usable(base.T, base.T.copy())  # not C-contiguous
+    assert not kernels_numpy.usable(readonly, base)
+    assert not kernels_numpy.usable(base, base.astype(np.float32))
+    # a read-only parameter is replaced, not written
+    params, grads = {"w": readonly}, {"w": np.ones((3, 4))}
+    Adam(lr=0.1).step([(params, grads, "w")])
+    assert params["w"] is not readonly and np.array_equal(readonly, np.arange(12.0).reshape(3, 4))
+
+
+def test_whole_fit_is_bitwise_equal_to_reference(monkeypatch):
+    X, y = xpmlp.datasets.make_spirals(400, n_classes=3, seed=0)
+
+    def run():
+        model = xpmlp.MLP([2, 64, 64, 3], seed=0)
+        model.fit(X, y, loss="softmax_cross_entropy", optimizer=Adam(lr=1e-2), epochs=3, batch_size=32)
+        return model.get_weights(), model.history["loss"]
+
+    fast_w, fast_loss = run()
+    monkeypatch.setenv("XPMLP_REFERENCE", "1")
+    ref_w, ref_loss = run()
+    assert fast_loss == ref_loss
+    for a, b in zip(fast_w, ref_w):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_backward_without_input_gradient_gives_the_same_parameter_gradients():
+    rng = np.random.default_rng(0)
+    model = xpmlp.MLP([5, 7, 3], standardize=True, seed=0)
+    model.build(5)
+    x, g = rng.normal(size=(4, 5)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
+    model.layers[0].adapt(x)
+    model.forward(x, training=True)
+    dx = model.backward(g)
+    full = [gd[k].copy() for _, gd, k in model.slots()]
+    model.forward(x, training=True)
+    assert dx.shape == (4, 5) and model.backward(g, input_grad=False) is None
+    for a, (_, gd, k) in zip(full, model.slots()):
+        np.testing.assert_array_equal(a, gd[k])
