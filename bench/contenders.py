@@ -1,0 +1,177 @@
+"""The contenders of bench/mnist.py: one class per way of training the same MLP on MNIST.
+
+Each runs in its own worker process (so one library's idle BLAS/OpenMP threads cannot slow
+another's) and offers ``epoch()`` -> seconds (the device synchronised before each clock read),
+``accuracy()`` on the test set (not timed) and ``peak_memory()`` in bytes. Every contender
+trains the same architecture with Adam(lr=1e-3, betas (0.9, 0.999), eps=1e-8, no weight decay),
+softmax cross-entropy, float32, a fresh shuffle per epoch, and the same batch size.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import numpy as np
+
+LR = 1e-3
+
+
+def _host_peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+class XpmlpContender:
+    def __init__(self, data, sizes, batch_size, seed, device, tf32=False):
+        import xpmlp
+
+        (X, y), (Xt, yt) = data
+        self.model = xpmlp.MLP(sizes, seed=seed, device=device, dtype="float32")
+        self.backend = self.model.backend
+        self.X, self.y = self.backend.from_host(X), self.backend.from_host(y)  # resident on the device
+        self.Xt, self.yt = self.backend.from_host(Xt), yt
+        self.opt, self.batch_size = xpmlp.Adam(lr=LR), batch_size
+        self.gpu = self.backend.name == "cupy"
+
+    def _sync(self):
+        if self.gpu:
+            import cupy
+
+            cupy.cuda.get_current_stream().synchronize()
+
+    def epoch(self) -> float:
+        self._sync()
+        start = time.perf_counter()
+        self.model.fit(self.X, self.y, loss="softmax_cross_entropy", optimizer=self.opt, epochs=1,
+                       batch_size=self.batch_size)
+        self._sync()  # fit reads the epoch loss, which already synchronises; kept for symmetry
+        return time.perf_counter() - start
+
+    def accuracy(self) -> float:
+        from xpmlp import to_numpy
+
+        return float(np.mean(np.argmax(to_numpy(self.model.predict(self.Xt)), axis=1) == self.yt))
+
+    def peak_memory(self) -> dict:
+        out = {"host_peak_rss": _host_peak()}
+        if self.gpu:
+            import cupy
+
+            out["gpu_pool_total"] = int(cupy.get_default_memory_pool().total_bytes())
+        return out
+
+
+class TorchContender:
+    def __init__(self, data, sizes, batch_size, seed, device, fused=False, compile_mode=None, tf32=False):
+        import torch
+
+        torch.manual_seed(seed)
+        self.torch, self.device = torch, torch.device(device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(torch.nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(torch.nn.ReLU())
+        self.net = torch.nn.Sequential(*layers).to(self.device)
+        kwargs = {"fused": True} if fused else {}
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=LR, **kwargs)
+        self.loss = torch.nn.CrossEntropyLoss()
+        self.forward = torch.compile(self.net, mode=compile_mode) if compile_mode else self.net
+        (X, y), (Xt, yt) = data
+        self.X, self.y = torch.from_numpy(X).to(self.device), torch.from_numpy(y).to(self.device)
+        self.Xt, self.yt = torch.from_numpy(Xt).to(self.device), yt
+        self.batch_size = batch_size
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def epoch(self) -> float:
+        torch, n, bs = self.torch, self.X.shape[0], self.batch_size
+        self._sync()
+        start = time.perf_counter()
+        order = torch.randperm(n, device=self.device, generator=self.generator)
+        for i in range(0, n, bs):
+            idx = order[i:i + bs]
+            xb, yb = self.X[idx], self.y[idx]
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.loss(self.forward(xb), yb)
+            loss.backward()
+            self.opt.step()
+        self._sync()
+        return time.perf_counter() - start
+
+    def accuracy(self) -> float:
+        with self.torch.no_grad():
+            pred = self.net(self.Xt).argmax(dim=1).cpu().numpy()
+        return float(np.mean(pred == self.yt))
+
+    def peak_memory(self) -> dict:
+        out = {"host_peak_rss": _host_peak()}
+        if self.device.type == "cuda":
+            out["gpu_max_allocated"] = int(self.torch.cuda.max_memory_allocated())
+        return out
+
+
+class SklearnContender:
+    def __init__(self, data, sizes, batch_size, seed, device="cpu", tf32=False):
+        from sklearn.neural_network import MLPClassifier
+
+        (self.X, self.y), (self.Xt, self.yt) = data
+        self.model = MLPClassifier(hidden_layer_sizes=tuple(sizes[1:-1]), solver="adam", alpha=0.0,
+                                   learning_rate_init=LR, batch_size=batch_size, shuffle=True, random_state=seed)
+        self.classes = np.arange(10)
+
+    def epoch(self) -> float:
+        start = time.perf_counter()
+        self.model.partial_fit(self.X, self.y, classes=self.classes)  # one epoch, shuffled
+        return time.perf_counter() - start
+
+    def accuracy(self) -> float:
+        return float(self.model.score(self.Xt, self.yt))
+
+    def peak_memory(self) -> dict:
+        return {"host_peak_rss": _host_peak()}
+
+
+# name -> (class, device kind, keyword arguments)
+CONTENDERS = {
+    "xpmlp-numpy": (XpmlpContender, "cpu", {"device": "cpu"}),
+    "xpmlp-cupy": (XpmlpContender, "cuda", {"device": "cuda"}),
+    "torch-eager-cpu": (TorchContender, "cpu", {"device": "cpu"}),
+    "torch-compile-cpu": (TorchContender, "cpu", {"device": "cpu", "compile_mode": "default"}),
+    "sklearn-cpu": (SklearnContender, "cpu", {}),
+    "torch-eager-cuda": (TorchContender, "cuda", {"device": "cuda"}),
+    "torch-eager-fused-cuda": (TorchContender, "cuda", {"device": "cuda", "fused": True}),
+    "torch-compile-cuda": (TorchContender, "cuda", {"device": "cuda", "compile_mode": "default"}),
+    "torch-compile-ro-cuda": (TorchContender, "cuda", {"device": "cuda", "compile_mode": "reduce-overhead"}),
+}
+
+
+def worker(conn, name, data_args, sizes, batch_size, seed, tf32):
+    """Worker process: build the contender, then answer commands until 'quit'."""
+    try:
+        import os
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from data import mnist_float32
+
+        cls, _, kwargs = CONTENDERS[name]
+        contender = cls(mnist_float32(*data_args), sizes, batch_size, seed, tf32=tf32, **kwargs)
+        conn.send(("ready", None))
+    except Exception as e:  # not installed, no GPU, compile unavailable: reported, not fatal
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    while True:
+        command = conn.recv()
+        if command == "quit":
+            return
+        try:
+            conn.send(("ok", getattr(contender, command)()))
+        except Exception as e:
+            conn.send(("error", f"{type(e).__name__}: {e}"))
