@@ -102,3 +102,35 @@ def test_backward_without_input_gradient_gives_the_same_parameter_gradients():
     assert dx.shape == (4, 5) and model.backward(g, input_grad=False) is None
     for a, (_, gd, k) in zip(full, model.slots()):
         np.testing.assert_array_equal(a, gd[k])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_cupy_fused_update_matches_reference(monkeypatch, name):
+    """The fused CuPy kernels against the Array API reference on the GPU (float32 and float64)."""
+    cupy = pytest.importorskip("cupy", reason="needs CuPy and a GPU")
+    try:
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CuPy installed but no usable GPU
+        pytest.skip(f"needs a GPU: {e}")
+    import array_api_compat.cupy as cp_compat
+
+    from xpmlp import kernels_cupy
+
+    assert fast_kernels(cp_compat) is kernels_cupy
+    for dtype, rtol in (("float64", 1e-12), ("float32", 1e-5)):
+        def run():
+            rng = np.random.default_rng(0)
+            params = {f"p{i}": cupy.asarray(rng.normal(size=s).astype(dtype)) for i, s in enumerate(SHAPES)}
+            opt, grads = OPTIMIZERS[name](), {}
+            for _ in range(6):
+                grads.update({k: cupy.asarray(rng.normal(size=v.shape).astype(dtype)) for k, v in params.items()})
+                opt.step([(params, grads, k) for k in params])
+            return {k: cupy.asnumpy(v) for k, v in params.items()}
+
+        monkeypatch.delenv("XPMLP_REFERENCE", raising=False)
+        fast = run()
+        monkeypatch.setenv("XPMLP_REFERENCE", "1")
+        ref = run()
+        for k in ref:
+            np.testing.assert_allclose(fast[k], ref[k], rtol=rtol, atol=rtol)

@@ -151,14 +151,20 @@ def fast_kernels(xp):
     """The backend's fast-path kernels for namespace xp (a module), or None for the reference path.
 
     NumPy gets :mod:`xpmlp.kernels_numpy` (in-place, chunked optimiser updates, bitwise equal to
-    the reference). ``XPMLP_REFERENCE=1`` turns every fast path off.
+    the reference), CuPy :mod:`xpmlp.kernels_cupy` (one fused kernel per update).
+    ``XPMLP_REFERENCE=1`` turns every fast path off.
     """
     if os.environ.get("XPMLP_REFERENCE", "") == "1":
         return None
-    if _library_name(xp) == "numpy":
+    name = _library_name(xp)
+    if name == "numpy":
         from . import kernels_numpy
 
         return kernels_numpy
+    if name == "cupy":  # not yet run on a GPU: see the module's STATUS note
+        from . import kernels_cupy
+
+        return kernels_cupy
     return None
 
 
