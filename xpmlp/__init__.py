@@ -11,7 +11,7 @@ from .losses import (LOSSES, Huber, Loss, MeanAbsoluteError, MeanSquaredError, S
                      SoftmaxCrossEntropy)
 from .model import MLP, Sequential
 from .optim import OPTIMIZERS, SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
-from . import callbacks, datasets, kernels_numpy, metrics, schedules
+from . import callbacks, datasets, metrics, schedules
 from .io import ModelFileError, load
 from .train import DivergenceError, History
 

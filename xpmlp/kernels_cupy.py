@@ -12,8 +12,6 @@ not yet run on hardware. :func:`xpmlp.backend.fast_kernels` selects it only for 
 
 from __future__ import annotations
 
-import math
-
 import cupy
 
 _ADAM = cupy.ElementwiseKernel(
@@ -46,9 +44,9 @@ def usable(*arrays) -> bool:
                and a.shape == first.shape for a in arrays) and first.dtype.kind == "f"
 
 
-def adam_(p, g, m, v, *, lr, b1, b2, eps, t) -> None:
-    """One Adam step in place, as ``optim.Adam.update``."""
-    _ADAM(g, b1, b2, eps, lr / (1.0 - b1 ** t), math.sqrt(1.0 - b2 ** t), p, m, v)
+def adam_(p, g, m, v, *, b1, b2, eps, step_size, root_bc2) -> None:
+    """One Adam step in place, as ``optim.Adam.update`` (bias corrections from ``Adam._bias_corrections``)."""
+    _ADAM(g, b1, b2, eps, step_size, root_bc2, p, m, v)
 
 
 def sgd_(p, g, buf, *, lr, momentum, damp, nesterov) -> None:

@@ -14,8 +14,6 @@ for NumPy arrays only.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 CHUNK = 1 << 16  # elements: 256 KiB of float32 per array, so p, g, m, v and a scratch fit in L2
@@ -36,10 +34,11 @@ def _chunks(*arrays):
         yield (*(f[start:stop] for f in flat), scratch[: stop - start])
 
 
-def adam_(p, g, m, v, *, lr, b1, b2, eps, t) -> None:
-    """One Adam step in place, as ``optim.Adam.update``: m, v and p are overwritten."""
-    step_size = lr / (1.0 - b1 ** t)
-    root_bc2 = math.sqrt(1.0 - b2 ** t)
+def adam_(p, g, m, v, *, b1, b2, eps, step_size, root_bc2) -> None:
+    """One Adam step in place, as ``optim.Adam.update``: m, v and p are overwritten.
+
+    step_size and root_bc2 are the bias corrections from ``Adam._bias_corrections``.
+    """
     for pc, gc, mc, vc, tmp in _chunks(p, g, m, v):
         np.multiply(gc, 1.0 - b1, out=tmp)  # m = b1 * m + (1 - b1) * g
         mc *= b1

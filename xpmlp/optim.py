@@ -131,11 +131,13 @@ class SGD(Optimizer):
     def init_state(self, xp, p):
         return {"momentum": xp.zeros_like(p)} if self.momentum else {}
 
+    def _damp(self) -> float:
+        # torch starts the buffer at g itself (no dampening on the first step)
+        return 1.0 if self.t == 1 else 1.0 - self.dampening
+
     def update(self, xp, p, g, state, lr):
         if self.momentum:
-            # torch starts the buffer at g itself (no dampening on the first step)
-            damp = 1.0 if self.t == 1 else 1.0 - self.dampening
-            buf = self.momentum * state["momentum"] + damp * g
+            buf = self.momentum * state["momentum"] + self._damp() * g
             state["momentum"] = buf
             g = g + self.momentum * buf if self.nesterov else buf
         return p - lr * g
@@ -144,8 +146,7 @@ class SGD(Optimizer):
         buf = state.get("momentum")
         if not kernels.usable(p, g, *([] if buf is None else [buf])):
             return False
-        damp = 1.0 if self.t == 1 else 1.0 - self.dampening
-        kernels.sgd_(p, g, buf, lr=lr, momentum=self.momentum, damp=damp, nesterov=self.nesterov)
+        kernels.sgd_(p, g, buf, lr=lr, momentum=self.momentum, damp=self._damp(), nesterov=self.nesterov)
         return True
 
     def get_config(self):
@@ -172,14 +173,20 @@ class Adam(Optimizer):
         m = b1 * state["m"] + (1.0 - b1) * g
         v = b2 * state["v"] + (1.0 - b2) * (g * g)
         state["m"], state["v"] = m, v
-        step_size = lr / (1.0 - b1 ** self.t)
-        denom = xp.sqrt(v) / math.sqrt(1.0 - b2 ** self.t) + self.eps
+        step_size, root_bc2 = self._bias_corrections(lr)
+        denom = xp.sqrt(v) / root_bc2 + self.eps
         return p - step_size * (m / denom)
+
+    def _bias_corrections(self, lr: float) -> tuple[float, float]:
+        """(lr / (1 - beta_1^t), sqrt(1 - beta_2^t)): host scalars shared with the fast kernels."""
+        return lr / (1.0 - self.beta_1 ** self.t), math.sqrt(1.0 - self.beta_2 ** self.t)
 
     def update_fast(self, kernels, p, g, state, lr):
         if not kernels.usable(p, g, state["m"], state["v"]):
             return False
-        kernels.adam_(p, g, state["m"], state["v"], lr=lr, b1=self.beta_1, b2=self.beta_2, eps=self.eps, t=self.t)
+        step_size, root_bc2 = self._bias_corrections(lr)
+        kernels.adam_(p, g, state["m"], state["v"], b1=self.beta_1, b2=self.beta_2, eps=self.eps,
+                      step_size=step_size, root_bc2=root_bc2)
         return True
 
     def get_config(self):
