@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data import mnist_float32  # noqa: E402
 from machine import describe  # noqa: E402
 
 import xpmlp  # noqa: E402
-from xpmlp.datasets import load_heart_disease, load_mnist, train_test_split  # noqa: E402
+from xpmlp.datasets import load_heart_disease, train_test_split  # noqa: E402
 
 
 def _fit_score(make, X_train, y_train, X_test, y_test):
@@ -72,10 +73,7 @@ def heart(splits: int) -> dict:
 def mnist(seeds: int, epochs: int, n_train: int | None) -> dict:
     from sklearn.neural_network import MLPClassifier
 
-    (X_train, y_train), (X_test, y_test) = load_mnist()
-    X_train, X_test = X_train.astype(np.float32) / 255, X_test.astype(np.float32) / 255
-    if n_train:
-        X_train, y_train = X_train[:n_train], y_train[:n_train]
+    (X_train, y_train), (X_test, y_test) = mnist_float32(n_train)
     scores, seconds = {"xpmlp": [], "sklearn": []}, {"xpmlp": [], "sklearn": []}
     for seed in range(seeds):
         for name, cls in (("xpmlp", xpmlp.MLPClassifier), ("sklearn", MLPClassifier)):

@@ -22,6 +22,18 @@ def _host_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def torch_mlp(sizes):
+    """torch.nn.Sequential of Linear layers with ReLU between them: the benchmarks' reference net."""
+    import torch
+
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
 class XpmlpContender:
     def __init__(self, data, sizes, batch_size, seed, device, tf32=False):
         import xpmlp
@@ -71,12 +83,7 @@ class TorchContender:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32
-        layers = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(torch.nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                layers.append(torch.nn.ReLU())
-        self.net = torch.nn.Sequential(*layers).to(self.device)
+        self.net = torch_mlp(sizes).to(self.device)
         kwargs = {"fused": True} if fused else {}
         self.opt = torch.optim.Adam(self.net.parameters(), lr=LR, **kwargs)
         self.loss = torch.nn.CrossEntropyLoss()

@@ -23,6 +23,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from contenders import torch_mlp  # noqa: E402
 from machine import describe  # noqa: E402
 from mnist import gemm_flops_per_sample  # noqa: E402
 
@@ -42,14 +43,10 @@ def _time_xpmlp(sizes, X, y, whole_epoch):
     model, opt = xpmlp.MLP(sizes, seed=0), xpmlp.Adam(lr=1e-3)
     fit = lambda Xs, ys: model.fit(Xs, ys, loss="softmax_cross_entropy", optimizer=opt, epochs=1,  # noqa: E731
                                    batch_size=BATCH, shuffle=True)
-    if whole_epoch:
-        fit(X[:BATCH * WARMUP], y[:BATCH * WARMUP])
-        start = time.perf_counter()
-        fit(X, y)
-        return time.perf_counter() - start
     fit(X[:BATCH * WARMUP], y[:BATCH * WARMUP])
+    n = len(X) if whole_epoch else BATCH * STEPS
     start = time.perf_counter()
-    fit(X[:BATCH * STEPS], y[:BATCH * STEPS])
+    fit(X[:n], y[:n])
     return time.perf_counter() - start
 
 
@@ -57,10 +54,7 @@ def _time_torch(sizes, X, y, whole_epoch):
     import torch
 
     torch.manual_seed(0)
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < len(sizes) - 2 else [])
-    net, loss_fn = torch.nn.Sequential(*layers), torch.nn.CrossEntropyLoss()
+    net, loss_fn = torch_mlp(sizes), torch.nn.CrossEntropyLoss()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
 

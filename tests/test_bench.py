@@ -48,3 +48,15 @@ def test_mnist_benchmark_quick(tmp_path, data_dir):
         assert config["results"]["torch-eager-cpu"]["ratio_to_torch_eager"] == 1.0
     assert "| 784-128-64-10 | 128 | xpmlp-numpy |" in stdout
     assert (tmp_path / "mnist_cpu.md").exists()
+
+
+def test_scaling_quick(tmp_path, data_dir):
+    pytest.importorskip("torch")
+    if data_dir is None or not (data_dir / "mnist").is_dir():
+        pytest.skip("MNIST not in $XPMLP_DATA")
+    _run("scaling.py", tmp_path)
+    report = json.loads((tmp_path / "scaling_cpu.json").read_text())
+    assert [(r["vary"], r["value"]) for r in report["rows"]] == [("width", 512), ("width", 1024), ("depth", 1),
+                                                                 ("depth", 2)]
+    for r in report["rows"]:
+        assert r["xpmlp"]["epoch_s"] > 0 and r["torch"]["epoch_s"] > 0 and r["gemm_gflop_per_epoch"] > 0
