@@ -8,8 +8,10 @@ losses and optimisers only ever see ``backend.xp``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +58,18 @@ class Backend:
     @property
     def is_gpu(self) -> bool:
         return self.name == "cupy" or "cuda" in str(self.device)
+
+    def activate(self):
+        """A context manager that makes this backend's device current, for CuPy.
+
+        CuPy allocates new arrays (``zeros_like``, ``arange``, every kernel's output) on the
+        *current* device and refuses kernels whose arrays live elsewhere, so a model on GPU N
+        runs all of its work inside ``with backend.activate():``. Other libraries take the
+        device per call: for them this does nothing.
+        """
+        if self.name == "cupy":
+            return self.device  # a cupy.cuda.Device is itself a (re-entrant) context manager
+        return contextlib.nullcontext()
 
     def dtype(self, name: str):
         """The namespace's floating dtype called ``name`` ("float32" or "float64")."""
@@ -112,7 +126,8 @@ class Backend:
         if self.name == "cupy":
             import cupy
 
-            cupy.cuda.get_current_stream().synchronize()
+            with self.device:
+                cupy.cuda.get_current_stream().synchronize()
         elif self.name == "torch" and "cuda" in str(self.device):
             import torch
 
@@ -147,12 +162,17 @@ def to_numpy(a) -> np.ndarray:
     return np.from_dlpack(a)
 
 
+_CUPY_KERNELS: dict = {}  # id(cupy module) -> (module, kernels or None)
+
+
 def fast_kernels(xp):
     """The backend's fast-path kernels for namespace xp (a module), or None for the reference path.
 
     NumPy gets :mod:`xpmlp.kernels_numpy` (in-place, chunked optimiser updates, bitwise equal to
-    the reference), CuPy :mod:`xpmlp.kernels_cupy` (one fused kernel per update).
-    ``XPMLP_REFERENCE=1`` turns every fast path off.
+    the reference), CuPy the fused kernels of :mod:`xpmlp.kernels_cupy` (one launch per update).
+    The CuPy kernels are compiled at run time by NVRTC: at first use a probe kernel is compiled
+    and run, and if that fails the reference path is used, with one ``RuntimeWarning`` saying
+    why. ``XPMLP_REFERENCE=1`` turns every fast path off.
     """
     if os.environ.get("XPMLP_REFERENCE", "") == "1":
         return None
@@ -161,11 +181,31 @@ def fast_kernels(xp):
         from . import kernels_numpy
 
         return kernels_numpy
-    if name == "cupy":  # not yet run on a GPU: see the module's STATUS note
-        from . import kernels_cupy
-
-        return kernels_cupy
+    if name == "cupy":
+        return _cupy_kernels()
     return None
+
+
+def _cupy_kernels():
+    cupy = sys.modules.get("cupy")
+    if cupy is None:  # a CuPy namespace without cupy imported cannot happen; be safe
+        return None
+    cached = _CUPY_KERNELS.get(id(cupy))
+    if cached is not None and cached[0] is cupy:
+        return cached[1]
+    from . import kernels_cupy
+
+    try:
+        kernels = kernels_cupy.build(cupy)
+        kernels.probe()
+    except Exception as e:  # NVRTC missing or failing: the reference path still works
+        warnings.warn(
+            f"CuPy's fused optimiser kernels are unusable ({type(e).__name__}: {e}); using the "
+            "slower reference path. Run-time compiled kernels need NVRTC: pip install 'xpmlp[cuda]' "
+            "(or cuda-toolkit[nvrtc] for your CUDA version).", RuntimeWarning, stacklevel=3)
+        kernels = None
+    _CUPY_KERNELS[id(cupy)] = (cupy, kernels)
+    return kernels
 
 
 def namespace_of(*arrays):
@@ -185,12 +225,31 @@ def device_of(a):
 def _from_namespace(xp, device) -> Backend:
     if isinstance(device, str) and device in ("auto", ""):
         device = None
+    if array_api_compat.is_cupy_namespace(xp):
+        # CuPy's own functions take no device= (only array-api-compat's asarray does): place the
+        # backend with cupy.cuda.Device, as CuPy intends.
+        import cupy
+
+        try:
+            index = cupy.cuda.runtime.getDevice() if device is None else int(device)
+        except Exception as e:
+            raise ValueError(f"CuPy cannot use device {device!r}: {e}") from e
+        return _cupy_on(cupy, index)
     try:
         probe = xp.asarray(0.0) if device is None else xp.asarray(0.0, device=device)
     except Exception as e:
         raise ValueError(f"namespace {getattr(xp, '__name__', xp)!r} cannot use device {device!r}: {e}") from e
     ns = array_api_compat.array_namespace(probe)
     return Backend(ns, array_api_compat.device(probe), _library_name(ns))
+
+
+def _cupy_on(cupy, index: int) -> Backend:
+    """The CuPy backend on GPU ``index``: a first allocation there proves the device works."""
+    dev = cupy.cuda.Device(index)
+    with dev:
+        probe = cupy.zeros((1,), dtype=cupy.float32)
+    ns = array_api_compat.array_namespace(probe)  # array-api-compat's CuPy namespace
+    return Backend(ns, dev, "cupy")
 
 
 _NUMPY = None
@@ -218,8 +277,10 @@ def _cupy_backend(index: int) -> Backend:
         raise _Unavailable("no CUDA device was found")
     if index >= count:
         raise ValueError(f"device 'cuda:{index}' was requested but only {count} CUDA device(s) exist")
-    with cupy.cuda.Device(index):
-        return _from_namespace(cupy, cupy.cuda.Device(index))
+    try:
+        return _cupy_on(cupy, index)
+    except Exception as e:  # the device exists but cannot allocate (driver mismatch, out of memory, ...)
+        raise _Unavailable(f"CUDA device {index} cannot be used: {type(e).__name__}: {e}") from None
 
 
 def _fallback(spec: str, reason: str) -> Backend:

@@ -14,7 +14,7 @@ import inspect
 import numpy as np
 
 from . import io as _io
-from .backend import is_device_library_array, to_numpy
+from .backend import is_device_library_array, resolve, to_numpy
 from .callbacks import EarlyStopping, LearningRateScheduler, ReduceLROnPlateau
 from .metrics import r2_from_sums
 from .model import MLP
@@ -237,11 +237,13 @@ class _BaseMLP(_Base):
         batch_size = min(200, n) if self.batch_size == "auto" else min(int(self.batch_size), n)
         fresh = not (hasattr(self, "model_") and (self.warm_start or incremental))
         if fresh:
-            # dtype None follows the input, as scikit-learn does (float32 data stays float32)
-            dtype = self.dtype or ("float32" if X.dtype == np.float32 else "float64")
+            # dtype None follows the input, as scikit-learn does (float32 data stays float32), except
+            # on a GPU, where float64 is many times slower: there it is float32
+            backend = resolve(self.device)
+            dtype = self.dtype or ("float32" if X.dtype == np.float32 or backend.is_gpu else "float64")
             # Glorot-uniform weights for every layer, as scikit-learn initialises (biases start at zero)
             self.model_ = MLP([X.shape[1], *sizes, n_outputs], activation=self._activations(len(sizes)),
-                              dropout=self.dropout, init="glorot_uniform", device=self.device, dtype=dtype,
+                              dropout=self.dropout, init="glorot_uniform", device=backend, dtype=dtype,
                               seed=self._seed())
             self.loss_curve_, self.t_, self.n_iter_ = [], 0, 0
             self.validation_scores_ = [] if self.early_stopping else None
@@ -398,7 +400,8 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
     training loss - or, with early_stopping, the validation score - has not improved by tol for
     n_iter_no_change epochs), verbose, warm_start, momentum, nesterovs_momentum, early_stopping,
     validation_fraction, beta_1, beta_2, epsilon. xpmlp's own: device ("cpu", "cuda", "auto"),
-    dtype (None: the input's, as scikit-learn; or "float32" - fastest on a GPU - or "float64"),
+    dtype (None: the input's, as scikit-learn, on the CPU, and float32 on a GPU, where float64 is
+    a silent slowdown; or "float32" or "float64"),
     dropout, class_weight (classifier), restore_best_weights.
     The output layer is linear (``out_activation_ = "identity"``).
     """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import io as _io
@@ -10,6 +12,15 @@ from .layers import Dense, Dropout, Layer, Standardize, activation_name, dense_f
 from .train import History, evaluate, fit, predict
 
 __all__ = ["Sequential", "MLP"]
+
+
+def _on_device(method):
+    """Run a model method with the model's device current (CuPy allocates on the current device)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.backend.activate():
+            return method(self, *args, **kwargs)
+    return run
 
 
 class Sequential:
@@ -64,6 +75,7 @@ class Sequential:
     def built(self) -> bool:
         return self.in_features is not None
 
+    @_on_device
     def build(self, in_features: int) -> None:
         """Allocate every layer's parameters for inputs of width ``in_features``."""
         width = int(in_features)
@@ -80,6 +92,7 @@ class Sequential:
         """Copies of all parameters as NumPy arrays, in ``slots()`` order."""
         return [to_numpy(pd[k]).copy() for pd, _, k in self.slots()]
 
+    @_on_device
     def set_weights(self, weights) -> None:
         """Replace all parameters (NumPy or host arrays, in ``slots()`` order), checking shapes."""
         slots = self.slots()
@@ -96,12 +109,14 @@ class Sequential:
         return sum(int(np.prod(pd[k].shape)) for pd, _, k in self.slots())
 
     # -- passes ------------------------------------------------------------------------------
+    @_on_device
     def forward(self, x, training: bool = False):
         """Raw outputs (logits) for a device array x of shape (n, in_features) -> (n, out)."""
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
 
+    @_on_device
     def backward(self, grad, input_grad: bool = True):
         """Backpropagate dL/d(outputs) (n, out); fills every layer's grads; returns dL/dx (n, in).
 
@@ -118,19 +133,22 @@ class Sequential:
         return None
 
     # -- training API ------------------------------------------------------------------------
-    fit = fit
-    predict = predict
-    evaluate = evaluate
+    fit = _on_device(fit)
+    predict = _on_device(predict)
+    evaluate = _on_device(evaluate)
 
     # -- files ---------------------------------------------------------------------------------
+    @_on_device
     def save(self, path) -> None:
         """Save architecture, weights, loss, optimiser state and RNG states (see :mod:`xpmlp.io`)."""
         _io.save(self, path)
 
+    @_on_device
     def save_weights(self, path) -> None:
         """Save only the weights (and Standardize statistics)."""
         _io.save_weights(self, path)
 
+    @_on_device
     def load_weights(self, path) -> None:
         """Load weights saved from a model of the same architecture."""
         _io.load_weights(self, path)
