@@ -163,7 +163,10 @@ class MeanAbsoluteError(Loss):
         return xp.mean(xp.abs(self._d), axis=1)
 
     def mean_grad(self, xp):
-        return xp.sign(self._d) / _count(self._d)
+        # sign by two comparisons: array-api-compat's CuPy sign() fixes NaNs with a boolean mask,
+        # which copies a count to the host (a sync per step)
+        d = self._d
+        return (xp.astype(d > 0, d.dtype) - xp.astype(d < 0, d.dtype)) / _count(d)
 
 
 class Huber(Loss):
@@ -183,7 +186,8 @@ class Huber(Loss):
         return xp.mean(xp.where(a <= self.delta, 0.5 * d * d, self.delta * (a - 0.5 * self.delta)), axis=1)
 
     def mean_grad(self, xp):
-        return xp.clip(self._d, -self.delta, self.delta) / _count(self._d)
+        # minimum/maximum, not clip: array-api-compat's CuPy clip uses boolean masks (a host sync)
+        return xp.minimum(xp.maximum(self._d, -self.delta), self.delta) / _count(self._d)
 
     def get_config(self):
         return {"delta": self.delta}
