@@ -1,0 +1,327 @@
+"""Run the source of a CuPy ``ElementwiseKernel`` on the CPU, compiled by g++.
+
+:class:`HostElementwiseKernel` takes the same ``(in_params, out_params, operation, name)``
+strings as ``cupy.ElementwiseKernel`` and wraps the SAME operation body in a C++ loop over the
+elements, so a fake ``cupy`` can run a library's real kernel source without a GPU. It declares
+the parameters as CuPy's generated code does (``const T &g`` for an input array element,
+``T &p`` for an output one, ``const double b1`` for a scalar, the loop index ``i``) and spells
+the C types as CuPy does, so a body that compiles here compiles there and means the same.
+
+float16 is a small struct over GCC's ``_Float16`` that mirrors CuPy's ``float16`` class
+(cupy/_core/include/cupy/float16.cuh): no arithmetic operators of its own, an implicit
+conversion to ``float`` and an implicit constructor from ``float`` (explicit from double and
+the integers). So, as on the GPU, float16 arithmetic runs in float32 and rounds to half where
+the result is stored in a ``T`` or cast, and what does not compile under NVRTC (for instance an
+ambiguous ``?:`` between ``float`` and ``float16``) does not compile here either.
+
+Supported: element types float16, float32, float64, bool, int32, int64, uint32, uint64; one-letter
+type placeholders (``T``), bound from the arrays declared with them; Python and NumPy scalars for
+input parameters (converted to the parameter's type, as CuPy does); arrays that are NumPy
+arrays (or subclasses), C-contiguous, aligned, native byte order and all of one shape (no
+broadcasting). Outputs must be passed (``kernel(*inputs, *outputs)``) and are written in place.
+Not supported (a clear error): ``raw`` parameters, CuPy's ``_ind`` indexer in the body,
+preambles, ``size=``/``stream=``/``block_size=``, other dtypes. The math functions are those of
+``<math.h>`` in C++ (overloaded for float and double, as CUDA's are).
+
+Differences from a GPU that remain: the host does not flush float32 denormals to zero (CuPy
+compiles with ``-ftz=true``) and does not contract multiply-adds into FMAs (NVRTC does by
+default), so GPU results may differ from these in the last bits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import hashlib
+import keyword
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["HostElementwiseKernel", "HostCompileError", "Param", "parse_params", "find_compiler",
+           "CTYPES", "CXXFLAGS"]
+
+# dtype name -> C type name, spelled as CuPy spells them (cupy/_core/_scalar.pyx).
+CTYPES = {
+    "float16": "float16",
+    "float32": "float",
+    "float64": "double",
+    "bool": "bool",
+    "int32": "int",
+    "int64": "long long",
+    "uint32": "unsigned int",
+    "uint64": "unsigned long long",
+}
+
+# -O1: the kernels are small and the tests compile many of them; -O1 compiles fast and GCC
+#   never reassociates or otherwise changes floating-point results at any -O level without
+#   -ffast-math (not given).
+# -ffp-contract=off: GCC's default in GNU C++ mode is -ffp-contract=fast, which fuses a * b + c
+#   into one FMA wherever the target has one (aarch64 always, x86-64 with -march=haswell or
+#   later). Off, every operation rounds once, as in the NumPy reference the results are compared
+#   with, and the results do not depend on the machine.
+CXXFLAGS = ("-std=c++17", "-O1", "-ffp-contract=off", "-fPIC", "-shared")
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class HostCompileError(RuntimeError):
+    """g++ rejected the generated source; the message holds its log and the numbered source."""
+
+
+class Param(NamedTuple):
+    """One parameter of an ElementwiseKernel: its type (a dtype name of CTYPES, or a
+    one-letter placeholder such as ``T``) and its name."""
+
+    type: str
+    name: str
+
+    @property
+    def is_placeholder(self) -> bool:
+        return len(self.type) == 1
+
+
+def parse_params(text: str) -> tuple[Param, ...]:
+    """Parse a CuPy parameter list such as ``"T g, float64 lr, bool nesterov"``.
+
+    Raises ValueError for syntax errors, ``raw`` or other modifiers, and unsupported types.
+    """
+    if not text.strip():
+        return ()
+    params = []
+    for item in text.strip().split(","):
+        words = item.split()
+        if len(words) < 2:
+            raise ValueError(f"syntax error in parameter {item.strip()!r} (expected 'type name')")
+        if len(words) > 2:
+            raise ValueError(f"parameter {item.strip()!r}: modifiers such as {words[0]!r} (raw, _non_const) "
+                             "are not supported by HostElementwiseKernel")
+        t, name = words
+        if not _IDENT.match(name) or keyword.iskeyword(name):
+            raise ValueError(f"invalid parameter name {name!r}")
+        if len(t) != 1 and t not in CTYPES:
+            raise ValueError(f"parameter {name!r}: type {t!r} is not supported by HostElementwiseKernel; "
+                             f"use a one-letter placeholder or one of {', '.join(CTYPES)}")
+        params.append(Param(t, name))
+    return tuple(params)
+
+
+def find_compiler() -> str | None:
+    """Path of g++, or None when it is not installed."""
+    return shutil.which("g++")
+
+
+_FLOAT16 = r"""
+// Mirrors CuPy's float16 (cupy/_core/include/cupy/float16.cuh): a storage type with no
+// arithmetic of its own; it converts implicitly to float, so arithmetic runs in float32 and
+// rounds to half (round to nearest even) only on construction and assignment.
+struct float16 {
+  _Float16 data_;
+  float16() = default;
+  float16(float v) : data_(static_cast<_Float16>(v)) {}
+  explicit float16(bool v) : data_(static_cast<_Float16>(static_cast<float>(v))) {}
+  explicit float16(double v) : data_(static_cast<_Float16>(v)) {}
+  explicit float16(int v) : data_(static_cast<_Float16>(v)) {}
+  explicit float16(unsigned int v) : data_(static_cast<_Float16>(v)) {}
+  explicit float16(long long v) : data_(static_cast<_Float16>(v)) {}
+  explicit float16(unsigned long long v) : data_(static_cast<_Float16>(v)) {}
+  operator float() const { return static_cast<float>(data_); }
+  float16 &operator=(const float16 &) = default;
+  template <typename U> float16 &operator=(const U &rhs) { *this = static_cast<float16>(rhs); return *this; }
+  template <typename U> float16 &operator+=(const U &rhs) { *this = *this + rhs; return *this; }
+  template <typename U> float16 &operator-=(const U &rhs) { *this = *this - rhs; return *this; }
+  template <typename U> float16 &operator*=(const U &rhs) { *this = *this * rhs; return *this; }
+  template <typename U> float16 &operator/=(const U &rhs) { *this = *this / rhs; return *this; }
+};
+static_assert(sizeof(float16) == 2, "float16 must have the layout of numpy.float16");
+"""
+
+_TEMPLATE = """\
+// generated by tests/cuda_host.py from an ElementwiseKernel body
+#include <math.h>     // C++ <math.h>: sqrt, exp, ... overloaded for float and double, as in CUDA
+#include <stddef.h>
+{float16}
+{typedefs}
+extern "C" void {name}(void *const *_args, ptrdiff_t _n) {{
+{declarations}
+  for (ptrdiff_t i = 0; i < _n; ++i) {{
+{references}
+{operation}
+;
+  }}
+}}
+"""
+
+_lock = threading.Lock()
+_libraries: dict[str, ctypes.CDLL] = {}  # source hash -> loaded library
+_workdir: str | None = None
+
+
+def _compile(source: str) -> ctypes.CDLL:
+    """Compile ``source`` into a shared library (once per process per source) and load it."""
+    global _workdir
+    cxx = find_compiler()
+    if cxx is None:
+        raise HostCompileError("g++ was not found on PATH; HostElementwiseKernel needs it")
+    key = hashlib.sha256("\0".join((*CXXFLAGS, source)).encode()).hexdigest()[:24]
+    with _lock:
+        lib = _libraries.get(key)
+        if lib is not None:
+            return lib
+        if _workdir is None:
+            _workdir = tempfile.mkdtemp(prefix="xpmlp-cuda-host-")
+            atexit.register(shutil.rmtree, _workdir, True)
+        src, so = os.path.join(_workdir, f"k{key}.cpp"), os.path.join(_workdir, f"k{key}.so")
+        with open(src, "w") as f:
+            f.write(source)
+        done = subprocess.run([cxx, *CXXFLAGS, "-o", so, src], capture_output=True, text=True)
+        if done.returncode != 0:
+            numbered = "\n".join(f"{n:4d}  {line}" for n, line in enumerate(source.splitlines(), 1))
+            raise HostCompileError(f"g++ failed to compile the kernel (exit {done.returncode}):\n"
+                                   f"{done.stderr.strip()}\n--- source ---\n{numbered}")
+        lib = _libraries[key] = ctypes.CDLL(so)
+        return lib
+
+
+class HostElementwiseKernel:
+    """``cupy.ElementwiseKernel`` run on the CPU: same constructor strings, same call order.
+
+    ``kernel(*inputs, *outputs)``: NumPy arrays and scalars for the inputs, NumPy arrays for the
+    outputs (updated in place); returns the output array, or a tuple of them when there are
+    several, as CuPy does.
+    """
+
+    def __init__(self, in_params: str, out_params: str, operation: str, name: str = "kernel"):
+        if not isinstance(name, str) or not _IDENT.match(name):
+            raise ValueError(f"invalid kernel name {name!r}")
+        self.in_params = parse_params(in_params)
+        self.out_params = parse_params(out_params)
+        names = [p.name for p in self.in_params + self.out_params]
+        if "i" in names:
+            raise ValueError("'i' cannot be a parameter name (it is the element index)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate parameter names in {names}")
+        if not self.out_params:
+            raise ValueError("an ElementwiseKernel needs at least one output parameter")
+        self.nin, self.nout = len(self.in_params), len(self.out_params)
+        self.nargs = self.nin + self.nout
+        self.operation = operation
+        self.name = name
+        self._functions: dict = {}  # (binding, which inputs are arrays) -> ctypes function
+
+    def __repr__(self):
+        return f"HostElementwiseKernel(name={self.name!r})"
+
+    # -- types ------------------------------------------------------------------------------
+
+    def _bind_types(self, args) -> dict[str, np.dtype]:
+        """Placeholder -> dtype, from the array arguments (outputs first, as CuPy does)."""
+        bound: dict[str, np.dtype] = {}
+        order = list(range(self.nin, self.nargs)) + list(range(self.nin))
+        params = self.in_params + self.out_params
+        for k in order:
+            p, a = params[k], args[k]
+            if not isinstance(a, np.ndarray):
+                continue
+            if not p.is_placeholder:
+                if a.dtype != np.dtype(p.type):
+                    raise TypeError(f"{self.name}: argument {p.name!r} has dtype {a.dtype}, "
+                                    f"but the parameter is declared {p.type}")
+            elif p.type in bound:
+                if bound[p.type] != a.dtype:
+                    raise TypeError(f"{self.name}: argument {p.name!r} has dtype {a.dtype}, but {p.type} is "
+                                    f"already bound to {bound[p.type]} by another array")
+            else:
+                if a.dtype.name not in CTYPES:
+                    raise TypeError(f"{self.name}: argument {p.name!r} has dtype {a.dtype}; supported: "
+                                    f"{', '.join(CTYPES)}")
+                bound[p.type] = a.dtype
+        for p in params:
+            if p.is_placeholder and p.type not in bound:
+                raise TypeError(f"{self.name}: type {p.type} of {p.name!r} is not bound by any array argument")
+        return bound
+
+    def _dtype(self, p: Param, bound) -> np.dtype:
+        return bound[p.type] if p.is_placeholder else np.dtype(p.type)
+
+    # -- code -------------------------------------------------------------------------------
+
+    def source(self, bound: dict[str, np.dtype], array_inputs: tuple[bool, ...]) -> str:
+        """The C++ source for a placeholder binding (placeholder -> dtype) and, per input
+        parameter, whether its argument is an array (else a scalar)."""
+        params = self.in_params + self.out_params
+        dtypes = [self._dtype(p, bound) for p in params]
+        typedefs = "".join(f"typedef {CTYPES[dt.name]} {t};\n" for t, dt in sorted(bound.items()))
+        decls, refs = [], []
+        for k, p in enumerate(params):
+            ctype = p.type if p.is_placeholder else CTYPES[p.type]
+            if k >= self.nin:  # outputs are arrays
+                decls.append(f"  {ctype} *const _raw_{p.name} = static_cast<{ctype} *>(_args[{k}]);")
+                refs.append(f"    {ctype} &{p.name} = _raw_{p.name}[i];")
+            elif array_inputs[k]:
+                decls.append(f"  const {ctype} *const _raw_{p.name} = static_cast<const {ctype} *>(_args[{k}]);")
+                refs.append(f"    const {ctype} &{p.name} = _raw_{p.name}[i];")
+            else:
+                decls.append(f"  const {ctype} {p.name} = *static_cast<const {ctype} *>(_args[{k}]);")
+        return _TEMPLATE.format(
+            float16=_FLOAT16 if any(dt.name == "float16" for dt in dtypes) else "",
+            typedefs=typedefs, name=self.name, declarations="\n".join(decls),
+            references="\n".join(refs), operation=self.operation)
+
+    # -- call -------------------------------------------------------------------------------
+
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            raise TypeError(f"{self.name}: HostElementwiseKernel does not support keyword arguments "
+                            f"({', '.join(kwargs)})")
+        if len(args) != self.nargs:
+            hint = " (outputs must be passed: allocating them is not supported)" if len(args) == self.nin else ""
+            raise TypeError(f"{self.name}: expected {self.nin} inputs and {self.nout} outputs, "
+                            f"{self.nargs} arguments, got {len(args)}{hint}")
+        params = self.in_params + self.out_params
+        shape = None
+        for k, (p, a) in enumerate(zip(params, args)):
+            if isinstance(a, np.ndarray):
+                if not (a.flags.c_contiguous and a.flags.aligned and a.dtype.isnative):
+                    raise ValueError(f"{self.name}: array argument {p.name!r} must be C-contiguous, aligned "
+                                     "and in native byte order")
+                if k >= self.nin and not a.flags.writeable:
+                    raise ValueError(f"{self.name}: output {p.name!r} is read-only")
+                if shape is None:
+                    shape = a.shape
+                elif a.shape != shape:
+                    raise ValueError(f"{self.name}: array argument {p.name!r} has shape {a.shape}, others "
+                                     f"{shape}; HostElementwiseKernel does not broadcast")
+            elif k >= self.nin:
+                raise TypeError(f"{self.name}: output {p.name!r} must be a NumPy array, got {type(a).__name__}")
+            elif not isinstance(a, (bool, int, float, np.bool_, np.integer, np.floating)):
+                raise TypeError(f"{self.name}: argument {p.name!r} must be a NumPy array or a real scalar, "
+                                f"got {type(a).__name__}")
+        if shape is None:
+            raise TypeError(f"{self.name}: no array argument, so the number of elements is unknown")
+        bound = self._bind_types(args)
+        keep, pointers = [], []
+        for p, a in zip(params, args):
+            if not isinstance(a, np.ndarray):
+                a = np.array(a, dtype=self._dtype(p, bound))  # as CuPy's CScalar.apply_dtype
+            keep.append(a)
+            pointers.append(a.ctypes.data)
+        outs = args[self.nin:]
+        n = int(np.prod(shape))
+        if n:
+            is_array = tuple(isinstance(a, np.ndarray) for a in args[:self.nin])
+            key = (tuple(sorted((t, dt.name) for t, dt in bound.items())), is_array)
+            fn = self._functions.get(key)
+            if fn is None:
+                fn = getattr(_compile(self.source(bound, is_array)), self.name)
+                fn.restype = None
+                fn.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_ssize_t]
+                self._functions[key] = fn
+            fn((ctypes.c_void_p * len(pointers))(*pointers), n)
+        return outs[0] if self.nout == 1 else tuple(outs)

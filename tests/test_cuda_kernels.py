@@ -1,0 +1,360 @@
+"""The CuPy optimiser kernels (xpmlp.kernels_cupy) without a GPU.
+
+- NVRTC: each kernel's source, generated as CuPy 14.2's ElementwiseKernel generates it (checked
+  against CuPy's own generator where its private API allows), compiles for sm_80 and sm_90 for
+  every dtype the kernels are offered for, with CuPy's headers and compile options.
+- Host: the same kernel bodies, compiled by g++ (tests/cuda_host.py) and driven by the real
+  optimisers through ``kernels_cupy.build(fake_cupy)``, match the Array API reference path.
+- ``import xpmlp.kernels_cupy`` does not import CuPy.
+
+Missing tools (CuPy, NVRTC, the CUDA headers, g++) skip these tests, unless
+``XPMLP_REQUIRE_CUDA_TOOLS=1`` (set in CI), which turns each such skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import xpmlp.optim
+from cuda_host import CTYPES, HostCompileError, HostElementwiseKernel, find_compiler, parse_params
+from xpmlp import SGD, Adam, AdamW
+from xpmlp.kernels_cupy import DTYPES, SPECS, KernelSpec, build
+
+ARCHS = ("sm_80", "sm_90")
+
+
+def _unavailable(reason: str):
+    """Skip, or fail when CI requires the CUDA tools (XPMLP_REQUIRE_CUDA_TOOLS=1)."""
+    if os.environ.get("XPMLP_REQUIRE_CUDA_TOOLS", "") == "1":
+        pytest.fail(f"{reason} (XPMLP_REQUIRE_CUDA_TOOLS=1 makes this a failure instead of a skip)")
+    pytest.skip(reason)
+
+
+# ------------------------------------------------------------------------------------------
+# NVRTC: the CUDA source CuPy 14.2 generates for an ElementwiseKernel
+# ------------------------------------------------------------------------------------------
+
+# cupy/_core/core.pyx: cupy_header_list, prepended to every source by compile_with_cache
+_CUPY_HEADERS = ("cupy/complex.cuh", "cupy/carray.cuh", "cupy/atomics.cuh", "cupy/math_constants.h")
+# cupy/_core/_scalar.pyx: the header a dtype's C type needs (a "type_decl")
+_TYPE_DECLS = {"float16": '#include "cupy/float16.cuh"'}
+
+
+def cupy_kernel_source(spec: KernelSpec, dtype: str, *, ndim: int = 1, index_32_bits: bool = True) -> str:
+    """The source CuPy 14.2 compiles when ``ElementwiseKernel(*spec)`` is called as
+    :mod:`xpmlp.kernels_cupy` calls it: placeholder (``T``) parameters are arrays of ``dtype``,
+    fixed-type inputs are Python scalars.
+
+    Mirrors cupy/_core/_kernel.pyx (``_get_elementwise_kernel_code``,
+    ``_get_simple_elementwise_kernel_code``, ``_ArgInfo.get_c_type``, ``_TypeMap``) and the
+    header prepended by ``core.compile_with_cache``. C-contiguous arguments are reshaped to one
+    dimension by ``_reduce_dims``, hence ``ndim=1`` and ``CArray<..., 1, 1, idx32>``;
+    ``index_32_bits`` is False for arrays of more than 2**31 elements.
+    """
+    ins, outs = parse_params(spec.in_params), parse_params(spec.out_params)
+    type_decls: set[str] = set()
+
+    def typename(dt: str) -> str:  # _scalar.get_typename(dtype, type_decls)
+        if dt in _TYPE_DECLS:
+            type_decls.add(_TYPE_DECLS[dt])
+        return CTYPES[dt]
+
+    idx = int(index_32_bits)
+    params, refs = [], []
+    for k, p in enumerate(ins + outs):
+        const = "const " if k < len(ins) else ""
+        if p.is_placeholder or k >= len(ins):  # an array
+            params.append(f"{const}CArray<{typename(dtype if p.is_placeholder else p.type)}, {ndim}, 1, {idx}> "
+                          f"_raw_{p.name}")
+            ctype = p.type if p.is_placeholder else CTYPES[p.type]
+            refs.append(f"{const}{ctype} &{p.name} = _raw_{p.name}[_ind.get()];")
+        else:  # a scalar
+            params.append(f"{const}{typename(p.type)} {p.name}")
+    params.append(f"CIndexer<{ndim}, {idx}> _ind")
+    placeholders = sorted({p.type for p in ins + outs if p.is_placeholder})
+    typedefs = "".join(f"typedef {typename(dtype)} {t};\n" for t in placeholders)
+    decls = "\n".join(sorted(type_decls)) + "\n\n" if type_decls else ""
+    operation = "\n".join(refs + [spec.operation])
+    code = f'''
+    {decls}{typedefs}
+    
+    extern "C" __global__ void {spec.name}({", ".join(params)}) {{
+      ;
+      #pragma unroll 1
+      CUPY_FOR(i, _ind.size()) {{
+        _ind.set(i);
+        {operation};
+      }}
+      ;
+    }}
+    '''
+    return "".join(f"#include <{h}>\n" for h in _CUPY_HEADERS) + code
+
+
+@pytest.fixture(scope="module")
+def nvrtc_setup():
+    """(nvrtc module, CuPy's compile options without -arch), or skip/fail when unavailable."""
+    try:
+        import cupy
+        from cupy.cuda import nvrtc
+    except Exception as e:  # not installed, or a broken install
+        _unavailable(f"CuPy is not importable: {e}")
+    try:
+        nvrtc.getVersion()
+    except Exception as e:
+        _unavailable(f"NVRTC is not available (pip install 'cuda-toolkit[nvrtc]'): {e}")
+    try:
+        from cuda.pathfinder import find_nvidia_header_directory
+
+        cuda_include = find_nvidia_header_directory("cudart")
+    except Exception:
+        cuda_include = None
+    if cuda_include is None:  # CuPy itself raises without them: cuda_fp16.h comes from there
+        _unavailable("the CUDA runtime headers were not found (pip install 'cuda-toolkit[cudart]')")
+    include = os.path.join(os.path.dirname(cupy.__file__), "_core", "include")
+    # core.assemble_cupy_compiler_options: bundled CCCL first, C++17, CuPy's and CUDA's headers;
+    # compiler._compile_with_cache_cuda adds -ftz=true and _compile_using_nvrtc_no_warning adds
+    # -arch=sm_XX (a cubin, not PTX) and --device-as-default-execution-space.
+    options = (f"-I{include}/cupy/_cccl/cub", f"-I{include}/cupy/_cccl/thrust",
+               f"-I{include}/cupy/_cccl/libcudacxx", "--std=c++17", f"-I{include}", f"-I{cuda_include}",
+               "-ftz=true", "--device-as-default-execution-space")
+    return nvrtc, options
+
+
+def _nvrtc_compile(nvrtc, source: str, options) -> tuple[bytes | None, str]:
+    """(cubin or None, NVRTC's log)."""
+    prog = nvrtc.createProgram(source, "kern.cu", [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, list(options))
+        except nvrtc.NVRTCError:
+            return None, nvrtc.getProgramLog(prog)
+        return nvrtc.getCUBIN(prog), nvrtc.getProgramLog(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def _numbered(source: str) -> str:
+    return "\n".join(f"{n:4d}  {line}" for n, line in enumerate(source.splitlines(), 1))
+
+
+@pytest.mark.parametrize("index_32_bits", [True, False], ids=["idx32", "idx64"])
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", SPECS)
+def test_kernel_compiles_with_nvrtc(nvrtc_setup, kernel, dtype, arch, index_32_bits):
+    nvrtc, options = nvrtc_setup
+    source = cupy_kernel_source(SPECS[kernel], dtype, index_32_bits=index_32_bits)
+    cubin, log = _nvrtc_compile(nvrtc, source, (*options, f"-arch={arch}"))
+    assert cubin, f"NVRTC failed to compile {kernel} for {dtype}, {arch}:\n{log}\n--- source ---\n{_numbered(source)}"
+
+
+def test_source_mirrors_cupys_own_code_generation():
+    """Our mirror equals what CuPy's (private) generator returns for the same arguments."""
+    try:
+        import cupy
+        from cupy._core import _carray, _kernel, _scalar
+    except Exception as e:
+        _unavailable(f"CuPy is not importable: {e}")
+    try:
+        from cupy._core.core import _cupy_header_list
+    except ImportError:
+        _cupy_header_list = None
+    for spec in SPECS.values():
+        kern = cupy.ElementwiseKernel(*spec)  # no compilation until called
+        for dtype in DTYPES:
+            for idx in (True, False):
+                arginfos = []
+                for k, p in enumerate(parse_params(spec.in_params) + parse_params(spec.out_params)):
+                    if p.is_placeholder or k >= kern.nin:  # ARG_KIND_NDARRAY = 1
+                        arginfos.append(_kernel._ArgInfo(1, cupy.ndarray, np.dtype(dtype if p.is_placeholder
+                                                                                    else p.type), 1, True, idx))
+                    else:  # ARG_KIND_SCALAR = 3
+                        arginfos.append(_kernel._ArgInfo(3, _scalar.CScalar, np.dtype(p.type), 0, True, True))
+                arginfos.append(_kernel._ArgInfo(2, _carray.Indexer, None, 1, True, idx))  # ARG_KIND_INDEXER
+                try:
+                    code = _kernel._get_elementwise_kernel_code(
+                        tuple(arginfos), _kernel._TypeMap((("T", np.dtype(dtype)),)), kern.params,
+                        kern.operation, kern.name, kern.preamble)
+                except Exception as e:  # private API: changed in this CuPy version
+                    pytest.skip(f"CuPy's private code generator is not callable as in 14.2 ({e}); "
+                                "re-check cupy_kernel_source against this CuPy's _kernel.pyx")
+                header = ("".join(f"#include <{h}>\n" for h in _cupy_header_list) if _cupy_header_list is not None
+                          else "".join(f"#include <{h}>\n" for h in _CUPY_HEADERS))
+                assert header + code == cupy_kernel_source(spec, dtype, index_32_bits=idx), (spec.name, dtype, idx)
+
+
+def test_nvrtc_harness_rejects_the_old_float16_ternary(nvrtc_setup):
+    """The harness is sensitive: the former SGD-momentum body (a ``?:`` between float and
+    float16) fails for float16 under NVRTC, and on the host for the same reason."""
+    nvrtc, options = nvrtc_setup
+    old = SPECS["sgd_momentum"]._replace(operation="""
+        buf = (T)momentum * buf + (T)damp * g;
+        T step = nesterov ? g + (T)momentum * buf : buf;
+        p = p - (T)lr * step;
+        """)
+    cubin, log = _nvrtc_compile(nvrtc, cupy_kernel_source(old, "float32"), (*options, "-arch=sm_90"))
+    assert cubin, log
+    cubin, log = _nvrtc_compile(nvrtc, cupy_kernel_source(old, "float16"), (*options, "-arch=sm_90"))
+    assert cubin is None and 'ambiguous "?" operation' in log, log
+
+
+# ------------------------------------------------------------------------------------------
+# Host: the kernel bodies run by g++, driven by the real optimisers
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def host_compiler():
+    if find_compiler() is None:
+        _unavailable("g++ is not installed; tests/cuda_host.py needs it")
+
+
+class _HostArray(np.ndarray):
+    """A NumPy array with CuPy's ``.get()``, for the fake cupy's probe."""
+
+    def get(self):
+        return np.array(self)
+
+
+def _fake_cupy(kernel_class=HostElementwiseKernel):
+    """The part of the cupy API that kernels_cupy.build uses, run on the host."""
+    return types.SimpleNamespace(ElementwiseKernel=kernel_class, ndarray=np.ndarray,
+                                 asarray=lambda a: np.array(a).view(_HostArray))
+
+
+class _CountingKernel(HostElementwiseKernel):
+    calls: dict[str, int] = {}
+
+    def __call__(self, *args):
+        _CountingKernel.calls[self.name] = _CountingKernel.calls.get(self.name, 0) + 1
+        return super().__call__(*args)
+
+
+# float16: Adam's default eps (1e-8) is 0 in half precision, and v underflows for small
+# gradients, so m / denom would divide by zero in both paths; eps=1e-3 keeps the test meaningful.
+OPTIMIZERS = {
+    "adam": lambda eps: Adam(lr=1e-2, eps=eps),
+    "adamw": lambda eps: AdamW(lr=1e-2, weight_decay=0.1, eps=eps),
+    "adam-l2-clip": lambda eps: Adam(lr=1e-2, weight_decay=1e-3, clipnorm=1.0, eps=eps),
+    "sgd": lambda eps: SGD(lr=0.1),
+    "sgd-momentum": lambda eps: SGD(lr=0.1, momentum=0.9, dampening=0.1),
+    "sgd-nesterov": lambda eps: SGD(lr=0.1, momentum=0.9, nesterov=True),
+}
+EXPECTED_KERNEL = {"adam": "xpmlp_adam", "adamw": "xpmlp_adam", "adam-l2-clip": "xpmlp_adam", "sgd": "xpmlp_sgd",
+                   "sgd-momentum": "xpmlp_sgd_momentum", "sgd-nesterov": "xpmlp_sgd_momentum"}
+SHAPES = [(37, 11), (13,)]
+N_STEPS = 6
+
+
+def _run(make, dtype):
+    rng = np.random.default_rng(0)
+    params = {f"p{i}": rng.normal(size=s).astype(dtype) for i, s in enumerate(SHAPES)}
+    grads_seq = [{k: rng.normal(size=v.shape).astype(dtype) for k, v in params.items()} for _ in range(N_STEPS)]
+    opt, grads = make(1e-3 if dtype == "float16" else 1e-8), {}
+    for step_grads in grads_seq:
+        grads.update(step_grads)
+        opt.step([(params, grads, k) for k in params])
+    return params, opt.state
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_host_kernels_match_reference(host_compiler, monkeypatch, name, dtype):
+    """The optimisers with ``build(fake_cupy)`` as their fast kernels, against the reference.
+
+    The optimiser computes and passes the host scalars itself (bias corrections, dampening),
+    exactly as it would to the GPU kernels. Tolerances, relative and absolute (the values are
+    of order 1): float64 1e-12 and float32 1e-6, which the GPU (FMA contraction, float32
+    denormals flushed) must also meet; on the host, compiled without contraction, the results
+    are moreover bitwise equal to the reference's, which checks that the kernels keep its
+    operations and their order. float16: CuPy's float16 computes each expression in float32 and
+    rounds once where it stores, the reference rounds after every operation, so they agree to a
+    few half-precision ulps (1e-2 relative, 1e-2 of each array's largest value absolute).
+    """
+    _CountingKernel.calls.clear()
+    kernels = build(_fake_cupy(_CountingKernel))
+    with monkeypatch.context() as mp:
+        mp.setattr(xpmlp.optim, "fast_kernels", lambda xp: kernels)
+        fast_params, fast_state = _run(OPTIMIZERS[name], dtype)
+    assert _CountingKernel.calls == {EXPECTED_KERNEL[name]: N_STEPS * len(SHAPES)}  # no fallback
+    monkeypatch.setenv("XPMLP_REFERENCE", "1")
+    ref_params, ref_state = _run(OPTIMIZERS[name], dtype)
+
+    pairs = [(fast_params[k], ref_params[k], k) for k in ref_params]
+    for fs, rs in zip(fast_state, ref_state):
+        assert fs.keys() == rs.keys()
+        pairs += [(fs[key], rs[key], key) for key in rs]
+    for got, want, what in pairs:
+        assert got.dtype == np.dtype(dtype) and got.shape == want.shape, what
+        if dtype == "float16":
+            np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=1e-2,
+                                       atol=1e-2 * float(np.abs(want.astype(np.float64)).max()), err_msg=what)
+            continue
+        tol = {"float64": 1e-12, "float32": 1e-6}[dtype]
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=what)
+        np.testing.assert_array_equal(got, want, err_msg=f"{what}: the host run is within tolerance but not "
+                                      "bitwise equal: the kernel's operations or their order differ from the reference")
+
+
+def test_probe_passes_and_catches_a_broken_kernel(host_compiler):
+    build(_fake_cupy()).probe()
+
+    class DoesNothing(HostElementwiseKernel):
+        def __call__(self, *args):
+            return args[-1]
+
+    with pytest.raises(RuntimeError, match="instead of 0.5"):
+        build(_fake_cupy(DoesNothing)).probe()
+
+
+def test_usable():
+    kernels = build(_fake_cupy())
+    a = np.zeros((3, 4), dtype=np.float32)
+    for dtype in DTYPES:
+        b = np.zeros((3, 4), dtype=dtype)
+        assert kernels.usable(b, b.copy(), b.copy())
+    assert not kernels.usable()
+    assert not kernels.usable(a.T, a.T.copy())  # not C-contiguous
+    assert not kernels.usable(a, a.astype(np.float64))  # dtypes differ
+    assert not kernels.usable(a, a.reshape(4, 3))  # shapes differ
+    assert not kernels.usable(a.astype(np.int32), a.astype(np.int32))  # not a kernel dtype
+    assert not kernels.usable(a, [[0.0] * 4] * 3)  # not an array of this "cupy"
+
+
+def test_host_kernel_rejects_what_it_cannot_run(host_compiler):
+    k = HostElementwiseKernel(*SPECS["sgd"])
+    g, p = np.ones(4, np.float32), np.ones(4, np.float32)
+    with pytest.raises(TypeError, match="outputs must be passed"):
+        k(g, 0.1)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        k(np.ones(3, np.float32), 0.1, p)
+    with pytest.raises(TypeError, match="already bound"):
+        k(g.astype(np.float64), 0.1, p)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        k(np.ones((4, 2), np.float32)[:, 0], 0.1, p)
+    with pytest.raises(TypeError, match="real scalar"):
+        k(g, 0.1j, p)
+    with pytest.raises(ValueError, match="not supported"):
+        HostElementwiseKernel("raw T g", "T p", "p = g;")
+    with pytest.raises(ValueError, match="not supported"):
+        HostElementwiseKernel("T g", "complex64 p", "p = g;")
+    with pytest.raises(HostCompileError, match="undeclared|not declared"):
+        HostElementwiseKernel("T g", "T p", "p = nope;")(g, p)
+    assert k(g, 0.5, p) is p and np.array_equal(p, np.full(4, 0.5, np.float32))
+
+
+# ------------------------------------------------------------------------------------------
+
+def test_import_does_not_import_cupy():
+    code = ("import sys\n"
+            "sys.modules['cupy'] = None  # any import of cupy now raises ImportError\n"
+            "import xpmlp.kernels_cupy\n"
+            "assert sys.modules['cupy'] is None\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
