@@ -3,7 +3,13 @@
 
 numpy; array_api_strict on CPU_DEVICE/float64, device1/float32 and no_float64/float32 (the last
 raises on any float64 array: the best detector of accidental promotion); torch on the CPU when
-installed; torch CUDA and CuPy when a GPU is usable (skipped otherwise, and reported as skips).
+installed; the fake GPU (tests/fake_cupy.py: the CuPy backend on a NumPy-backed stand-in for
+CuPy with two devices, always run); torch CUDA and CuPy when a GPU is usable (skipped otherwise,
+and reported as skips).
+
+The CuPy columns, real and fake, build their models as users do, through ``device="cuda"``,
+``"cuda:1"`` and ``"auto"``, not through ``xp=``. Every other test runs with
+``$XPMLP_DEVICE=cpu`` (an autouse fixture), so the suite means the same on a machine with a GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fake_cupy
 import xpmlp
 from xpmlp.backend import to_numpy
 
@@ -51,10 +58,20 @@ class Case:
     device_name: str | None
     dtype: str
 
+    def activate(self):
+        return self.backend.activate()
+
+    @property
+    def cupy_like(self) -> bool:
+        """The real or the fake CuPy column: models are built from a device string, as users do."""
+        return self.lib in ("cupy", "fakecupy")
+
     @property
     def xp(self):
+        if self.cupy_like:
+            return self.backend.xp
         return {"numpy": lambda: np, "strict": lambda: __import__("array_api_strict"),
-                "torch": lambda: __import__("torch"), "cupy": lambda: __import__("cupy")}[self.lib]()
+                "torch": lambda: __import__("torch")}[self.lib]()
 
     @property
     def device(self):
@@ -64,9 +81,13 @@ class Case:
 
     @property
     def backend(self):
+        if self.cupy_like:
+            return xpmlp.resolve(self.device_name)
         return xpmlp.resolve(self.device, xp=self.xp)
 
     def model_kwargs(self) -> dict:
+        if self.cupy_like:
+            return {"device": self.device_name, "dtype": self.dtype}
         return {"xp": self.xp, "device": self.device, "dtype": self.dtype}
 
     def asarray(self, a, dtype=None):
@@ -99,8 +120,11 @@ def _cases():
     torch_gpu = pytest.mark.skipif(not TORCH_CUDA, reason="needs torch with CUDA")
     cases += [pytest.param(Case("torch", "cuda", "float64"), id="torch-cuda-f64", marks=[torch_gpu, pytest.mark.gpu]),
               pytest.param(Case("torch", "cuda", "float32"), id="torch-cuda-f32", marks=[torch_gpu, pytest.mark.gpu]),
-              pytest.param(Case("cupy", None, "float64"), id="cupy-f64", marks=[gpu, pytest.mark.gpu]),
-              pytest.param(Case("cupy", None, "float32"), id="cupy-f32", marks=[gpu, pytest.mark.gpu])]
+              pytest.param(Case("cupy", "cuda", "float64"), id="cupy-cuda-f64", marks=[gpu, pytest.mark.gpu]),
+              pytest.param(Case("cupy", "auto", "float32"), id="cupy-auto-f32", marks=[gpu, pytest.mark.gpu])]
+    # The fake GPU: model on GPU 1 of two (catches work done on the wrong current device), and "auto".
+    cases += [pytest.param(Case("fakecupy", "cuda:1", "float64"), id="fakecupy-cuda1-f64", marks=pytest.mark.fakegpu),
+              pytest.param(Case("fakecupy", "auto", "float32"), id="fakecupy-auto-f32", marks=pytest.mark.fakegpu)]
     return cases
 
 
@@ -108,14 +132,40 @@ CASES = _cases()
 CASES64 = [c for c in CASES if c.values[0].dtype == "float64"]
 
 
+def _with_backend(case: Case):
+    """Install the fake CuPy for its column, and make the case's GPU current for the test.
+
+    Layers, losses and optimisers used directly need the current device to be theirs (CuPy
+    allocates there), as a user on GPU N writes ``with cupy.cuda.Device(N):``. Models need no
+    such context: tests/test_fake_gpu.py runs them on GPU 1 while GPU 0 is current.
+    """
+    if case.lib == "fakecupy":
+        with fake_cupy.installed():
+            fake_cupy.COUNTS.reset()
+            with case.backend.activate():
+                yield case
+    elif case.lib == "cupy":
+        with case.backend.activate():
+            yield case
+    else:
+        yield case
+
+
 @pytest.fixture(params=CASES)
 def case(request) -> Case:
-    return request.param
+    yield from _with_backend(request.param)
 
 
 @pytest.fixture(params=CASES64)
 def case64(request) -> Case:
-    return request.param
+    yield from _with_backend(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_asked(monkeypatch):
+    """Tests that are not about a backend run on the CPU, on every machine (GPU or not)."""
+    monkeypatch.setenv("XPMLP_DEVICE", "cpu")
+    monkeypatch.delenv("XPMLP_STRICT_DEVICE", raising=False)
 
 
 @pytest.fixture

@@ -9,7 +9,10 @@ import pytest
 
 import xpmlp
 from xpmlp import SGD, Adam, AdamW, kernels_numpy
+from xpmlp import backend
 from xpmlp.backend import fast_kernels
+
+import fake_cupy
 
 OPTIMIZERS = {
     "adam": lambda: Adam(lr=1e-2),
@@ -77,7 +80,7 @@ def test_whole_fit_is_bitwise_equal_to_reference(monkeypatch):
     X, y = xpmlp.datasets.make_spirals(400, n_classes=3, seed=0)
 
     def run():
-        model = xpmlp.MLP([2, 64, 64, 3], seed=0)
+        model = xpmlp.MLP([2, 64, 64, 3], device="cpu", seed=0)
         model.fit(X, y, loss="softmax_cross_entropy", optimizer=Adam(lr=1e-2), epochs=3, batch_size=32)
         return model.get_weights(), model.history["loss"]
 
@@ -91,7 +94,7 @@ def test_whole_fit_is_bitwise_equal_to_reference(monkeypatch):
 
 def test_backward_without_input_gradient_gives_the_same_parameter_gradients():
     rng = np.random.default_rng(0)
-    model = xpmlp.MLP([5, 7, 3], standardize=True, seed=0)
+    model = xpmlp.MLP([5, 7, 3], standardize=True, device="cpu", seed=0)
     model.build(5)
     x, g = rng.normal(size=(4, 5)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
     model.layers[0].adapt(x)
@@ -104,20 +107,29 @@ def test_backward_without_input_gradient_gives_the_same_parameter_gradients():
         np.testing.assert_array_equal(a, gd[k])
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_cupy_fused_update_matches_reference(monkeypatch, name):
-    """The fused CuPy kernels against the Array API reference on the GPU (float32 and float64)."""
+@pytest.fixture(params=[pytest.param("cupy", marks=pytest.mark.gpu), pytest.param("fakecupy", marks=pytest.mark.fakegpu)])
+def cupy_module(request):
+    """Real CuPy on a GPU (skipped without one), or the stand-in, whose kernels run their CUDA C on the host."""
+    if request.param == "fakecupy":
+        with fake_cupy.installed() as cupy:
+            yield cupy
+        return
     cupy = pytest.importorskip("cupy", reason="needs CuPy and a GPU")
     try:
         cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # CuPy installed but no usable GPU
         pytest.skip(f"needs a GPU: {e}")
-    import array_api_compat.cupy as cp_compat
+    yield cupy
 
-    from xpmlp import kernels_cupy
 
-    assert fast_kernels(cp_compat) is kernels_cupy
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_cupy_fused_update_matches_reference(monkeypatch, cupy_module, name):
+    """The fused CuPy kernels against the Array API reference (float32 and float64)."""
+    cupy = cupy_module
+    import array_api_compat
+
+    monkeypatch.setattr(backend, "_CUPY_KERNELS", {})
+    assert fast_kernels(array_api_compat.array_namespace(cupy.zeros(1))) is not None
     for dtype, rtol in (("float64", 1e-12), ("float32", 1e-5)):
         def run():
             rng = np.random.default_rng(0)
@@ -129,7 +141,10 @@ def test_cupy_fused_update_matches_reference(monkeypatch, name):
             return {k: cupy.asnumpy(v) for k, v in params.items()}
 
         monkeypatch.delenv("XPMLP_REFERENCE", raising=False)
+        fake_cupy.COUNTS.reset()
         fast = run()
+        if cupy is fake_cupy.installed_module():  # the fused kernels ran (their C, on the host)
+            assert sum(v for k, v in fake_cupy.COUNTS.by_name.items() if k.startswith("xpmlp_")) == 6 * len(SHAPES)
         monkeypatch.setenv("XPMLP_REFERENCE", "1")
         ref = run()
         for k in ref:

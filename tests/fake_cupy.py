@@ -1,0 +1,926 @@
+"""A NumPy-backed stand-in for the ``cupy`` module: the fake-GPU column of the test matrix.
+
+It lets the CuPy backend, array-api-compat's real CuPy wrappers included, run on a machine
+without a GPU, while keeping the contracts of CuPy 14.2 that GPU code gets wrong:
+
+- functions take CuPy's signatures, not NumPy's: ``asarray(x, device=...)`` is a TypeError, as
+  on CuPy (tests/test_fake_gpu.py checks every signature here against the installed ``cupy``
+  package, which imports without a GPU);
+- arrays are their own type and refuse implicit conversion to NumPy (``np.asarray(a)``) and
+  NumPy operands, as CuPy's do; ``.get()`` is the way to the host;
+- there are ``device_count`` devices (two by default); every array remembers the device it was
+  made on, new arrays go on the *current* device, and every kernel refuses arrays that are not
+  on the current device, as CuPy does without peer access;
+- it counts what would be kernel launches, host synchronisations and host-to-device copies.
+  One call that computes (a ufunc, a reduction, ``matmul``, ``take``, ``where``, a fill, a copy,
+  an ``ElementwiseKernel``) counts one launch; views (reshape, transpose, slicing) count none.
+  CuPy's composite functions (``std``) launch more than one kernel, so launch counts here are a
+  lower bound for those; the functions xpmlp's step uses are single kernels on CuPy.
+- ``ElementwiseKernel`` runs the kernel's own CUDA C body, compiled for the host by
+  ``tests/cuda_host.py``, so fused kernels are exercised for real, not re-implemented.
+
+What it does not model is refused (``NotImplementedError``) rather than guessed, so new code that
+needs more of CuPy fails here first and its contract gets written down.
+
+Use ``with installed(): ...``: inside, ``import cupy`` and ``array_api_compat.cupy`` give the fake.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import importlib
+import inspect
+import sys
+import threading
+import types
+from collections import Counter
+
+import numpy as np
+
+
+# -- counters ----------------------------------------------------------------------------------
+class Counts:
+    """What the fake GPU was asked to do since the last ``reset``."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.launches = 0
+        self.syncs = 0
+        self.h2d = 0
+        self.by_name: Counter = Counter()
+        self.sync_reasons: Counter = Counter()
+
+    def launch(self, name: str, n: int = 1):
+        self.launches += n
+        self.by_name[name] += n
+
+    def sync(self, reason: str):
+        self.syncs += 1
+        self.sync_reasons[reason] += 1
+
+    def snapshot(self) -> dict:
+        return {"launches": self.launches, "syncs": self.syncs, "h2d": self.h2d}
+
+
+COUNTS = Counts()
+
+
+class CUDARuntimeError(RuntimeError):
+    pass
+
+
+# -- devices -----------------------------------------------------------------------------------
+class _State(threading.local):
+    current = 0
+
+
+_STATE = _State()
+_CONFIG = {"device_count": 2}
+
+
+def _current() -> int:
+    return _STATE.current
+
+
+class _Runtime(types.ModuleType):
+    @staticmethod
+    def getDeviceCount():
+        return _CONFIG["device_count"]
+
+    @staticmethod
+    def getDevice():
+        return _STATE.current
+
+    @staticmethod
+    def setDevice(device):
+        device = int(device)
+        if not 0 <= device < _CONFIG["device_count"]:
+            raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
+        _STATE.current = device
+
+
+class Device:
+    """``cupy.cuda.Device``: an id, equal to Devices of the same id (never to an int); a context manager."""
+
+    def __init__(self, device=None):
+        self._id = _STATE.current if device is None else int(device)
+        if not 0 <= self._id < _CONFIG["device_count"]:
+            raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
+        self._stack = []
+
+    @property
+    def id(self):
+        return self._id
+
+    def __int__(self):
+        return self._id
+
+    __index__ = __int__
+
+    def __eq__(self, other):
+        return isinstance(other, Device) and other._id == self._id
+
+    def __hash__(self):
+        return hash(("fake-cuda-device", self._id))
+
+    def __repr__(self):
+        return f"<CUDA Device {self._id}>"
+
+    def __enter__(self):
+        self._stack.append(_STATE.current)
+        _STATE.current = self._id
+        return self
+
+    def __exit__(self, *exc):
+        _STATE.current = self._stack.pop()
+
+    def use(self):
+        _STATE.current = self._id
+
+    def synchronize(self):
+        COUNTS.sync("Device.synchronize")
+
+    @property
+    def compute_capability(self):
+        return "90"
+
+
+class Stream:
+    def synchronize(self):
+        COUNTS.sync("Stream.synchronize")
+
+
+_STREAM = Stream()
+
+
+def get_current_stream(device=None):
+    return _STREAM
+
+
+# -- arrays ------------------------------------------------------------------------------------
+_IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to "
+             "construct a NumPy array explicitly.")
+
+
+def _check_same_device(arrays, what):
+    cur = _STATE.current
+    for a in arrays:
+        if a._dev != cur:
+            raise ValueError(f"{what}: array device {a._dev} is not the current device {cur} "
+                             "(CuPy refuses arrays of another device without peer access)")
+
+
+def _unwrap(x, what, arrays):
+    """Fake array -> its NumPy data (device-checked later); scalars pass; NumPy arrays are refused."""
+    if isinstance(x, ndarray):
+        arrays.append(x)
+        return x._a
+    if isinstance(x, np.ndarray):
+        raise TypeError(f"Unsupported type {type(x)}")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unwrap(v, what, arrays) for v in x)
+    return x
+
+
+def _wrap(a, dev=None):
+    if isinstance(a, tuple):
+        return tuple(_wrap(v, dev) for v in a)
+    if isinstance(a, (np.ndarray, np.generic)):
+        return ndarray._from_numpy(np.asarray(a), _STATE.current if dev is None else dev)
+    return a
+
+
+def _compute(name, fn, args, kwargs, launches=1):
+    arrays = []
+    args = [_unwrap(a, name, arrays) for a in args]
+    kwargs = {k: _unwrap(v, name, arrays) for k, v in kwargs.items()}
+    _check_same_device(arrays, name)
+    out = fn(*args, **kwargs)
+    if launches:
+        COUNTS.launch(name, launches)
+    return _wrap(out)
+
+
+def _is_mask(key):
+    keys = key if isinstance(key, tuple) else (key,)
+    return builtins.any(isinstance(k, ndarray) and k.dtype == np.bool_ for k in keys)
+
+
+def _has_array(key):
+    keys = key if isinstance(key, tuple) else (key,)
+    return builtins.any(isinstance(k, (ndarray, np.ndarray, list)) for k in keys)
+
+
+class ndarray:
+    """``cupy.ndarray`` on NumPy data: distinct type, device id, no implicit host conversion."""
+
+    __slots__ = ("_a", "_dev")
+    __array_priority__ = 100
+
+    def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
+        if memptr is not None or strides is not None:
+            raise NotImplementedError("fake cupy.ndarray: memptr/strides are not modelled")
+        self._a = np.empty(shape, dtype=dtype, order=order)
+        self._dev = _STATE.current
+
+    @classmethod
+    def _from_numpy(cls, a, dev):
+        self = object.__new__(cls)
+        self._a, self._dev = a, dev
+        return self
+
+    # metadata (no device work)
+    shape = property(lambda self: self._a.shape)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    dtype = property(lambda self: self._a.dtype)
+    nbytes = property(lambda self: self._a.nbytes)
+    itemsize = property(lambda self: self._a.itemsize)
+    strides = property(lambda self: self._a.strides)
+    flags = property(lambda self: self._a.flags)
+    device = property(lambda self: Device(self._dev))
+
+    @property
+    def T(self):
+        return ndarray._from_numpy(self._a.T, self._dev)
+
+    @property
+    def mT(self):
+        return ndarray._from_numpy(np.swapaxes(self._a, -1, -2), self._dev)
+
+    def __len__(self):
+        return len(self._a)
+
+    def __repr__(self):
+        return f"fake_cupy.ndarray({self._a!r}, device={self._dev})"
+
+    # host transfers: each one waits for the device
+    def get(self, stream=None, order="C", out=None, blocking=True):
+        if out is not None:
+            raise NotImplementedError("fake cupy: get(out=) is not modelled")
+        COUNTS.sync("ndarray.get")
+        return np.array(self._a, order=order, copy=True)
+
+    def item(self):
+        COUNTS.sync("ndarray.item")
+        return self._a.item()
+
+    def tolist(self):
+        COUNTS.sync("ndarray.tolist")
+        return self._a.tolist()
+
+    def __float__(self):
+        COUNTS.sync("float(array)")
+        return float(self._a)
+
+    def __int__(self):
+        COUNTS.sync("int(array)")
+        return int(self._a)
+
+    def __bool__(self):
+        COUNTS.sync("bool(array)")
+        return bool(self._a)
+
+    def __complex__(self):
+        COUNTS.sync("complex(array)")
+        return complex(self._a)
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(_IMPLICIT)
+
+    def __iter__(self):
+        raise NotImplementedError("fake cupy: iterating over an array is not modelled")
+
+    def __dlpack__(self, *a, **k):
+        raise NotImplementedError("fake cupy: DLPack is not modelled")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        # NumPy defers to CuPy arrays; CuPy then refuses the NumPy operand.
+        for x in inputs:
+            if isinstance(x, np.ndarray):
+                raise TypeError(f"Unsupported type {type(x)}")
+        raise NotImplementedError(f"fake cupy: numpy.{ufunc.__name__} on a CuPy array is not modelled")
+
+    def __array_function__(self, func, types_, args, kwargs):
+        raise TypeError(f"Unsupported NumPy function {func.__name__} on a CuPy array: use cupy.{func.__name__}")
+
+    # indexing
+    def __getitem__(self, key):
+        arrays = []
+        k = _unwrap_index(key, arrays)
+        _check_same_device(arrays, "__getitem__")
+        if _is_mask(key):
+            COUNTS.sync("boolean-mask indexing")  # CuPy copies the count of True to the host
+            COUNTS.launch("getitem_mask")
+        elif _has_array(key):
+            COUNTS.launch("getitem_take")
+        out = self._a[k]
+        if not isinstance(out, np.ndarray):
+            out = np.asarray(out)  # CuPy returns 0-d arrays, never scalars
+        return ndarray._from_numpy(out, self._dev)
+
+    def __setitem__(self, key, value):
+        arrays = []
+        k = _unwrap_index(key, arrays)
+        v = _unwrap(value, "__setitem__", arrays)
+        _check_same_device(arrays + [self], "__setitem__")
+        if _is_mask(key):
+            COUNTS.sync("boolean-mask assignment")
+        COUNTS.launch("setitem")
+        self._a[k] = v
+
+    # methods
+    def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+        _check_same_device([self], "astype")
+        dtype = np.dtype(dtype)
+        if not copy and dtype == self._a.dtype:
+            return self
+        COUNTS.launch("astype")
+        return ndarray._from_numpy(self._a.astype(dtype, order=order), _STATE.current)
+
+    def copy(self, order="C"):
+        _check_same_device([self], "copy")
+        COUNTS.launch("copy")
+        return ndarray._from_numpy(self._a.copy(order=order), _STATE.current)
+
+    def view(self, dtype=None, type=None):
+        if dtype is not None or type is not None:
+            raise NotImplementedError("fake cupy: view(dtype) is not modelled")
+        return ndarray._from_numpy(self._a.view(), self._dev)
+
+    def reshape(self, *shape, order="C", copy=None):
+        return reshape(self, shape[0] if len(shape) == 1 else shape, order=order, copy=copy)
+
+    def transpose(self, *axes):
+        return ndarray._from_numpy(self._a.transpose(*axes), self._dev)
+
+    def ravel(self, order="C"):
+        return reshape(self, (-1,), order=order)
+
+    def fill(self, value):
+        _check_same_device([self], "fill")
+        COUNTS.launch("fill")
+        self._a.fill(value)
+
+    def sum(self, axis=None, dtype=None, out=None, keepdims=False):
+        return sum(self, axis, dtype, out, keepdims)
+
+    def mean(self, axis=None, dtype=None, out=None, keepdims=False):
+        return mean(self, axis, dtype, out, keepdims)
+
+    def max(self, axis=None, out=None, keepdims=False):
+        return max(self, axis, out, keepdims)
+
+    def min(self, axis=None, out=None, keepdims=False):
+        return min(self, axis, out, keepdims)
+
+    def all(self, axis=None, out=None, keepdims=False):
+        return all(self, axis, out, keepdims)
+
+    def any(self, axis=None, out=None, keepdims=False):
+        return any(self, axis, out, keepdims)
+
+    def argmax(self, axis=None, out=None, dtype=None, keepdims=False):
+        return argmax(self, axis, dtype, out, keepdims)
+
+    def swapaxes(self, axis1, axis2):
+        return swapaxes(self, axis1, axis2)
+
+    def squeeze(self, axis=None):
+        return squeeze(self, axis)
+
+    def take(self, indices, axis=None, out=None):
+        return take(self, indices, axis, out)
+
+
+def _unwrap_index(key, arrays):
+    if isinstance(key, tuple):
+        return tuple(_unwrap_index(k, arrays) for k in key)
+    if isinstance(key, ndarray):
+        arrays.append(key)
+        return key._a
+    if isinstance(key, np.ndarray):
+        COUNTS.h2d += 1  # CuPy copies a NumPy index array to the device
+        return key
+    return key
+
+
+def _binary(name):
+    def op(self, other):
+        return _UFUNCS[name](self, other)
+    return op
+
+
+def _reflected(name):
+    def op(self, other):
+        return _UFUNCS[name](other, self)
+    return op
+
+
+def _inplace(name):
+    def op(self, other):
+        _UFUNCS[name](self, other, out=self)
+        return self
+    return op
+
+
+def _unary(name):
+    def op(self):
+        return _UFUNCS[name](self)
+    return op
+
+
+for _dunder, _uf in {"add": "add", "sub": "subtract", "mul": "multiply", "truediv": "true_divide",
+                     "floordiv": "floor_divide", "mod": "remainder", "pow": "power", "and": "bitwise_and",
+                     "or": "bitwise_or", "xor": "bitwise_xor", "lshift": "left_shift", "rshift": "right_shift",
+                     "matmul": "matmul"}.items():
+    setattr(ndarray, f"__{_dunder}__", _binary(_uf))
+    setattr(ndarray, f"__r{_dunder}__", _reflected(_uf))
+    setattr(ndarray, f"__i{_dunder}__", _inplace(_uf))
+for _dunder, _uf in {"lt": "less", "le": "less_equal", "gt": "greater", "ge": "greater_equal",
+                     "eq": "equal", "ne": "not_equal"}.items():
+    setattr(ndarray, f"__{_dunder}__", _binary(_uf))
+for _dunder, _uf in {"neg": "negative", "pos": "positive", "abs": "absolute", "invert": "invert"}.items():
+    setattr(ndarray, f"__{_dunder}__", _unary(_uf))
+ndarray.__hash__ = None
+
+
+# -- ufuncs ------------------------------------------------------------------------------------
+class ufunc:
+    """A CuPy ufunc: positional inputs, and only ``out``, ``dtype`` and ``casting`` as keywords."""
+
+    _KEYWORDS = ("out", "dtype", "casting")
+
+    def __init__(self, name, np_ufunc):
+        self.__name__ = name
+        self._np = np_ufunc
+        self.nin, self.nout = np_ufunc.nin, np_ufunc.nout
+
+    def __call__(self, *args, **kwargs):
+        wrong = {k: v for k, v in kwargs.items() if k not in self._KEYWORDS}
+        if wrong:
+            raise TypeError(f"Wrong arguments {wrong}")
+        if len(args) != self.nin:
+            raise TypeError(f"Wrong number of arguments for {self.__name__!r}")
+        out = kwargs.pop("out", None)
+        arrays = []
+        inputs = [_unwrap(a, self.__name__, arrays) for a in args]
+        if out is not None:
+            if not isinstance(out, ndarray):
+                raise TypeError("Output arrays must be cupy.ndarray")
+            arrays.append(out)
+        _check_same_device(arrays, self.__name__)
+        if out is not None:
+            self._np(*inputs, out=out._a, **kwargs)
+            COUNTS.launch(self.__name__)
+            return out
+        result = self._np(*inputs, **kwargs)
+        COUNTS.launch(self.__name__)
+        return _wrap(result)
+
+    def __repr__(self):
+        return f"<ufunc 'cupy_{self.__name__}'>"
+
+
+# NumPy's ufuncs, less those CuPy 14.2 does not have (tests/test_fake_gpu.py checks the rest exist)
+_NOT_IN_CUPY = {"isnat", "matvec", "spacing", "vecdot", "vecmat"}
+_UFUNCS = {name: ufunc(name, obj) for name, obj in vars(np).items()
+           if isinstance(obj, np.ufunc) and name not in _NOT_IN_CUPY}
+_UFUNCS["abs"] = ufunc("absolute", np.absolute)
+
+
+def matmul(*args, axes=None, axis=None, keepdims=False, casting="same_kind", dtype=None, signature=None,
+           order="K", out=None):
+    if builtins.any(v is not None for v in (axes, axis, signature, out)) or keepdims:
+        raise NotImplementedError("fake cupy: matmul's axes/axis/signature/out are not modelled")
+    if len(args) != 2:
+        raise TypeError("matmul takes two arrays")
+    return _compute("matmul", np.matmul, args, {"dtype": dtype, "casting": casting})
+
+
+_UFUNCS["matmul"] = matmul
+
+
+# -- functions with CuPy 14.2's signatures (checked against cupy in tests/test_fake_gpu.py) ------
+def _host_array(obj, dtype, order, copy_):
+    """Host data -> a device array (a host-to-device copy)."""
+    COUNTS.h2d += 1
+    if isinstance(obj, (list, tuple)) and builtins.any(isinstance(v, ndarray) for v in obj):
+        raise NotImplementedError("fake cupy: lists of device arrays are not modelled")
+    a = np.array(obj, dtype=dtype, order=order if order is not None else "K", copy=True)
+    return ndarray._from_numpy(a, _STATE.current)
+
+
+def asarray(a, dtype=None, order=None, *, copy=None, blocking=False):
+    if isinstance(a, ndarray):
+        if a._dev != _STATE.current:
+            COUNTS.launch("asarray_peer_copy")
+            return ndarray._from_numpy(np.array(a._a, dtype=dtype, copy=True), _STATE.current)
+        if copy or (dtype is not None and np.dtype(dtype) != a.dtype):
+            COUNTS.launch("asarray_copy")
+            return ndarray._from_numpy(np.array(a._a, dtype=dtype, copy=True), a._dev)
+        return a
+    if copy is False:
+        raise ValueError("Unable to avoid copy while creating an array as requested")
+    return _host_array(a, dtype, order, True)
+
+
+def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
+    if ndmin:
+        raise NotImplementedError("fake cupy: array(ndmin=) is not modelled")
+    if isinstance(obj, ndarray):
+        if not copy and (dtype is None or np.dtype(dtype) == obj.dtype) and obj._dev == _STATE.current:
+            return obj
+        _check_same_device([obj], "array")  # CuPy copies across devices with peer access only
+        COUNTS.launch("array_copy")
+        return ndarray._from_numpy(np.array(obj._a, dtype=dtype, order=order, copy=True), _STATE.current)
+    return _host_array(obj, dtype, order, copy)
+
+
+def _filled(name, fill):
+    def create(shape, dtype=float, order="C"):
+        COUNTS.launch(name)
+        return ndarray._from_numpy(fill(shape, dtype=dtype, order=order), _STATE.current)
+    return create
+
+
+zeros = _filled("zeros", np.zeros)
+ones = _filled("ones", np.ones)
+
+
+def empty(shape, dtype=float, order="C"):
+    return ndarray._from_numpy(np.empty(shape, dtype=dtype, order=order), _STATE.current)
+
+
+def full(shape, fill_value, dtype=None, order="C"):
+    if isinstance(fill_value, ndarray):
+        raise NotImplementedError("fake cupy: full with an array fill value is not modelled")
+    COUNTS.launch("full")
+    return ndarray._from_numpy(np.full(shape, fill_value, dtype=dtype, order=order), _STATE.current)
+
+
+def _like(name, fill, a, dtype, order, shape):
+    if not isinstance(a, ndarray):
+        raise TypeError(f"Unsupported type {type(a)}")
+    if name != "empty_like":
+        COUNTS.launch(name)
+    # new arrays go on the CURRENT device, whatever the prototype's device
+    return ndarray._from_numpy(fill(a._a, dtype=dtype, order=order, shape=shape), _STATE.current)
+
+
+def zeros_like(a, dtype=None, order="K", subok=None, shape=None):
+    return _like("zeros_like", np.zeros_like, a, dtype, order, shape)
+
+
+def ones_like(a, dtype=None, order="K", subok=None, shape=None):
+    return _like("ones_like", np.ones_like, a, dtype, order, shape)
+
+
+def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):
+    return _like("empty_like", np.empty_like, prototype, dtype, order, shape)
+
+
+def full_like(a, fill_value, dtype=None, order="K", subok=None, shape=None):
+    if not isinstance(a, ndarray):
+        raise TypeError(f"Unsupported type {type(a)}")
+    COUNTS.launch("full_like")
+    return ndarray._from_numpy(np.full_like(a._a, fill_value, dtype=dtype, order=order, shape=shape), _STATE.current)
+
+
+def arange(start, stop=None, step=1, dtype=None):
+    COUNTS.launch("arange")
+    return ndarray._from_numpy(np.arange(start, stop, step, dtype=dtype), _STATE.current)
+
+
+def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
+    if isinstance(a, ndarray):
+        return a.get(stream=stream, order=order, out=out, blocking=blocking)
+    return np.asarray(a, order=order)
+
+
+def is_available():
+    return _CONFIG["device_count"] > 0
+
+
+def get_array_module(*args):
+    return sys.modules[__name__] if builtins.any(isinstance(a, ndarray) for a in args) else np
+
+
+def concatenate(tup, axis=0, out=None, *, dtype=None, casting="same_kind"):
+    if out is not None:
+        raise NotImplementedError("fake cupy: concatenate(out=) is not modelled")
+    return _compute("concatenate", np.concatenate, [list(tup)], {"axis": axis, "dtype": dtype, "casting": casting})
+
+
+def stack(tup, axis=0, out=None, *, dtype=None, casting="same_kind"):
+    if out is not None:
+        raise NotImplementedError("fake cupy: stack(out=) is not modelled")
+    return _compute("stack", np.stack, [list(tup)], {"axis": axis, "dtype": dtype, "casting": casting})
+
+
+def take(a, indices, axis=None, out=None):
+    if out is not None:
+        raise NotImplementedError("fake cupy: take(out=) is not modelled")
+    if isinstance(indices, np.ndarray):
+        raise TypeError(f"Unsupported type {type(indices)}")
+    return _compute("take", np.take, [a, indices], {"axis": axis})
+
+
+def where(condition, x=None, y=None):
+    if x is None or y is None:
+        raise NotImplementedError("fake cupy: where(condition) (nonzero) is not modelled")
+    return _compute("where", np.where, [condition, x, y], {})
+
+
+def _reduction(name, fn, with_dtype=True, with_ddof=False):
+    if with_ddof:
+        def reduce(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+            if out is not None:
+                raise NotImplementedError(f"fake cupy: {name}(out=) is not modelled")
+            return _compute(name, fn, [a], {"axis": axis, "dtype": dtype, "ddof": ddof, "keepdims": keepdims})
+    elif with_dtype:
+        def reduce(a, axis=None, dtype=None, out=None, keepdims=False):
+            if out is not None:
+                raise NotImplementedError(f"fake cupy: {name}(out=) is not modelled")
+            return _compute(name, fn, [a], {"axis": axis, "dtype": dtype, "keepdims": keepdims})
+    else:
+        def reduce(a, axis=None, out=None, keepdims=False):
+            if out is not None:
+                raise NotImplementedError(f"fake cupy: {name}(out=) is not modelled")
+            return _compute(name, fn, [a], {"axis": axis, "keepdims": keepdims})
+    reduce.__name__ = name
+    return reduce
+
+
+sum = _reduction("sum", np.sum)
+mean = _reduction("mean", np.mean)
+prod = _reduction("prod", np.prod)
+std = _reduction("std", np.std, with_ddof=True)
+var = _reduction("var", np.var, with_ddof=True)
+max = _reduction("max", np.max, with_dtype=False)
+min = _reduction("min", np.min, with_dtype=False)
+amax, amin = max, min
+all = _reduction("all", np.all, with_dtype=False)
+any = _reduction("any", np.any, with_dtype=False)
+
+
+def argmax(a, axis=None, dtype=None, out=None, keepdims=False):
+    if out is not None or dtype is not None:
+        raise NotImplementedError("fake cupy: argmax(out=, dtype=) is not modelled")
+    return _compute("argmax", np.argmax, [a], {"axis": axis, "keepdims": keepdims})
+
+
+def argmin(a, axis=None, dtype=None, out=None, keepdims=False):
+    if out is not None or dtype is not None:
+        raise NotImplementedError("fake cupy: argmin(out=, dtype=) is not modelled")
+    return _compute("argmin", np.argmin, [a], {"axis": axis, "keepdims": keepdims})
+
+
+def count_nonzero(a, axis=None):
+    return _compute("count_nonzero", np.count_nonzero, [a], {"axis": axis})
+
+
+def clip(a, a_min, a_max, out=None):
+    if out is not None:
+        raise NotImplementedError("fake cupy: clip(out=) is not modelled")
+    return _compute("clip", np.clip, [a, a_min, a_max], {})
+
+
+def round(a, decimals=0, out=None):
+    if out is not None:
+        raise NotImplementedError("fake cupy: round(out=) is not modelled")
+    return _compute("round", np.round, [a], {"decimals": decimals})
+
+
+around = round
+
+
+def _view(name, fn):
+    def view(*args, **kwargs):
+        return _compute(name, fn, args, kwargs, launches=0)
+    view.__name__ = name
+    return view
+
+
+def reshape(a, newshape, order="C", *, copy=None):
+    if copy:
+        a = a.copy()
+    arrays = []
+    x = _unwrap(a, "reshape", arrays)
+    out = np.reshape(x, newshape, order=order)
+    if not np.shares_memory(out, x) and out.size:
+        COUNTS.launch("reshape_copy")
+        return ndarray._from_numpy(out, _STATE.current)
+    return ndarray._from_numpy(out, a._dev)
+
+
+def transpose(a, axes=None):
+    return ndarray._from_numpy(np.transpose(a._a, axes), a._dev)
+
+
+def swapaxes(a, axis1, axis2):
+    return ndarray._from_numpy(np.swapaxes(a._a, axis1, axis2), a._dev)
+
+
+def expand_dims(a, axis):
+    return ndarray._from_numpy(np.expand_dims(a._a, axis), a._dev)
+
+
+def squeeze(a, axis=None):
+    return ndarray._from_numpy(np.squeeze(a._a, axis), a._dev)
+
+
+def broadcast_to(array, shape):
+    return ndarray._from_numpy(np.broadcast_to(array._a, shape), array._dev)
+
+
+def broadcast_shapes(*args):
+    return np.broadcast_shapes(*args)
+
+
+def ravel(a, order="C"):
+    return reshape(a, (-1,), order=order)
+
+
+def isdtype(dtype, kind):
+    return np.isdtype(np.dtype(dtype), kind)
+
+
+def result_type(*arrays_and_dtypes):
+    return np.result_type(*(x._a if isinstance(x, ndarray) else x for x in arrays_and_dtypes))
+
+
+def can_cast(from_, to, casting="safe"):
+    return np.can_cast(from_._a.dtype if isinstance(from_, ndarray) else from_, to, casting)
+
+
+def issubdtype(arg1, arg2):
+    return np.issubdtype(arg1, arg2)
+
+
+class ElementwiseKernel:
+    """``cupy.ElementwiseKernel``: runs the kernel's own CUDA C body, compiled for the host."""
+
+    def __init__(self, in_params, out_params, operation, name="kernel", reduce_dims=True, preamble="",
+                 no_return=False, return_tuple=False, loop_prep="", after_loop="", options=()):
+        if preamble or loop_prep or after_loop or options:
+            raise NotImplementedError("fake cupy: ElementwiseKernel preamble/loop_prep/after_loop/options")
+        self.in_params, self.out_params, self.operation, self.name = in_params, out_params, operation, name
+        self.nin = len([p for p in in_params.split(",") if p.strip()])
+        self.nout = len([p for p in out_params.split(",") if p.strip()])
+        self._host = None
+
+    def __call__(self, *args, size=None, block_size=None):
+        if len(args) != self.nin + self.nout:
+            raise NotImplementedError("fake cupy: kernels here must be given their output arrays")
+        arrays = []
+        host_args = [_unwrap(a, self.name, arrays) for a in args]
+        _check_same_device(arrays, self.name)
+        if self._host is None:
+            from cuda_host import HostElementwiseKernel
+
+            self._host = HostElementwiseKernel(self.in_params, self.out_params, self.operation, self.name)
+        self._host(*host_args)
+        COUNTS.launch(self.name)
+        return args[self.nin] if self.nout == 1 else tuple(args[self.nin:])
+
+
+# -- the module objects ------------------------------------------------------------------------
+_DTYPES = ("bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
+           "float32", "float64", "complex64", "complex128", "intp", "uintp", "integer", "floating",
+           "signedinteger", "unsignedinteger", "complexfloating", "number", "generic", "dtype", "finfo",
+           "iinfo", "newaxis", "nan", "inf", "pi", "e")
+
+_FUNCTIONS = ("asarray", "array", "zeros", "ones", "empty", "full", "zeros_like", "ones_like", "empty_like",
+              "full_like", "arange", "asnumpy", "is_available", "get_array_module", "concatenate", "stack",
+              "take", "where", "sum", "mean", "prod", "std", "var", "max", "min", "amax", "amin", "all", "any",
+              "argmax", "argmin", "count_nonzero", "clip", "round", "around", "reshape", "transpose",
+              "swapaxes", "expand_dims", "squeeze", "broadcast_to", "broadcast_shapes", "ravel", "isdtype",
+              "result_type", "can_cast", "issubdtype", "matmul", "ndarray", "ufunc", "ElementwiseKernel")
+
+# Functions that CuPy has and that the fake checks against the real signatures.
+SIGNATURE_CHECKED = tuple(n for n in _FUNCTIONS if n not in ("ndarray", "ufunc", "ElementwiseKernel", "amax",
+                                                              "amin", "around"))
+
+
+def _build_module() -> types.ModuleType:
+    mod = types.ModuleType("cupy", __doc__)
+    mod.__file__ = __file__
+    names = []
+    for n in _DTYPES:
+        setattr(mod, n, getattr(np, n))
+        names.append(n)
+    mod.bool_ = np.bool_
+    for n in _FUNCTIONS:
+        setattr(mod, n, globals()[n])
+        names.append(n)
+    for n, uf in _UFUNCS.items():
+        if n != "matmul":
+            setattr(mod, n, uf)
+            names.append(n)
+    mod.__all__ = sorted(set(names))
+    mod.__version__ = "14.2.0+fake"
+    mod._fake = sys.modules[__name__]
+
+    cuda = types.ModuleType("cupy.cuda")
+    runtime = _Runtime("cupy.cuda.runtime")
+    runtime.CUDARuntimeError = CUDARuntimeError
+    cuda.runtime = runtime
+    cuda.Device = Device
+    cuda.Stream = Stream
+    cuda.get_current_stream = get_current_stream
+    device_mod = types.ModuleType("cupy.cuda.device")
+    device_mod.Device = Device
+    cuda.device = device_mod
+    mod.cuda = cuda
+
+    linalg = types.ModuleType("cupy.linalg")
+
+    def lstsq(*a, **k):
+        raise NotImplementedError("fake cupy: linalg is not modelled")
+
+    linalg.lstsq = lstsq
+    linalg.__all__ = ["lstsq"]
+    fft = types.ModuleType("cupy.fft")
+    fft.__all__ = []
+    mod.linalg, mod.fft = linalg, fft
+    return mod
+
+
+_MODULES: dict | None = None  # the fake cupy modules and array-api-compat's cupy package built over them
+
+
+def _compat_keys(modules):
+    return [k for k in modules if k == "cupy" or k.startswith("cupy.") or k == "array_api_compat.cupy"
+            or k.startswith("array_api_compat.cupy.")]
+
+
+def _modules() -> dict:
+    """Build, once per process, the fake cupy and array-api-compat's real CuPy wrappers over it.
+
+    array-api-compat caches namespaces per array class, so its CuPy package must be imported over
+    the fake once and then reused; installing swaps these module objects in and out of sys.modules.
+    """
+    global _MODULES
+    if _MODULES is None:
+        import array_api_compat
+
+        mod = _build_module()
+        fake = {"cupy": mod, "cupy.cuda": mod.cuda, "cupy.cuda.runtime": mod.cuda.runtime,
+                "cupy.cuda.device": mod.cuda.device, "cupy.linalg": mod.linalg, "cupy.fft": mod.fft}
+        saved = {k: sys.modules.pop(k) for k in _compat_keys(dict(sys.modules))}
+        saved_attr = array_api_compat.__dict__.pop("cupy", None)
+        try:
+            sys.modules.update(fake)
+            compat = importlib.import_module("array_api_compat.cupy")
+            fake.update({k: sys.modules[k] for k in _compat_keys(dict(sys.modules)) if k.startswith("array_api_compat")})
+            fake["array_api_compat.cupy"] = compat
+        finally:
+            for k in _compat_keys(dict(sys.modules)):
+                del sys.modules[k]
+            sys.modules.update(saved)
+            array_api_compat.__dict__.pop("cupy", None)
+            if saved_attr is not None:
+                array_api_compat.cupy = saved_attr
+        _MODULES = fake
+    return _MODULES
+
+
+@contextlib.contextmanager
+def installed(device_count: int = 2):
+    """Make ``import cupy`` (and array-api-compat's CuPy namespace) the fake, with ``device_count`` GPUs."""
+    import array_api_compat
+
+    fake = _modules()
+    saved = {k: sys.modules.pop(k) for k in _compat_keys(dict(sys.modules))}
+    missing = object()
+    saved_attr = array_api_compat.__dict__.get("cupy", missing)
+    saved_config, saved_current = dict(_CONFIG), _STATE.current
+    _CONFIG["device_count"] = device_count
+    _STATE.current = 0
+    sys.modules.update(fake)
+    array_api_compat.cupy = fake["array_api_compat.cupy"]
+    try:
+        yield fake["cupy"]
+    finally:
+        for k in _compat_keys(dict(sys.modules)):
+            del sys.modules[k]
+        sys.modules.update(saved)
+        if saved_attr is missing:
+            array_api_compat.__dict__.pop("cupy", None)
+        else:
+            array_api_compat.cupy = saved_attr
+        _CONFIG.update(saved_config)
+        _STATE.current = saved_current
+
+
+def signature_of(name: str) -> inspect.Signature:
+    return inspect.signature(globals()[name])
+
+
+def installed_module():
+    """The fake ``cupy`` module object (installed or not)."""
+    return _modules()["cupy"]
