@@ -358,3 +358,17 @@ def test_import_does_not_import_cupy():
             "assert sys.modules['cupy'] is None\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rate", [0.0, 0.2, 0.5, 0.9])
+def test_host_dropout_kernel_gives_the_reference_bits(host_compiler, dtype, rate):
+    """The fused dropout-mask kernel's CUDA C, run on the host, equals xpmlp.rng.dropout_mask exactly."""
+    from xpmlp.rng import dropout_mask, keep_threshold, round_keys
+
+    kernel = HostElementwiseKernel(*SPECS["dropout_mask"])
+    for key, counter, shape in ((0, 0, (7, 13)), (2**63 - 1, 12345, (128, 512)), (987654321, 3, (1, 1))):
+        out = np.empty(shape, dtype=dtype)
+        k0, k1 = round_keys(key, counter)
+        kernel(k0, k1, keep_threshold(rate), 1.0 / (1.0 - rate), out)
+        np.testing.assert_array_equal(out, dropout_mask(np, shape, rate, key, counter, dtype))

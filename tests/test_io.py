@@ -155,7 +155,7 @@ def test_foreign_and_future_files(tmp_path):
         xpmlp.load(tmp_path / "foreign.safetensors")
     safetensors.numpy.save_file({"w": np.zeros(1)}, str(tmp_path / "future.safetensors"),
                                 metadata={"format": "xpmlp", "format_version": str(FORMAT_VERSION + 1)})
-    with pytest.raises(ModelFileError, match="format version '2' is not one this xpmlp reads"):
+    with pytest.raises(ModelFileError, match=f"format version '{FORMAT_VERSION + 1}' is not one this xpmlp reads"):
         xpmlp.load(tmp_path / "future.safetensors")
 
 

@@ -116,15 +116,31 @@ def test_dropout_scales_kept_units_and_masks_backward(case):
     assert np.all(to_numpy(layer.forward(x, training=False)) == 1.0)
 
 
-def test_dropout_masks_are_the_same_on_every_backend(case):
-    def mask(c):
-        layer = Dropout(0.5)
+@pytest.mark.parametrize("rate", [0.5, 0.3])
+def test_dropout_masks_are_the_same_on_every_backend(case, rate):
+    """Masks are made on the device from (key, step, index): the same bits everywhere, step after step."""
+    from xpmlp.rng import random_bits
+
+    def steps(c):
+        layer = Dropout(rate)
         layer.build(7, c.backend, c.dtype, np.random.default_rng(11))
-        return to_numpy(layer.forward(c.asarray(np.ones((6, 7))), training=True))
+        x = c.asarray(np.random.default_rng(1).normal(size=(6, 7)))
+        out = []
+        for _ in range(3):
+            y = to_numpy(layer.forward(x, training=True))
+            out.append((y, to_numpy(layer._mask), to_numpy(layer.backward(x))))
+        return layer.key, out
 
     from conftest import Case
 
-    np.testing.assert_array_equal(mask(case), mask(Case("numpy", None, case.dtype)))
+    key, here = steps(case)
+    _, on_numpy = steps(Case("numpy", None, case.dtype))
+    for step, (mine, ref) in enumerate(zip(here, on_numpy)):
+        for a, b in zip(mine, ref):
+            np.testing.assert_array_equal(a, b)  # exact, not to a tolerance
+        keep = random_bits(np, (6, 7), key, step) >= round(rate * 2**32)
+        np.testing.assert_array_equal(mine[1] != 0, keep)  # kept exactly where the bits say
+    assert not np.array_equal(here[0][1], here[1][1])  # a new mask every step
 
 
 def test_dropout_rejects_bad_rate():

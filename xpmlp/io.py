@@ -3,8 +3,9 @@
 A model file holds every parameter (``layers.{i}.{key}``), layer state such as Standardize's
 mean and std (``layers.{i}.state.{key}``), the optimiser's buffers (``optimizer.{j}.{key}``),
 and as metadata the format version, the architecture (layer classes and their configs), the
-model's dtype, loss and optimiser configuration, and the host RNG states, so that training
-resumed from a file continues exactly as if it had not stopped.
+model's dtype, loss and optimiser configuration, the host RNG states and each Dropout layer's
+key and counter (``rng.dropout``), so that training resumed from a file continues exactly as
+if it had not stopped.
 
 Arrays are stored as NumPy on the host, so a file written from a GPU loads on a CPU-only
 machine and back. Files are written to a temporary file beside the target and renamed into
@@ -29,7 +30,7 @@ from .schedules import SCHEDULES, Schedule
 
 __all__ = ["save", "load", "save_weights", "load_weights", "ModelFileError", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: dropout state is (key, counter) of the device generator; 1 still loads
 _LAYERS = {cls.__name__: cls for cls in (Dense, Dropout, Standardize, *ACTIVATIONS.values())}
 _LOSSES = {cls.__name__: cls for cls in LOSSES.values()}
 _OPTIMIZERS = {cls.__name__: cls for cls in OPTIMIZERS.values()}
@@ -103,8 +104,8 @@ def to_bytes(model) -> bytes:
         "optimizer": json.dumps(optimizer),
         "rng": json.dumps({"init": model._init_rng.bit_generator.state,
                            "shuffle": model.shuffle_rng.bit_generator.state,
-                           "layers": {str(i): layer._rng.bit_generator.state
-                                      for i, layer in enumerate(model.layers) if isinstance(layer, Dropout)}}),
+                           "dropout": {str(i): {"key": layer.key, "counter": layer.counter}
+                                       for i, layer in enumerate(model.layers) if isinstance(layer, Dropout)}}),
     }
     return _encode(tensors, metadata)
 
@@ -226,9 +227,54 @@ def load(path, device=None, xp=None):
     rng = _json(metadata, "rng", path)
     model._init_rng.bit_generator.state = rng["init"]
     model.shuffle_rng.bit_generator.state = rng["shuffle"]
-    for i, state in rng["layers"].items():
-        model.layers[int(i)]._rng.bit_generator.state = state
+    _restore_dropout(model, rng, path)
     return model
+
+
+def _restore_dropout(model, rng: dict, path) -> None:
+    """Set each Dropout layer's key and counter from the file's ``rng`` metadata.
+
+    Files from before device-side masks hold, under ``rng["layers"]``, the state of a NumPy
+    generator per Dropout layer instead. Their masks cannot be reproduced any more, so such a
+    layer gets a key drawn from that saved generator and counter 0: loading is deterministic
+    (the same file always resumes the same way), and a warning says that resumed training will
+    not repeat what the older xpmlp would have done.
+    """
+    dropout = {i: layer for i, layer in enumerate(model.layers) if isinstance(layer, Dropout)}
+    if "dropout" in rng:
+        states, legacy = rng["dropout"], False
+    elif "layers" in rng:
+        states, legacy = rng["layers"], True
+    elif dropout:
+        raise ModelFileError(f"{path}: metadata 'rng' holds no dropout state")
+    else:
+        return
+    try:
+        states = {int(i): state for i, state in states.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise ModelFileError(f"{path}: metadata 'rng' has malformed dropout states") from None
+    if set(states) != set(dropout):
+        raise ModelFileError(f"{path}: metadata 'rng' has dropout states for layers {sorted(states)}, "
+                             f"but the architecture has Dropout layers {sorted(dropout)}")
+    for i, layer in dropout.items():
+        state = states[i]
+        try:
+            if legacy:
+                generator = np.random.default_rng(0)  # its state is replaced by the saved one
+                generator.bit_generator.state = state
+                layer.key, layer.counter = int(generator.integers(2**63)), 0
+            else:
+                key, counter = state["key"], state["counter"]
+                if type(key) is not int or type(counter) is not int or counter < 0:
+                    raise ValueError(f"key {key!r}, counter {counter!r}")
+                layer.key, layer.counter = key, counter
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f"{path}: malformed dropout state for layer {i} in metadata 'rng' ({e})") from None
+    if legacy and dropout:
+        warnings.warn(f"{path} was written by an older xpmlp that drew dropout masks on the host; masks are "
+                      "now made on the device, so each Dropout layer continues from a key derived from its "
+                      "saved generator: resumed training is reproducible but will not repeat the older "
+                      "version's masks", UserWarning, stacklevel=3)
 
 
 def from_bytes(data: bytes, device=None, xp=None):

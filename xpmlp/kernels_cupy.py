@@ -37,6 +37,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .rng import MAX_ELEMENTS, keep_threshold, round_keys
+
 __all__ = ["KernelSpec", "SPECS", "DTYPES", "Kernels", "build"]
 
 
@@ -82,6 +84,25 @@ SPECS: dict[str, KernelSpec] = {
     ),
     # p = p - lr * g
     "sgd": KernelSpec("T g, float64 lr", "T p", "p = p - (T)lr * g;", "xpmlp_sgd"),
+    # The dropout mask of xpmlp.rng in one launch: word i = fmix32(fmix32(i ^ k0) ^ k1), kept iff
+    # word >= threshold; mask = scale (1 / (1 - rate), rounded to T as the reference's
+    # ``astype(keep, T) * scale`` is) or 0. i is CuPy's element index in C order, as the reference's
+    # arange; unsigned 32-bit arithmetic wraps by definition, so the bits equal the reference's.
+    "dropout_mask": KernelSpec(
+        "uint32 k0, uint32 k1, uint32 threshold, float64 scale",
+        "T mask",
+        """
+        unsigned int x = ((unsigned int)i) ^ k0;
+        x ^= x >> 16; x *= 0x85EBCA6Bu; x ^= x >> 13; x *= 0xC2B2AE35u; x ^= x >> 16;
+        x ^= k1;
+        x ^= x >> 16; x *= 0x85EBCA6Bu; x ^= x >> 13; x *= 0xC2B2AE35u; x ^= x >> 16;
+        mask = (T)0.0;
+        if (x >= threshold) {
+            mask = (T)scale;
+        }
+        """,
+        "xpmlp_dropout_mask",
+    ),
 }
 
 DTYPES = ("float16", "float32", "float64")
@@ -123,6 +144,19 @@ class Kernels:
             self._kernels["sgd"](g, float(lr), p)
         else:
             self._kernels["sgd_momentum"](g, float(lr), float(momentum), float(damp), bool(nesterov), p, buf)
+
+    def dropout_mask(self, shape, dtype, rate: float, key: int, counter: int):
+        """``xpmlp.rng.dropout_mask`` in one launch (bit for bit), or None where it does not apply."""
+        n = 1
+        for d in shape:
+            n *= int(d)
+        threshold = keep_threshold(rate)
+        if str(np.dtype(dtype)) not in DTYPES or threshold > 0xFFFFFFFF or n > MAX_ELEMENTS:
+            return None
+        k0, k1 = round_keys(key, counter)
+        out = self._cupy.empty(tuple(shape), dtype=dtype)
+        self._kernels["dropout_mask"](k0, k1, threshold, 1.0 / (1.0 - float(rate)), out)
+        return out
 
     def probe(self) -> None:
         """Compile and launch the plain SGD kernel on one float32 element; raise if that fails.

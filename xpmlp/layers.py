@@ -20,6 +20,8 @@ import numpy as np
 
 from .functional import sigmoid, softmax_rows, softplus
 from .init import check_name, default_init_for, initialize
+from .backend import fast_kernels
+from .rng import dropout_mask, word_dtype
 
 __all__ = [
     "Layer", "Dense", "Dropout", "Standardize", "Activation", "ACTIVATIONS", "get_activation",
@@ -121,8 +123,20 @@ class Dense(Layer):
 class Dropout(Layer):
     """Inverted dropout: zero a fraction ``rate`` of inputs in training, scale the rest by 1/(1-rate).
 
-    The masks come from the model's seeded host generator by default, so a seed reproduces a
-    run on every backend (at the cost of a host-to-device copy per batch).
+    Masks are made on the model's device by a counter-based generator (:mod:`xpmlp.rng`):
+    element ``i`` of the mask at a training step is a hash of (``key``, ``counter``, ``i``)
+    computed with Array API integer operations, so a seed gives the same masks, bit for bit,
+    on every backend, with no host-to-device copy and no host synchronisation per step.
+    ``build`` draws ``key`` from the model's seeded host generator; ``counter`` counts the
+    training forwards. Both are Python ints, saved with the model, so a run resumed from a
+    file draws the masks the uninterrupted run would have. Inference passes inputs through.
+
+    Parameters
+    ----------
+    rate : float in [0, 1)
+        Fraction of inputs dropped.
+
+    Shapes: x (n, d) -> (n, d).
     """
 
     def __init__(self, rate: float):
@@ -130,19 +144,32 @@ class Dropout(Layer):
         if not 0.0 <= float(rate) < 1.0:
             raise ValueError(f"Dropout rate must be in [0, 1), got {rate!r}")
         self.rate = float(rate)
+        self.key: int | None = None  # set by build
+        self.counter = 0
         self._mask = None
 
     def build(self, in_features, backend, dtype, rng):
-        self._backend, self._dtype = backend, dtype
-        self._rng = np.random.default_rng(rng.integers(2**63))
+        self._device = backend.device
+        self._bits_dtype = word_dtype(backend.xp, backend.device)  # asked once, not per step
+        # One draw of the shared host generator, as before, so later layers' weights are unchanged.
+        self.key = int(rng.integers(2**63))
+        self.counter = 0
         return super().build(in_features, backend, dtype, rng)
 
     def forward(self, x, training=False):
-        if not training or self.rate == 0.0:
+        if not training:
             self._mask = None
             return x
-        keep = self._rng.random(tuple(x.shape)) >= self.rate
-        self._mask = self._backend.from_host((keep / (1.0 - self.rate)).astype(self._dtype))
+        counter, self.counter = self.counter, self.counter + 1
+        if self.rate == 0.0:
+            self._mask = None
+            return x
+        fused = getattr(fast_kernels(self.xp), "dropout_mask", None)  # CuPy: one launch, same bits
+        mask = None if fused is None else fused(tuple(x.shape), x.dtype, self.rate, self.key, counter)
+        if mask is None:
+            mask = dropout_mask(self.xp, tuple(x.shape), self.rate, self.key, counter, x.dtype, self._device,
+                                bits_dtype=self._bits_dtype)
+        self._mask = mask
         return x * self._mask
 
     def backward(self, grad_out):
