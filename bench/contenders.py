@@ -2,16 +2,28 @@
 
 Each runs in its own worker process (so one library's idle BLAS/OpenMP threads cannot slow
 another's) and offers ``epoch()`` -> seconds (the device synchronised before each clock read),
-``accuracy()`` on the test set (not timed) and ``peak_memory()`` in bytes. Every contender
+``accuracy()`` on the test set (not timed), ``memory()`` (see below) and ``info()``. Every contender
 trains the same architecture with Adam(lr=1e-3, betas (0.9, 0.999), eps=1e-8, no weight decay),
 softmax cross-entropy, float32, a fresh shuffle per epoch, and the same batch size.
+
+Memory, like with like. On a GPU, ``memory()`` trains one extra epoch, after the timed ones and
+not timed, and reports the peak number of bytes that the library's caching allocator had handed
+out to live arrays during it: for CuPy from a ``cupy.cuda.MemoryHook`` that follows every
+malloc/free of the default memory pool (the hook costs a Python call per allocation, which is why
+it is not active in the timed epochs); for torch ``torch.cuda.max_memory_allocated()`` after
+``torch.cuda.reset_peak_memory_stats()``. Both count the resident training and test sets, the
+weights, the optimiser state and the step's temporaries; neither counts the CUDA context or
+memory cached but free. On the CPU, ``memory()`` reports the worker process's peak resident set
+size (``ru_maxrss``), over its whole life: the same process layout for every contender.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -20,6 +32,35 @@ LR = 1e-3
 
 def _host_peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+HOST_RSS = "peak RSS of the worker process over its life (ru_maxrss)"
+
+
+def _host_memory() -> dict:
+    rss = _host_peak()
+    return {"measure": "host_peak_rss", "bytes": rss, "method": HOST_RSS, "host_peak_rss": rss}
+
+
+def cupy_pool_peak_hook():
+    """A cupy.cuda.MemoryHook recording the peak of the default pool's bytes in use while active."""
+    import cupy
+
+    class PoolPeak(cupy.cuda.MemoryHook):
+        name = "xpmlp_pool_peak"
+
+        def __init__(self):
+            self.pool = cupy.get_default_memory_pool()
+            self.start = self.in_use = self.peak = int(self.pool.used_bytes())
+
+        def malloc_postprocess(self, **kw):
+            self.in_use += kw["mem_size"]
+            self.peak = max(self.peak, self.in_use)
+
+        def free_postprocess(self, **kw):
+            self.in_use -= kw["mem_size"]
+
+    return PoolPeak()
 
 
 def torch_mlp(sizes):
@@ -41,6 +82,8 @@ class XpmlpContender:
         (X, y), (Xt, yt) = data
         self.model = xpmlp.MLP(sizes, seed=seed, device=device, dtype="float32")
         self.backend = self.model.backend
+        if device.startswith("cuda") and self.backend.name != "cupy":  # the fallback warns; here it must fail
+            raise RuntimeError(f"xpmlp device={device!r} runs on {self.backend} instead of CuPy")
         self.X, self.y = self.backend.from_host(X), self.backend.from_host(y)  # resident on the device
         self.Xt, self.yt = self.backend.from_host(Xt), yt
         self.opt, self.batch_size = xpmlp.Adam(lr=LR), batch_size
@@ -65,13 +108,29 @@ class XpmlpContender:
 
         return float(np.mean(np.argmax(to_numpy(self.model.predict(self.Xt)), axis=1) == self.yt))
 
-    def peak_memory(self) -> dict:
-        out = {"host_peak_rss": _host_peak()}
-        if self.gpu:
-            import cupy
+    def memory(self) -> dict:
+        if not self.gpu:
+            return _host_memory()
+        import cupy
 
-            out["gpu_pool_total"] = int(cupy.get_default_memory_pool().total_bytes())
-        return out
+        self._sync()
+        hook = cupy_pool_peak_hook()
+        with hook:
+            self.epoch()
+            self._sync()
+        pool = cupy.get_default_memory_pool()
+        if hook.in_use != pool.used_bytes():  # the hook missed allocations: its peak cannot be trusted
+            raise RuntimeError(f"MemoryHook count {hook.in_use} != pool used_bytes {pool.used_bytes()}")
+        return {"measure": "gpu_peak_in_use", "bytes": hook.peak,
+                "method": "CuPy default pool: peak bytes in use over one extra untimed epoch "
+                          "(cupy.cuda.MemoryHook on every malloc/free)",
+                "pool_total_bytes": int(pool.total_bytes()), "host_peak_rss": _host_peak()}
+
+    def info(self) -> dict:
+        from xpmlp.backend import fast_kernels
+
+        kernels = fast_kernels(self.backend.xp)
+        return {"backend": str(self.backend), "fast_kernels": getattr(kernels, "__name__", repr(kernels))}
 
 
 class TorchContender:
@@ -118,11 +177,21 @@ class TorchContender:
             pred = self.net(self.Xt).argmax(dim=1).cpu().numpy()
         return float(np.mean(pred == self.yt))
 
-    def peak_memory(self) -> dict:
-        out = {"host_peak_rss": _host_peak()}
-        if self.device.type == "cuda":
-            out["gpu_max_allocated"] = int(self.torch.cuda.max_memory_allocated())
-        return out
+    def memory(self) -> dict:
+        if self.device.type != "cuda":
+            return _host_memory()
+        torch = self.torch
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.epoch()
+        torch.cuda.synchronize()
+        return {"measure": "gpu_peak_in_use", "bytes": int(torch.cuda.max_memory_allocated(self.device)),
+                "method": "torch.cuda.max_memory_allocated over one extra untimed epoch, "
+                          "after torch.cuda.reset_peak_memory_stats",
+                "reserved_bytes": int(torch.cuda.memory_reserved(self.device)), "host_peak_rss": _host_peak()}
+
+    def info(self) -> dict:
+        return {"torch": self.torch.__version__, "device": str(self.device)}
 
 
 class SklearnContender:
@@ -142,8 +211,13 @@ class SklearnContender:
     def accuracy(self) -> float:
         return float(self.model.score(self.Xt, self.yt))
 
-    def peak_memory(self) -> dict:
-        return {"host_peak_rss": _host_peak()}
+    def memory(self) -> dict:
+        return _host_memory()
+
+    def info(self) -> dict:
+        import sklearn
+
+        return {"sklearn": sklearn.__version__}
 
 
 # name -> (class, device kind, keyword arguments)
@@ -160,18 +234,39 @@ CONTENDERS = {
 }
 
 
-def worker(conn, name, data_args, sizes, batch_size, seed, tf32):
-    """Worker process: build the contender, then answer commands until 'quit'."""
-    try:
-        import os
+COMMANDS = ("epoch", "accuracy", "memory", "info")
 
+
+class InjectedFailure(RuntimeError):
+    """Raised by bench/mnist.py's hidden ``--fail-contender`` testing hook."""
+
+
+def worker(conn, name, data_args, sizes, batch_size, seed, tf32, fail=None):
+    """Worker process: build the contender, then answer commands until 'quit'.
+
+    A failure to build (library missing, no GPU, ...) or in any command is sent back as an error
+    with its message: the harness reports it as that contender's result. ``fail`` ("build" or
+    "epoch") makes the contender fail there on purpose, to test that reporting.
+    Warnings raised in the worker are collected and returned with ``info``.
+    """
+    caught, show = [], warnings.showwarning
+
+    def record(message, category, *args, **kwargs):
+        caught.append(f"{category.__name__}: {message}")
+        show(message, category, *args, **kwargs)
+
+    warnings.showwarning = record
+    warnings.simplefilter("default")
+    try:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from data import mnist_float32
 
         cls, _, kwargs = CONTENDERS[name]
+        if fail == "build":
+            raise InjectedFailure(f"{name} failed to build (injected by --fail-contender)")
         contender = cls(mnist_float32(*data_args), sizes, batch_size, seed, tf32=tf32, **kwargs)
         conn.send(("ready", None))
-    except Exception as e:  # not installed, no GPU, compile unavailable: reported, not fatal
+    except Exception as e:  # not installed, no GPU, compile unavailable: reported as an error
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
     while True:
@@ -179,6 +274,13 @@ def worker(conn, name, data_args, sizes, batch_size, seed, tf32):
         if command == "quit":
             return
         try:
-            conn.send(("ok", getattr(contender, command)()))
+            if command not in COMMANDS:
+                raise ValueError(f"unknown command {command!r}")
+            if command == "epoch" and fail == "epoch":
+                raise InjectedFailure(f"{name} failed in an epoch (injected by --fail-contender)")
+            value = getattr(contender, command)()
+            if command == "info":
+                value = {**value, "warnings": sorted(set(caught))}
+            conn.send(("ok", value))
         except Exception as e:
             conn.send(("error", f"{type(e).__name__}: {e}"))

@@ -38,8 +38,10 @@ def versions(*names: str) -> dict:
     for name in names:
         try:
             found[name] = importlib.import_module(name).__version__
-        except Exception:  # not installed, or broken: report it as absent
+        except ImportError:  # not installed
             found[name] = None
+        except Exception as e:  # installed but broken: say so, rather than pass it off as absent
+            found[name] = f"broken: {type(e).__name__}: {e}"
     return found
 
 
