@@ -78,7 +78,16 @@ class _State(threading.local):
 
 
 _STATE = _State()
-_CONFIG = {"device_count": 2}
+_CONFIG = {"device_count": 2, "nvrtc": True}
+
+NVRTC_MISSING = ("CuPy failed to load libnvrtc.so.13: OSError: libnvrtc.so.13: cannot open shared object "
+                 "file: No such file or directory (simulated by the stand-in)")
+
+
+def _compile(name):
+    """CuPy compiles every elementwise and reduction kernel, ufuncs included, with NVRTC at first use."""
+    if not _CONFIG["nvrtc"]:
+        raise RuntimeError(NVRTC_MISSING)
 
 
 def _current() -> int:
@@ -106,10 +115,12 @@ class Device:
     """``cupy.cuda.Device``: an id, equal to Devices of the same id (never to an int); a context manager."""
 
     def __init__(self, device=None):
-        self._id = _STATE.current if device is None else int(device)
+        self._id = _STATE.current if device is None else int(device)  # checked when used, as CuPy
+        self._stack = []
+
+    def _check(self):
         if not 0 <= self._id < _CONFIG["device_count"]:
             raise CUDARuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
-        self._stack = []
 
     @property
     def id(self):
@@ -130,6 +141,7 @@ class Device:
         return f"<CUDA Device {self._id}>"
 
     def __enter__(self):
+        self._check()
         self._stack.append(_STATE.current)
         _STATE.current = self._id
         return self
@@ -138,6 +150,7 @@ class Device:
         _STATE.current = self._stack.pop()
 
     def use(self):
+        self._check()
         _STATE.current = self._id
 
     def synchronize(self):
@@ -193,11 +206,13 @@ def _wrap(a, dev=None):
     return a
 
 
-def _compute(name, fn, args, kwargs, launches=1):
+def _compute(name, fn, args, kwargs, launches=1, compiled=True):
     arrays = []
     args = [_unwrap(a, name, arrays) for a in args]
     kwargs = {k: _unwrap(v, name, arrays) for k, v in kwargs.items()}
     _check_same_device(arrays, name)
+    if launches and compiled:
+        _compile(name)
     out = fn(*args, **kwargs)
     if launches:
         COUNTS.launch(name, launches)
@@ -255,6 +270,7 @@ class ndarray:
         return len(self._a)
 
     def __repr__(self):
+        COUNTS.sync("repr(array)")  # printing copies the values to the host
         return f"fake_cupy.ndarray({self._a!r}, device={self._dev})"
 
     # host transfers: each one waits for the device
@@ -311,16 +327,20 @@ class ndarray:
     def __getitem__(self, key):
         arrays = []
         k = _unwrap_index(key, arrays)
-        _check_same_device(arrays, "__getitem__")
+        gather = _has_array(key)
+        if gather:  # a kernel: this array and the index arrays must be on the current device
+            _check_same_device(arrays + [self], "__getitem__")
+            _compile("getitem")
         if _is_mask(key):
             COUNTS.sync("boolean-mask indexing")  # CuPy copies the count of True to the host
             COUNTS.launch("getitem_mask")
-        elif _has_array(key):
+        elif gather:
             COUNTS.launch("getitem_take")
         out = self._a[k]
         if not isinstance(out, np.ndarray):
             out = np.asarray(out)  # CuPy returns 0-d arrays, never scalars
-        return ndarray._from_numpy(out, self._dev)
+        # a basic index is a view where the array lives; a gather allocates on the current device
+        return ndarray._from_numpy(out, _STATE.current if gather else self._dev)
 
     def __setitem__(self, key, value):
         arrays = []
@@ -338,6 +358,8 @@ class ndarray:
         dtype = np.dtype(dtype)
         if not copy and dtype == self._a.dtype:
             return self
+        if dtype != self._a.dtype:
+            _compile("astype")
         COUNTS.launch("astype")
         return ndarray._from_numpy(self._a.astype(dtype, order=order), _STATE.current)
 
@@ -473,6 +495,7 @@ class ufunc:
                 raise TypeError("Output arrays must be cupy.ndarray")
             arrays.append(out)
         _check_same_device(arrays, self.__name__)
+        _compile(self.__name__)
         if out is not None:
             self._np(*inputs, out=out._a, **kwargs)
             COUNTS.launch(self.__name__)
@@ -498,7 +521,7 @@ def matmul(*args, axes=None, axis=None, keepdims=False, casting="same_kind", dty
         raise NotImplementedError("fake cupy: matmul's axes/axis/signature/out are not modelled")
     if len(args) != 2:
         raise TypeError("matmul takes two arrays")
-    return _compute("matmul", np.matmul, args, {"dtype": dtype, "casting": casting})
+    return _compute("matmul", np.matmul, args, {"dtype": dtype, "casting": casting}, compiled=False)  # cuBLAS
 
 
 _UFUNCS["matmul"] = matmul
@@ -591,6 +614,7 @@ def full_like(a, fill_value, dtype=None, order="K", subok=None, shape=None):
 
 
 def arange(start, stop=None, step=1, dtype=None):
+    _compile("arange")
     COUNTS.launch("arange")
     return ndarray._from_numpy(np.arange(start, stop, step, dtype=dtype), _STATE.current)
 
@@ -705,7 +729,13 @@ def _view(name, fn):
     return view
 
 
+def _device_array(a):
+    if not isinstance(a, ndarray):
+        raise TypeError(f"Unsupported type {type(a)}")
+
+
 def reshape(a, newshape, order="C", *, copy=None):
+    _device_array(a)
     if copy:
         a = a.copy()
     arrays = []
@@ -718,22 +748,27 @@ def reshape(a, newshape, order="C", *, copy=None):
 
 
 def transpose(a, axes=None):
+    _device_array(a)
     return ndarray._from_numpy(np.transpose(a._a, axes), a._dev)
 
 
 def swapaxes(a, axis1, axis2):
+    _device_array(a)
     return ndarray._from_numpy(np.swapaxes(a._a, axis1, axis2), a._dev)
 
 
 def expand_dims(a, axis):
+    _device_array(a)
     return ndarray._from_numpy(np.expand_dims(a._a, axis), a._dev)
 
 
 def squeeze(a, axis=None):
+    _device_array(a)
     return ndarray._from_numpy(np.squeeze(a._a, axis), a._dev)
 
 
 def broadcast_to(array, shape):
+    _device_array(array)
     return ndarray._from_numpy(np.broadcast_to(array._a, shape), array._dev)
 
 
@@ -779,6 +814,7 @@ class ElementwiseKernel:
         arrays = []
         host_args = [_unwrap(a, self.name, arrays) for a in args]
         _check_same_device(arrays, self.name)
+        _compile(self.name)
         if self._host is None:
             from cuda_host import HostElementwiseKernel
 
@@ -890,8 +926,12 @@ def _modules() -> dict:
 
 
 @contextlib.contextmanager
-def installed(device_count: int = 2):
-    """Make ``import cupy`` (and array-api-compat's CuPy namespace) the fake, with ``device_count`` GPUs."""
+def installed(device_count: int = 2, nvrtc: bool = True):
+    """Make ``import cupy`` (and array-api-compat's CuPy namespace) the fake, with ``device_count`` GPUs.
+
+    ``nvrtc=False`` simulates a CUDA install without NVRTC: every compiled kernel (ufuncs,
+    reductions, ElementwiseKernel) fails, while allocation, copies and cuBLAS matmul work.
+    """
     import array_api_compat
 
     fake = _modules()
@@ -900,6 +940,7 @@ def installed(device_count: int = 2):
     saved_attr = array_api_compat.__dict__.get("cupy", missing)
     saved_config, saved_current = dict(_CONFIG), _STATE.current
     _CONFIG["device_count"] = device_count
+    _CONFIG["nvrtc"] = nvrtc
     _STATE.current = 0
     sys.modules.update(fake)
     array_api_compat.cupy = fake["array_api_compat.cupy"]

@@ -243,8 +243,9 @@ def test_standardize_learns_and_gradchecks(case64):
     raw[:, 2] = 7.0  # a constant column: std 0 -> divided by 1
     layer = xpmlp.Standardize()
     layer.build(4, case64.backend, "float64", None)
-    layer.adapt(case64.asarray(raw))
-    out = xpmlp.to_numpy(layer.forward(case64.asarray(raw)))
+    with case64.activate():  # a layer used directly runs on the current device (CuPy)
+        layer.adapt(case64.asarray(raw))
+        out = xpmlp.to_numpy(layer.forward(case64.asarray(raw)))
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-12)
     np.testing.assert_allclose(out.std(axis=0), [1, 1, 0, 1], atol=1e-12)
     gradcheck(layer, case64.asarray(raw[:5]))

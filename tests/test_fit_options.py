@@ -113,11 +113,12 @@ def test_weighted_loss_value_and_gradient(case64):
     y = case64.backend.from_host(np.array([0, 2, 1, 1, 0]))
     w = case64.asarray(np.array([1.0, 0.0, 2.5, 1.0, 0.5]))
     loss = xpmlp.SoftmaxCrossEntropy()
-    value = float(loss.forward(z, y, w))
-    rows = [float(loss.forward(z[i:i + 1, ...], y[i:i + 1])) for i in range(5)]
+    with case64.activate():  # a loss used directly runs on the current device (CuPy)
+        value = float(loss.forward(z, y, w))
+        rows = [float(loss.forward(z[i:i + 1, ...], y[i:i + 1])) for i in range(5)]
+        loss.forward(z, y, w)
+        analytic = to_numpy(loss.backward())
     assert value == pytest.approx(np.dot(rows, to_numpy(w)) / 5, rel=1e-12)
-    loss.forward(z, y, w)
-    analytic = to_numpy(loss.backward())
     numeric = numeric_gradient(lambda a: loss.forward(a, y, w), z)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
 
@@ -197,8 +198,9 @@ def test_schedule_drives_the_optimizer_step_by_step(case):
     sched = StepDecay(0.5, step_size=2, gamma=0.1)
     opt = xpmlp.SGD(lr=sched)
     params, grads = {"w": case.asarray(np.zeros(3))}, {"w": case.asarray(np.ones(3))}
-    for _ in range(5):
-        opt.step([(params, grads, "w")])
+    with case.activate():  # an optimiser used directly runs on the current device (CuPy)
+        for _ in range(5):
+            opt.step([(params, grads, "w")])
     expected = -sum(sched(t) for t in range(5))
     np.testing.assert_allclose(to_numpy(params["w"]), expected, rtol=case.rtol)
     history = _model(case).fit(X, Y, loss="softmax_cross_entropy", optimizer=xpmlp.Adam(lr=ExponentialDecay(0.01, 0.5, 8)),

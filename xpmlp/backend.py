@@ -33,6 +33,10 @@ class _Unavailable(Exception):
     """CuPy or a CUDA device cannot be used; the message says why."""
 
 
+class _Broken(_Unavailable):
+    """A CUDA device exists but does not work (driver, NVRTC, memory): worth a warning even for "auto"."""
+
+
 @dataclass(frozen=True)
 class Backend:
     """An Array API namespace and the device that a model allocates on.
@@ -68,7 +72,9 @@ class Backend:
         device per call: for them this does nothing.
         """
         if self.name == "cupy":
-            return self.device  # a cupy.cuda.Device is itself a (re-entrant) context manager
+            # A fresh Device per use: a cupy.cuda.Device keeps the stack of devices to restore in
+            # the object, so one shared object used from two threads could restore the wrong one.
+            return type(self.device)(self.device.id)
         return contextlib.nullcontext()
 
     def dtype(self, name: str):
@@ -126,7 +132,7 @@ class Backend:
         if self.name == "cupy":
             import cupy
 
-            with self.device:
+            with self.activate():
                 cupy.cuda.get_current_stream().synchronize()
         elif self.name == "torch" and "cuda" in str(self.device):
             import torch
@@ -162,7 +168,7 @@ def to_numpy(a) -> np.ndarray:
     return np.from_dlpack(a)
 
 
-_CUPY_KERNELS: dict = {}  # id(cupy module) -> (module, kernels or None)
+_CUPY_KERNELS: dict = {}  # (id(cupy module), device id) -> (module, kernels or None)
 
 
 def fast_kernels(xp):
@@ -190,7 +196,8 @@ def _cupy_kernels():
     cupy = sys.modules.get("cupy")
     if cupy is None:  # a CuPy namespace without cupy imported cannot happen; be safe
         return None
-    cached = _CUPY_KERNELS.get(id(cupy))
+    key = (id(cupy), cupy.cuda.runtime.getDevice())  # probed on each GPU: architectures may differ
+    cached = _CUPY_KERNELS.get(key)
     if cached is not None and cached[0] is cupy:
         return cached[1]
     from . import kernels_cupy
@@ -200,11 +207,11 @@ def _cupy_kernels():
         kernels.probe()
     except Exception as e:  # NVRTC missing or failing: the reference path still works
         warnings.warn(
-            f"CuPy's fused optimiser kernels are unusable ({type(e).__name__}: {e}); using the "
-            "slower reference path. Run-time compiled kernels need NVRTC: pip install 'xpmlp[cuda]' "
-            "(or cuda-toolkit[nvrtc] for your CUDA version).", RuntimeWarning, stacklevel=3)
+            f"xpmlp's fused CuPy kernels failed to compile or run on this GPU ({type(e).__name__}: {e}); "
+            "using the slower reference path, which gives the same results. Please report this with "
+            "`xpmlp info`.", RuntimeWarning, stacklevel=3)
         kernels = None
-    _CUPY_KERNELS[id(cupy)] = (cupy, kernels)
+    _CUPY_KERNELS[key] = (cupy, kernels)
     return kernels
 
 
@@ -244,10 +251,17 @@ def _from_namespace(xp, device) -> Backend:
 
 
 def _cupy_on(cupy, index: int) -> Backend:
-    """The CuPy backend on GPU ``index``: a first allocation there proves the device works."""
+    """The CuPy backend on GPU ``index``, once a first allocation, kernel and read-back there work.
+
+    The kernel matters: CuPy compiles even its ufuncs at run time with NVRTC, so without a
+    working NVRTC the first ``x + 1`` fails; that must be found here, where the CPU fallback can
+    still be chosen, not in the middle of ``fit``.
+    """
     dev = cupy.cuda.Device(index)
     with dev:
         probe = cupy.zeros((1,), dtype=cupy.float32)
+        if float((probe + 1.0).get()[0]) != 1.0:
+            raise RuntimeError("a one-element CuPy kernel computed a wrong result")
     ns = array_api_compat.array_namespace(probe)  # array-api-compat's CuPy namespace
     return Backend(ns, dev, "cupy")
 
@@ -279,8 +293,8 @@ def _cupy_backend(index: int) -> Backend:
         raise ValueError(f"device 'cuda:{index}' was requested but only {count} CUDA device(s) exist")
     try:
         return _cupy_on(cupy, index)
-    except Exception as e:  # the device exists but cannot allocate (driver mismatch, out of memory, ...)
-        raise _Unavailable(f"CUDA device {index} cannot be used: {type(e).__name__}: {e}") from None
+    except Exception as e:  # the device exists but does not work (driver mismatch, NVRTC missing, memory)
+        raise _Broken(f"CUDA device {index} cannot be used: {type(e).__name__}: {e}") from None
 
 
 def _fallback(spec: str, reason: str) -> Backend:
@@ -328,7 +342,9 @@ def resolve(device=None, xp=None) -> Backend:
     if spec == "auto":
         try:
             return _cupy_backend(0)
-        except _Unavailable:
+        except _Broken as e:  # a GPU is there but broken: say so, then use the CPU
+            return _fallback(spec, str(e))
+        except _Unavailable:  # no CuPy or no GPU: the CPU, silently
             return _numpy_backend()
     match = re.fullmatch(r"(?:cuda|gpu)(?::(\d+))?", spec)
     if match is None:

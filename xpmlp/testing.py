@@ -27,8 +27,14 @@ class GradcheckError(AssertionError):
 def numeric_gradient(f, a, eps: float = 1e-6) -> np.ndarray:
     """Central-difference gradient of a scalar function ``f(array) -> float`` at ``a``.
 
-    Returns a NumPy array of a's shape. Costs 2 * a.size calls of f.
+    Returns a NumPy array of a's shape. Costs 2 * a.size calls of f. Runs with a's device
+    current (CuPy allocates on the current device).
     """
+    with resolve(xp=namespace_of(a), device=device_of(a)).activate():
+        return _numeric_gradient(f, a, eps)
+
+
+def _numeric_gradient(f, a, eps):
     xp = namespace_of(a)
     size = int(np.prod(a.shape))
     positions = xp.reshape(xp.arange(size, device=device_of(a)), a.shape)
@@ -64,6 +70,11 @@ def gradcheck(target, x, y=None, *, loss=None, eps: float = 1e-6, rtol: float = 
     ------
     GradcheckError if any entry exceeds the tolerance; ValueError if x is not float64.
     """
+    with resolve(xp=namespace_of(x), device=device_of(x)).activate():  # x's GPU current (CuPy)
+        return _gradcheck(target, x, y, loss, eps, rtol, atol, training, seed)
+
+
+def _gradcheck(target, x, y, loss, eps, rtol, atol, training, seed):
     xp = namespace_of(x)
     if x.dtype != xp.float64:
         raise ValueError(f"gradcheck needs float64 inputs for accurate differences, got {x.dtype}")
