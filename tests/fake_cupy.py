@@ -288,22 +288,6 @@ class ndarray:
         COUNTS.sync("ndarray.tolist")
         return self._a.tolist()
 
-    def __float__(self):
-        COUNTS.sync("float(array)")
-        return float(self._a)
-
-    def __int__(self):
-        COUNTS.sync("int(array)")
-        return int(self._a)
-
-    def __bool__(self):
-        COUNTS.sync("bool(array)")
-        return bool(self._a)
-
-    def __complex__(self):
-        COUNTS.sync("complex(array)")
-        return complex(self._a)
-
     def __array__(self, dtype=None, copy=None):
         raise TypeError(_IMPLICIT)
 
@@ -462,6 +446,16 @@ for _dunder, _uf in {"add": "add", "sub": "subtract", "mul": "multiply", "truedi
     setattr(ndarray, f"__{_dunder}__", _binary(_uf))
     setattr(ndarray, f"__r{_dunder}__", _reflected(_uf))
     setattr(ndarray, f"__i{_dunder}__", _inplace(_uf))
+def _to_host_scalar(convert):
+    """float(a), int(a), bool(a), complex(a): each waits for the device and copies a value back."""
+    def method(self):
+        COUNTS.sync(f"{convert.__name__}(array)")
+        return convert(self._a)
+    return method
+
+
+for _convert in (float, int, bool, complex):
+    setattr(ndarray, f"__{_convert.__name__}__", _to_host_scalar(_convert))
 for _dunder, _uf in {"lt": "less", "le": "less_equal", "gt": "greater", "ge": "greater_equal",
                      "eq": "equal", "ne": "not_equal"}.items():
     setattr(ndarray, f"__{_dunder}__", _binary(_uf))

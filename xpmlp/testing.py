@@ -70,23 +70,24 @@ def gradcheck(target, x, y=None, *, loss=None, eps: float = 1e-6, rtol: float = 
     ------
     GradcheckError if any entry exceeds the tolerance; ValueError if x is not float64.
     """
-    with resolve(xp=namespace_of(x), device=device_of(x)).activate():  # x's GPU current (CuPy)
-        return _gradcheck(target, x, y, loss, eps, rtol, atol, training, seed)
+    backend = resolve(xp=namespace_of(x), device=device_of(x))
+    with backend.activate():  # x's GPU current (CuPy)
+        return _gradcheck(backend, target, x, y, loss, eps, rtol, atol, training, seed)
 
 
-def _gradcheck(target, x, y, loss, eps, rtol, atol, training, seed):
+def _gradcheck(backend, target, x, y, loss, eps, rtol, atol, training, seed):
     xp = namespace_of(x)
     if x.dtype != xp.float64:
         raise ValueError(f"gradcheck needs float64 inputs for accurate differences, got {x.dtype}")
     if isinstance(target, Layer) and target.xp is None:
-        target.build(x.shape[1], resolve(xp=xp, device=device_of(x)), "float64", np.random.default_rng(seed))
+        target.build(x.shape[1], backend, "float64", np.random.default_rng(seed))
     scalar, backward, params = _wire(target, x, y, loss, training, seed)
 
     scalar(x)
     analytic = {"input": to_numpy(backward())}
     analytic.update({name: to_numpy(grads[key]) for name, (pd, grads, key) in params.items()})
 
-    errors = {"input": _compare("input", analytic["input"], numeric_gradient(scalar, x, eps), rtol, atol)}
+    errors = {"input": _compare("input", analytic["input"], _numeric_gradient(scalar, x, eps), rtol, atol)}
     for name, (pd, _, key) in params.items():
         original = pd[key]
 
@@ -95,7 +96,7 @@ def _gradcheck(target, x, y, loss, eps, rtol, atol, training, seed):
             return scalar(x)
 
         try:
-            errors[name] = _compare(name, analytic[name], numeric_gradient(with_param, original, eps), rtol, atol)
+            errors[name] = _compare(name, analytic[name], _numeric_gradient(with_param, original, eps), rtol, atol)
         finally:
             pd[key] = original
     return errors
