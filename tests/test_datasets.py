@@ -259,3 +259,85 @@ def test_standardize_makes_unscaled_inputs_work(case):
     model.fit(X, y, loss="softmax_cross_entropy", optimizer=xpmlp.Adam(lr=0.01), epochs=30, batch_size=32)
     assert np.mean(xpmlp.to_numpy(model.predict(X)).argmax(axis=1) == y) > 0.97
     assert isinstance(model.layers[0], xpmlp.Standardize) and model.layers[0].adapted
+
+
+# -- train_test_split ---------------------------------------------------------------------------------
+def _test_counts_of(y_test, classes):
+    return [int(np.sum(y_test == c)) for c in classes]
+
+
+def test_split_of_a_continuous_target_is_a_random_split():
+    """Every value of a continuous target is unique: stratifying by it used to give an empty test set."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(50, 3)), rng.normal(size=50)
+    X_train, X_test, y_train, y_test = datasets.train_test_split(X, y, test_size=0.2, seed=1)
+    assert len(X_test) == len(y_test) == 10 and len(X_train) == 40
+    np.testing.assert_array_equal(np.sort(np.concatenate([y_train, y_test])), np.sort(y))
+    # same split as asking for no stratification
+    _, _, _, y_plain = datasets.train_test_split(X, y, test_size=0.2, stratify=False, seed=1)
+    np.testing.assert_array_equal(y_test, y_plain)
+
+
+@pytest.mark.parametrize("counts,test_size,n_test,expected", [
+    # hand-computed largest-remainder shares
+    ([3] * 10, 0.5, 15, None),          # exact shares 1.5 each: 5 classes give 1, 5 give 2 (was 2 each: 20)
+    ([5, 5, 5], 0.1, 2, None),          # n_test = round(1.5) = 2; shares 0.5 each (was 0 each: no test rows)
+    ([164, 55, 36, 35, 13], 0.25, 76, [41, 14, 9, 9, 3]),  # heart disease severities: shares 41, 13.75, 9, 8.75, 3.25
+    ([90, 7, 3], 0.2, 20, [18, 1, 1]),  # shares 18, 1.4, 0.6: one leftover row, to the 0.6 remainder
+    ([6, 6, 6, 2], 0.25, 5, None),      # shares 1.5, 1.5, 1.5, 0.5: all tie, two of the four get 2
+])
+def test_split_gives_each_class_its_rounded_share(counts, test_size, n_test, expected):
+    y = np.repeat(np.arange(len(counts)), counts)
+    X = np.arange(len(y))
+    for seed in range(5):
+        X_train, X_test, y_train, y_test = datasets.train_test_split(X, y, test_size=test_size, seed=seed)
+        got = _test_counts_of(y_test, range(len(counts)))
+        assert sum(got) == n_test == len(X_test) and len(X_train) == len(y) - n_test
+        exact = np.array(counts) * n_test / len(y)
+        assert np.all(np.abs(np.array(got) - exact) < 1), (got, exact)
+        if expected is not None:
+            assert got == expected
+        np.testing.assert_array_equal(y[X_test], y_test)  # rows stay paired
+        assert sorted(np.concatenate([X_train, X_test]).tolist()) == X.tolist()
+
+
+def test_split_shares_match_scikit_learn():
+    """Where no two classes tie on their remainder (so no random tie-break) and test_size * n is a
+    whole number (scikit-learn rounds it up), scikit-learn's stratified split gives the same counts."""
+    sk = pytest.importorskip("sklearn.model_selection")
+    rng = np.random.default_rng(0)
+    compared = 0
+    for _ in range(300):
+        counts = rng.integers(2, 40, size=rng.integers(2, 7))
+        counts[-1] += -counts.sum() % 8  # n a multiple of 8: test_size * n is whole
+        y = np.repeat(np.arange(len(counts)), counts)
+        n = len(y)
+        test_size = float(rng.choice([0.125, 0.25, 0.5, 0.375]))
+        n_test = int(test_size * n)
+        remainders = (counts * n_test) % n
+        nonzero = remainders[remainders > 0]
+        if len(set(nonzero.tolist())) != len(nonzero) or min(n_test, n - n_test) < len(counts):
+            continue  # a random tie-break, or a split scikit-learn refuses
+        _, y_test, = datasets.train_test_split(y, y, test_size=test_size, seed=1)[1::2]
+        _, sk_test = sk.train_test_split(y, test_size=test_size, stratify=y, random_state=1)
+        assert np.bincount(y_test, minlength=len(counts)).tolist() == np.bincount(sk_test, minlength=len(counts)).tolist()
+        compared += 1
+    assert compared >= 50, compared
+
+
+def test_split_stratifies_labels_of_any_kind():
+    y = np.array(["cat", "dog"] * 10 + ["cat"] * 10)  # 20 cat, 10 dog
+    _, _, _, y_test = datasets.train_test_split(np.zeros((30, 2)), y, test_size=0.3, seed=0)
+    assert sorted(y_test.tolist()) == ["cat"] * 6 + ["dog"] * 3
+    onehot = np.eye(3)[np.repeat([0, 1, 2], [12, 6, 2])]
+    _, _, _, t = datasets.train_test_split(np.arange(20), onehot, test_size=0.5, seed=0)
+    assert t.sum(axis=0).tolist() == [6, 3, 1]
+
+
+def test_split_as_fit_calls_it():
+    """fit(validation_split=...) splits row numbers by class labels, or by zeros for regression."""
+    labels = np.repeat([0, 1, 2], [50, 30, 20])
+    train, val, _, y_val = datasets.train_test_split(np.arange(100), labels, test_size=0.1, stratify=True, seed=7)
+    assert np.bincount(y_val).tolist() == [5, 3, 2] and len(np.intersect1d(train, val)) == 0
+    train, val, _, _ = datasets.train_test_split(np.arange(100), np.zeros(100), test_size=0.1, stratify=False, seed=7)
+    assert len(val) == 10 and len(train) == 90

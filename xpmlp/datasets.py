@@ -317,25 +317,81 @@ def make_spirals(n: int = 1000, n_classes: int = 2, noise: float = 0.2, turns: f
     return X, y.astype(np.int64)
 
 
+def _class_index(y: np.ndarray):
+    """Each row's class number when ``y`` looks like class labels, else None.
+
+    Class-like means at most ``n // 2`` distinct values (rows of ``y`` when it is 2-D, such as
+    one-hot labels), whatever the dtype: on average every class then has two rows, enough to
+    appear on both sides of a split. A continuous target has (almost) as many distinct values as
+    rows; stratifying it would make every row a class of its own, which is no stratification at
+    all, so it gets a plain random split.
+    """
+    n = len(y)
+    if n == 0:
+        return None
+    if y.ndim > 1:
+        _, inverse = np.unique(y.reshape(n, -1), axis=0, return_inverse=True)
+    else:
+        _, inverse = np.unique(y, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    return inverse if int(inverse.max()) + 1 <= n // 2 else None
+
+
+def _test_counts(counts: np.ndarray, n_test: int, rng) -> np.ndarray:
+    """Largest-remainder shares: how many rows of each class go to the test part.
+
+    Class c's exact share is ``n_test * counts[c] / n``; each class gets its share rounded down,
+    and the rows still missing from ``n_test`` go one each to the classes with the largest
+    remainders (ties in random order, so no class is favoured by its position). The shares thus
+    add up to exactly ``n_test`` and each is within one row of the exact share. Integer
+    arithmetic keeps the remainders, and so the ties, exact.
+    """
+    n = int(counts.sum())
+    take, remainder = np.divmod(counts.astype(np.int64) * n_test, n)
+    short = n_test - int(take.sum())
+    order = np.lexsort((rng.random(len(counts)), -remainder))
+    take[order[:short]] += 1
+    return take
+
+
 def train_test_split(X, y, test_size: float = 0.2, *, stratify: bool = True, seed: int | None = 0):
     """Shuffle and split (X, y) into train and test parts, keeping class proportions by default.
 
-    Returns X_train, X_test, y_train, y_test. With ``stratify``, each class (value of y) sends
-    round(test_size * its count) rows to the test part, so class-ordered data is never split by
-    position.
+    The test part has ``n_test = round(test_size * n)`` rows (halves rounded up).
+
+    Parameters
+    ----------
+    X : array (n, ...)
+    y : array (n,) or (n, k)
+    test_size : float in (0, 1)
+    stratify : bool, default True
+        Keep each class's proportion in both parts when ``y`` is class-like: at most ``n // 2``
+        distinct values (or rows, for 2-D ``y``). Each class then sends its largest-remainder
+        share of ``n_test`` to the test part: its exact share ``n_test * count / n`` rounded
+        down or up, the totals adding up to ``n_test``. A continuous target (more distinct
+        values) gets a plain random split, as with ``stratify=False``.
+    seed : int or None
+
+    Returns
+    -------
+    X_train, X_test, y_train, y_test
+        Rows in random order.
     """
     if not 0.0 < float(test_size) < 1.0:
         raise ValueError(f"test_size must be in (0, 1), got {test_size!r}")
     X, y = np.asarray(X), np.asarray(y)
     if len(X) != len(y):
         raise ValueError(f"X and y have different lengths: {len(X)} and {len(y)}")
+    n = len(X)
+    n_test = int(np.floor(float(test_size) * n + 0.5))
     rng = np.random.default_rng(seed)
-    if stratify:
-        groups = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
-        test = np.concatenate([g[: int(round(test_size * len(g)))] for g in groups])
+    classes = _class_index(y) if stratify else None
+    if classes is not None:
+        take = _test_counts(np.bincount(classes), n_test, rng)
+        test = np.concatenate([rng.permutation(np.flatnonzero(classes == c))[:k] for c, k in enumerate(take)])
     else:
-        test = rng.permutation(len(X))[: int(round(test_size * len(X)))]
-    mask = np.zeros(len(X), dtype=bool)
+        test = rng.permutation(n)[:n_test]
+    mask = np.zeros(n, dtype=bool)
     mask[test] = True
     train_idx, test_idx = rng.permutation(np.flatnonzero(~mask)), rng.permutation(np.flatnonzero(mask))
     return X[train_idx], X[test_idx], y[train_idx], y[test_idx]
