@@ -1,9 +1,11 @@
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import xpmlp
 from xpmlp.cli import main
 
 
@@ -60,21 +62,30 @@ def test_train_csv_regression(tmp_path, capsys):
     assert "regression of 'target'" in out and _metric(out, "held out r2") > 0.9
 
 
-@pytest.mark.parametrize("content,target,message", [
-    ("a,b\n1,2\n", "c", "no column 'c'; columns are: a, b"),
-    ("a,b,y\n1,2,0\n1,x,1\n", "y", "feature column 'b', row 2: 'x' is missing or not a number"),
-    ("a,b,y\n1,2,0\n1,3,\n", "y", "target column 'y' is empty or NaN in row 2"),
+@pytest.mark.parametrize("content,target,message,status", [
+    ("a,b\n1,2\n", "c", "no column 'c' (--target); columns are: a, b", 2),
+    ("a,b,y\n1,2,0\n1,x,1\n", "y", "feature column 'b', row 2: 'x' is missing or not a number", 1),
+    ("a,b,y\n1,2,0\n1,3,\n", "y", "target column 'y' is empty or NaN in row 2", 1),
+    ("", "y", "the file is empty", 1),
+    ("\n\n", "y", "the file is empty", 1),
+    ("a,b,y\n", "y", "has a header row (a, b, y) but no data rows", 1),
+    ("a,b,y\n1,2,3\n", "c", "no column 'c' (--target)", 2),
 ])
-def test_train_csv_bad_input_names_the_problem(tmp_path, capsys, content, target, message):
+def test_train_csv_bad_input_names_the_problem(tmp_path, capsys, content, target, message, status):
+    """A wrong --target is a usage error (2); a file that cannot be used is a failure (1)."""
     path = _csv(tmp_path, "bad.csv", content)
-    assert main(["train", "csv", path, "--target", target, "--device", "cpu"]) == 2
+    assert main(["train", "csv", path, "--target", target, "--device", "cpu", "--epochs", "1"]) == status
     err = capsys.readouterr().err
-    assert "bad.csv" in err and message in err
+    assert f"xpmlp: error: {path}: " in err and message in err and "Traceback" not in err
 
 
-def test_missing_csv_file(capsys):
+def test_missing_csv_file_or_folder_is_a_usage_error(tmp_path, capsys):
     assert main(["train", "csv", "/nonexistent/x.csv", "--target", "y"]) == 2
     assert "/nonexistent/x.csv: file not found" in capsys.readouterr().err
+    assert main(["train", "csv", str(tmp_path), "--target", "y"]) == 2
+    assert "is a folder, not a CSV file" in capsys.readouterr().err
+    assert main(["train", "mnist", "--data", str(tmp_path / "nope")]) == 2
+    assert "--data " + str(tmp_path / "nope") + ": no such folder" in capsys.readouterr().err
 
 
 def test_info_lists_backends(capsys):
@@ -88,6 +99,88 @@ def test_python_dash_m_and_bad_arguments():
     assert done.returncode == 2 and "invalid choice: 'mnistt'" in done.stderr
 
 
-def test_unknown_optimizer_is_reported(capsys):
-    assert main(["train", "xor", "--optimizer", "foo", "--epochs", "1"]) == 2
-    assert "unknown optimizer 'foo'" in capsys.readouterr().err
+@pytest.mark.parametrize("args,message", [
+    (["--optimizer", "foo"], "argument --optimizer: invalid choice: 'foo'"),
+    (["--activation", "relux"], "argument --activation: invalid choice: 'relux'"),
+    (["--lr", "-0.1"], "argument --lr: must be > 0, got -0.1"),
+    (["--lr", "0"], "argument --lr: must be > 0, got 0"),
+    (["--lr", "nan"], "argument --lr: must be > 0, got nan"),
+    (["--lr-decay", "0"], "argument --lr-decay: must be > 0, got 0"),
+    (["--lr-decay", "-2"], "argument --lr-decay: must be > 0, got -2"),
+    (["--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+    (["--epochs", "two"], "argument --epochs: 'two' is not an integer"),
+    (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    (["--hidden", "16", "0"], "argument --hidden: must be >= 1, got 0"),
+    (["--dropout", "1"], "argument --dropout: must be >= 0 and < 1, got 1"),
+    (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+    (["--device", "tpu"], "--device: unknown device 'tpu'"),
+])
+def test_bad_option_values_are_usage_errors(capsys, args, message):
+    """Refused before any work, with exit status 2 and the option named; no traceback."""
+    assert main(["train", "xor", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_save_folder_is_checked_before_training(tmp_path, capsys, monkeypatch):
+    trained = []
+    monkeypatch.setattr(xpmlp.MLP, "fit", lambda *a, **k: trained.append(1))
+    (tmp_path / "file").write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    cases = [(tmp_path / "typo" / "m.safetensors", "the folder " + str(tmp_path / "typo") + " does not exist"),
+             (tmp_path, "is a folder; give a file name"),
+             (tmp_path / "file" / "m.safetensors", "is not a folder")]
+    if os.geteuid() != 0:  # root may write anywhere
+        cases.append((locked / "m.safetensors", "no permission to write in the folder"))
+    for path, message in cases:
+        assert main(["train", "xor", "--device", "cpu", "--save", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"--save {path}: " in err and message in err, err
+    assert trained == [] and (tmp_path / "file").read_text() == "x"
+
+
+def test_save_writes_the_model(tmp_path, capsys):
+    path = tmp_path / "m.safetensors"
+    assert main(["train", "xor", "--device", "cpu", "--epochs", "1", "--save", str(path)]) == 0
+    assert xpmlp.load(path).layers[0].params["W"].shape[0] == 2
+
+
+def test_divergence_and_interrupt_are_one_line_failures(capsys, monkeypatch):
+    from xpmlp.train import DivergenceError
+
+    def diverge(*args, **kwargs):
+        raise DivergenceError("the training loss became nan in epoch 1")
+
+    monkeypatch.setattr(xpmlp.MLP, "fit", diverge)
+    assert main(["train", "xor", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "xpmlp: error: the training loss became nan in epoch 1"
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xpmlp.MLP, "fit", interrupt)
+    assert main(["train", "xor", "--device", "cpu"]) == 130
+    assert capsys.readouterr().err.strip() == "xpmlp: interrupted"
+
+
+def _run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "xpmlp", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "XPMLP_DEVICE": "cpu"})
+
+
+def test_exit_statuses_through_a_real_process(tmp_path):
+    """Usage 2, failure 1 (bad data, a real diverged run), and never a traceback."""
+    usage = _run("train", "sine", "--lr", "-1")
+    assert usage.returncode == 2 and "argument --lr: must be > 0" in usage.stderr
+    empty = tmp_path / "empty.csv"
+    empty.write_text("a,b\n")
+    failed = _run("train", "csv", str(empty), "--target", "b")
+    assert failed.returncode == 1 and "but no data rows" in failed.stderr
+    diverged = _run("train", "sine", "--optimizer", "sgd", "--lr", "1e20", "--epochs", "2",
+                    "--save", str(tmp_path / "m.safetensors"))
+    assert diverged.returncode == 1 and "xpmlp: error: the training loss became" in diverged.stderr
+    assert not (tmp_path / "m.safetensors").exists()
+    for done in (usage, failed, diverged):
+        assert "Traceback" not in done.stderr, done.stderr

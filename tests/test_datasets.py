@@ -222,7 +222,7 @@ def test_heart_disease_bad_files(tmp_path):
         load_heart_disease(bad)
     short = tmp_path / "short.data"
     short.write_text("1,2,3\n")
-    with pytest.raises(DataError, match="expected 14 columns, found 3"):
+    with pytest.raises(DataError, match=r"short.data: expected 14 columns \(.*\), found 3"):
         load_heart_disease(short)
 
 
@@ -341,3 +341,40 @@ def test_split_as_fit_calls_it():
     assert np.bincount(y_val).tolist() == [5, 3, 2] and len(np.intersect1d(train, val)) == 0
     train, val, _, _ = datasets.train_test_split(np.arange(100), np.zeros(100), test_size=0.1, stratify=False, seed=7)
     assert len(val) == 10 and len(train) == 90
+
+
+# -- CSV files that cannot be used name the file and the column ----------------------------------------
+_PIXELS = ",".join(f"pixel{i}" for i in range(784))
+
+
+@pytest.mark.parametrize("train_text,message", [
+    ("", r"mnist_train.csv: the file is empty"),
+    ("label," + _PIXELS + "\n", r"mnist_train.csv: has a header row but no data rows"),
+    ("label," + _PIXELS + "\n" + "3," + ",".join(["0"] * 783) + ",dark\n",
+     r"mnist_train.csv: row 1, column 'pixel783': 'dark' is not a number"),
+    ("label," + _PIXELS + "\n" + "3," + ",".join(["0"] * 783) + ",\n", r"mnist_train.csv: row 1, column 'pixel783' is empty"),
+    (_PIXELS + "\n" + ",".join(["0"] * 784) + "\n", r"mnist_train.csv: expected 785 columns \(the label, then 784"),
+])
+def test_unusable_mnist_csv_names_file_and_column(tmp_path, monkeypatch, train_text, message):
+    monkeypatch.delenv("XPMLP_DATA", raising=False)
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    (folder / "mnist_train.csv").write_text(train_text)
+    (folder / "mnist_test.csv").write_text("1," + ",".join(["0"] * 784) + "\n")
+    with pytest.raises(DataError, match=message):
+        load_mnist(folder, download=False)
+
+
+def test_unusable_heart_files_name_file_and_column(tmp_path):
+    empty = tmp_path / "empty.data"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty.data: the file is empty"):
+        load_heart_disease(empty)
+    no_target = tmp_path / "no_target.data"
+    no_target.write_text("\n".join(row.rsplit(",", 1)[0] for row in HEART_ROWS) + "\n")
+    with pytest.raises(DataError, match=r"no_target.data: expected 14 columns .*the last, 'num', is the target\), found 13"):
+        load_heart_disease(no_target)
+    header = tmp_path / "header.data"
+    header.write_text(",".join(datasets.HEART_COLUMNS) + "\n" + HEART_ROWS[0] + "\n")
+    with pytest.raises(DataError, match=r"header.data: row 1, column 'age': 'age' is not a number \(the file has no header row"):
+        load_heart_disease(header)

@@ -4,19 +4,39 @@
     xpmlp train csv FILE --target COLUMN    any CSV: classification or regression, detected
     xpmlp train xor | sine                  the classic toy problems
     xpmlp info                              versions, and which backends work here
+
+Exit status: 0 done; 2 the command line is wrong (an unknown option or choice, a bad value
+such as ``--lr -1`` or ``--epochs 0``, a data file or folder that does not exist, a
+``--target`` that is not a column of the file, a ``--save`` path that cannot be written);
+1 the command was right but the job failed (an empty or malformed data file, a failed
+download, a diverged run, an error while saving); 130 interrupted (Ctrl-C). Errors are one
+line on stderr, starting with ``xpmlp: error:``, never a Python traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
+USAGE, FAILURE, INTERRUPTED = 2, 1, 130  # exit statuses (see the module docstring)
+
 
 class CliError(Exception):
-    """A problem with the user's input, reported as one line and exit status 2."""
+    """The job failed (bad data, for instance): reported as one line and exit status 1."""
+
+    status = FAILURE
+
+
+class UsageError(CliError):
+    """The command line is wrong: reported as one line and exit status 2."""
+
+    status = USAGE
 
 
 def _train_epochs(model, X, y, loss, args):
@@ -56,6 +76,8 @@ def _accuracy(model, X, y) -> float:
 def cmd_mnist(args) -> int:
     from .datasets import load_mnist
 
+    if args.data is not None and not os.path.isdir(args.data):
+        raise UsageError(f"--data {args.data}: no such folder")
     (X_train, y_train), (X_test, y_test) = load_mnist(args.data)
     # Pixels scaled to [0, 1]: raw 0..255 inputs saturate the first layer.
     X_train, X_test = X_train.astype(np.float32) / 255.0, X_test.astype(np.float32) / 255.0
@@ -72,18 +94,42 @@ def _save(model, args) -> None:
         print(f"model saved to {args.save} (load it with xpmlp.load)")
 
 
+def _check_save(path) -> None:
+    """Refuse a --save path that cannot be written before any training, so no finished model is lost."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"--save {path}: is a folder; give a file name, such as {p / 'model.safetensors'}")
+    if p.exists() and not p.is_file():
+        raise UsageError(f"--save {path}: exists and is not a regular file")
+    folder = p.parent
+    if not folder.exists():
+        raise UsageError(f"--save {path}: the folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UsageError(f"--save {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--save {path}: no permission to write in the folder {folder}")
+
+
 def _read_csv(path: str, target: str):
     """Features (n, d) float64 and the target Series; errors name the file, column and row."""
     import pandas as pd
 
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a folder, not a CSV file")
     try:
         frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise CliError(f"{path}: file not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    except pd.errors.EmptyDataError:
+        raise CliError(f"{path}: the file is empty; expected a header row naming the columns, then data rows") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
         raise CliError(f"{path}: not a readable CSV file ({e})") from None
     if target not in frame.columns:
-        raise CliError(f"{path}: no column {target!r}; columns are: {', '.join(map(str, frame.columns))}")
+        raise UsageError(f"{path}: no column {target!r} (--target); columns are: {', '.join(map(str, frame.columns))}")
+    if len(frame) == 0:
+        raise CliError(f"{path}: has a header row ({', '.join(map(str, frame.columns))}) but no data rows")
     y = frame[target]
     if y.isna().any():
         raise CliError(f"{path}: target column {target!r} is empty or NaN in row {int(y.isna().to_numpy().argmax()) + 1}")
@@ -183,22 +229,47 @@ DEFAULTS = {
 }
 
 
+def _number(kind, low, low_included=True, high=None):
+    """An argparse type: a finite number of ``kind`` in [low, high) (or (low, high)), named in errors."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        too_low = value < low if low_included else value <= low
+        if not math.isfinite(value) or too_low or (high is not None and value >= high):
+            bound = f"{'>=' if low_included else '>'} {low:g}" + (f" and < {high:g}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
 def _add_training_options(p, problem):
+    from .layers import ACTIVATIONS
+    from .optim import OPTIMIZERS
+
     d = DEFAULTS[problem]
     p.add_argument("--device", default=None, help="auto (default: $XPMLP_DEVICE or auto), cpu, cuda or cuda:N")
-    p.add_argument("--hidden", type=int, nargs="+", default=d["hidden"], help=f"hidden widths (default {d['hidden']})")
-    p.add_argument("--activation", default=d["activation"])
-    p.add_argument("--dropout", type=float, default=d["dropout"])
-    p.add_argument("--epochs", type=int, default=d["epochs"])
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--optimizer", default="adam")
-    p.add_argument("--lr", type=float, default=d["lr"])
-    p.add_argument("--lr-decay", type=float, default=d["lr_decay"], help="learning rate factor after each epoch")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save", default=None, metavar="PATH", help="save the trained model (safetensors)")
+    p.add_argument("--hidden", type=_number(int, 1), nargs="+", default=d["hidden"],
+                   help=f"hidden widths (default {d['hidden']})")
+    p.add_argument("--activation", default=d["activation"], choices=sorted(ACTIVATIONS), metavar="NAME",
+                   help=f"hidden activation: {', '.join(sorted(ACTIVATIONS))} (default {d['activation']})")
+    p.add_argument("--dropout", type=_number(float, 0.0, high=1.0), default=d["dropout"], help="in [0, 1)")
+    p.add_argument("--epochs", type=_number(int, 1), default=d["epochs"], help=f"at least 1 (default {d['epochs']})")
+    p.add_argument("--batch-size", type=_number(int, 1), default=d["batch_size"], help=f"default {d['batch_size']}")
+    p.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS), metavar="NAME",
+                   help=f"{', '.join(sorted(OPTIMIZERS))} (default adam)")
+    p.add_argument("--lr", type=_number(float, 0.0, low_included=False), default=d["lr"],
+                   help=f"learning rate, > 0 (default {d['lr']})")
+    p.add_argument("--lr-decay", type=_number(float, 0.0, low_included=False), default=d["lr_decay"],
+                   help=f"learning rate factor after each epoch, > 0 (default {d['lr_decay']})")
+    p.add_argument("--seed", type=_number(int, 0), default=0)
+    p.add_argument("--save", default=None, metavar="PATH",
+                   help="save the trained model (safetensors); the folder is checked before training")
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xpmlp", description="Array API multilayer perceptrons")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions and usable backends").set_defaults(run=cmd_info)
@@ -216,12 +287,45 @@ def main(argv=None) -> int:
         toy = train.add_parser(problem, help=f"the {problem} toy problem")
         _add_training_options(toy, problem)
         toy.set_defaults(run=cmd_toy)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _check_device(args) -> None:
+    """Resolve --device once, up front: an unknown name is a usage error, not a failure after loading data."""
+    if "device" not in vars(args):  # xpmlp info
+        return
+    from .backend import resolve
+
     try:
+        args.device = resolve(args.device)
+    except ValueError as e:
+        raise UsageError(f"--device: {e}" if args.device is not None else str(e)) from None
+
+
+def main(argv=None) -> int:
+    """Run the command; returns the exit status (0, 1 failure, 2 usage, 130 interrupted)."""
+    from .datasets import DataError
+    from .train import DivergenceError
+
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse has printed the usage and the error (status 2), or --help (0)
+        return e.code
+    try:
+        _check_device(args)
+        _check_save(getattr(args, "save", None))
         return args.run(args)
-    except (CliError, ValueError, RuntimeError) as e:
+    except KeyboardInterrupt:
+        print("\nxpmlp: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except CliError as e:
         print(f"xpmlp: error: {e}", file=sys.stderr)
-        return 2
+        return e.status
+    except (DataError, DivergenceError, ValueError, RuntimeError, OSError) as e:
+        # The library's own errors name the problem; the job failed, the command line was fine.
+        print(f"xpmlp: error: {e}", file=sys.stderr)
+        return FAILURE
 
 
 if __name__ == "__main__":

@@ -96,18 +96,44 @@ def _mnist_in(folder: Path):
     return None
 
 
-def _read_mnist_csv(path: Path):
-    """``label,pixel0..pixel783`` rows, with or without a header line, via pandas."""
+def _read_csv_frame(path: Path, **kwargs):
+    """``pandas.read_csv`` whose failures (empty, unreadable, unparsable) are DataErrors naming the file."""
     import pandas as pd
 
-    first = path.open().readline()
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+        raise DataError(f"{path}: not a readable CSV file ({e})") from None
+
+
+def _check_numeric(frame, path: Path, hint: str = "") -> None:
+    """Refuse the first cell that is not a number (missing values are left to the caller)."""
+    import pandas as pd
+
+    for column in frame.columns:
+        bad = pd.to_numeric(frame[column], errors="coerce").isna() & frame[column].notna()
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise DataError(f"{path}: row {row + 1}, column {column!r}: {frame[column].iloc[row]!r} is not a number{hint}")
+
+
+def _read_mnist_csv(path: Path):
+    """``label,pixel0..pixel783`` rows, with or without a header line, via pandas."""
+    with path.open() as f:
+        first = f.readline()
     has_header = any(c.isalpha() for c in first)
-    frame = pd.read_csv(path, header=0 if has_header else None)
+    frame = _read_csv_frame(path, header=0 if has_header else None)
     if frame.shape[1] != 785:
-        raise DataError(f"{path}: expected 785 columns (label + 784 pixels), found {frame.shape[1]}")
-    values = frame.to_numpy()
-    if not np.issubdtype(values.dtype, np.number) or np.isnan(values).any():
-        raise DataError(f"{path}: holds non-numeric or missing values")
+        raise DataError(f"{path}: expected 785 columns (the label, then 784 pixels), found {frame.shape[1]}")
+    if len(frame) == 0:
+        raise DataError(f"{path}: has a header row but no data rows")
+    _check_numeric(frame, path)
+    values = frame.to_numpy(dtype=np.float64)
+    if np.isnan(values).any():
+        row, col = map(int, np.argwhere(np.isnan(values))[0])
+        raise DataError(f"{path}: row {row + 1}, column {frame.columns[col]!r} is empty")
     if values.min() < 0 or values[:, 1:].max() > 255 or values[:, 0].max() > 9:
         raise DataError(f"{path}: labels must be 0..9 and pixels 0..255")
     return values[:, 1:].astype(np.uint8), values[:, 0].astype(np.int64)
@@ -243,8 +269,6 @@ def load_heart_disease(path=None, *, missing: str = "drop", target: str = "binar
     -------
     DataFrame, or X (n, 13) float64 and y (n,) int64.
     """
-    import pandas as pd
-
     if path is None:
         if not os.environ.get("XPMLP_DATA"):
             raise DataError("no path given and XPMLP_DATA is not set; pass the path of processed.cleveland.data")
@@ -254,15 +278,12 @@ def load_heart_disease(path=None, *, missing: str = "drop", target: str = "binar
         raise DataError(f"{path}: file not found (the UCI Cleveland file processed.cleveland.data)")
     if missing not in ("drop", "median") or target not in ("binary", "num"):
         raise ValueError(f"missing must be 'drop' or 'median' and target 'binary' or 'num'; got {missing!r}, {target!r}")
-    frame = pd.read_csv(path, header=None, na_values="?")
+    frame = _read_csv_frame(path, header=None, na_values="?")
     if frame.shape[1] != len(HEART_COLUMNS):
-        raise DataError(f"{path}: expected {len(HEART_COLUMNS)} columns, found {frame.shape[1]}")
+        raise DataError(f"{path}: expected {len(HEART_COLUMNS)} columns ({', '.join(HEART_COLUMNS)}; the last, "
+                        f"'num', is the target), found {frame.shape[1]}")
     frame.columns = HEART_COLUMNS
-    for column in HEART_COLUMNS:
-        bad = pd.to_numeric(frame[column], errors="coerce").isna() & frame[column].notna()
-        if bad.any():
-            row = int(bad.to_numpy().argmax())
-            raise DataError(f"{path}: row {row + 1}, column {column!r}: {frame[column].iloc[row]!r} is not a number")
+    _check_numeric(frame, path, hint=" (the file has no header row: 14 numbers or '?' per line)")
     frame = frame.astype(float)
     if frame["num"].isna().any():
         raise DataError(f"{path}: row {int(frame['num'].isna().to_numpy().argmax()) + 1} has no target (num)")
