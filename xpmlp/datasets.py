@@ -5,13 +5,17 @@ Nothing here touches a device: models copy what they need at ``fit``.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import http.client
 import os
 import struct
 import tempfile
+import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,12 @@ MNIST_MIRRORS = (
 )
 MNIST_CSV = ("mnist_train.csv", "mnist_test.csv")
 
+# Download limits (module constants, so tests and unusual networks can change them).
+DOWNLOAD_READ_TIMEOUT = 30.0  # seconds one read may wait: a server that went silent
+DOWNLOAD_DEADLINE = 900.0  # seconds for one whole file: a server that trickles bytes
+DOWNLOAD_MAX_BYTES = 32 << 20  # per file; the largest MNIST archive is 9.9 MB
+MNIST_MAX_CONTENT = 64 << 20  # decompressed, per file; the largest is 47 MB: bounds a gzip bomb
+
 
 def mnist_cache_dir() -> Path:
     """Where downloaded MNIST files go: ``$XPMLP_CACHE/mnist`` or ``~/.cache/xpmlp/mnist``."""
@@ -47,22 +57,31 @@ def mnist_cache_dir() -> Path:
     return Path(root) / "mnist"
 
 
-def _open_idx(path: Path) -> bytes:
+def _open_idx(path: Path, limit: int | None = None) -> bytes:
+    """The file's content, decompressed if gzipped; more than ``limit`` bytes is refused."""
     with open(path, "rb") as f:
         head = f.read(2)
     try:
         if head == b"\x1f\x8b":
             with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+                data = f.read(-1 if limit is None else limit + 1)
+        else:
+            data = path.read_bytes()
     except (OSError, EOFError) as e:  # gzip raises these for truncated or damaged archives
         raise DataError(f"{path}: cannot be decompressed ({e}); the file is truncated or corrupted") from None
+    if limit is not None and len(data) > limit:
+        raise DataError(f"{path}: holds more than {limit} bytes, more than any MNIST file; refused")
+    return data
 
 
 def read_idx(path) -> np.ndarray:
     """Read an IDX file (gzipped or not) of unsigned bytes into an array of its stated shape."""
     path = Path(path)
-    data = _open_idx(path)
+    return _parse_idx(_open_idx(path), path)
+
+
+def _parse_idx(data: bytes, path: Path) -> np.ndarray:
+    """The array an IDX file's bytes describe; ``path`` names the file in errors."""
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
         raise DataError(f"{path}: not an IDX file of unsigned bytes (magic {data[:4].hex()!r})")
     ndim = data[3]
@@ -139,39 +158,108 @@ def _read_mnist_csv(path: Path):
     return values[:, 1:].astype(np.uint8), values[:, 0].astype(np.int64)
 
 
-def _download(name: str, dest: Path, mirrors, progress: bool) -> None:
-    """Fetch ``name.gz`` from the first mirror that answers, verify it, then move it into place.
+def _fetch(url: str, out, desc: str, progress: bool) -> None:
+    """Copy the body at ``url`` into the open file ``out``, within the deadline and the size cap.
 
-    The archive is written to a temporary file beside ``dest`` and renamed only after its
-    checksum matches, so an interrupted or corrupted download never leaves a file behind.
+    Reads use ``read1`` (at most one receive each) so that the deadline is checked between
+    receives: a server that trickles a byte at a time is given up on after about
+    ``DOWNLOAD_DEADLINE`` (plus at most one ``DOWNLOAD_READ_TIMEOUT``), not hours later.
     """
     from tqdm.auto import tqdm
 
+    deadline = time.monotonic() + DOWNLOAD_DEADLINE
+    with urllib.request.urlopen(url, timeout=min(DOWNLOAD_READ_TIMEOUT, DOWNLOAD_DEADLINE)) as response:
+        declared = (response.headers.get("Content-Length") or "").strip()
+        total = int(declared) if declared.isdigit() else None
+        if total is not None and total > DOWNLOAD_MAX_BYTES:
+            raise DataError(f"{url}: the server announces {total} bytes, more than the {DOWNLOAD_MAX_BYTES} "
+                            "allowed for one file; refused without reading it")
+        received = 0
+        with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress) as bar:
+            while chunk := response.read1(1 << 16):
+                received += len(chunk)
+                if received > DOWNLOAD_MAX_BYTES:
+                    raise DataError(f"{url}: sent more than the {DOWNLOAD_MAX_BYTES} bytes allowed for one file; "
+                                    "stopped")
+                if time.monotonic() > deadline:
+                    raise DataError(f"{url}: not complete after {DOWNLOAD_DEADLINE:g} s ({received} bytes "
+                                    f"received{f' of {total}' if total else ''}); gave up")
+                out.write(chunk)
+                bar.update(len(chunk))
+        if total is not None and received != total:
+            raise DataError(f"{url}: the transfer ended after {received} of the {total} bytes announced")
+
+
+def _remove_stale_parts(folder: Path, name: str) -> None:
+    """Delete temporary files left by a download that was killed (SIGKILL, power loss).
+
+    Only files older than a download can last: a part file another process is still writing
+    is younger than ``DOWNLOAD_DEADLINE`` plus one read timeout.
+    """
+    too_old = time.time() - (DOWNLOAD_DEADLINE + DOWNLOAD_READ_TIMEOUT)
+    for part in folder.glob(f".{name}.*.part"):
+        with contextlib.suppress(FileNotFoundError):  # another process removed it first
+            if part.stat().st_mtime < too_old:
+                part.unlink()
+
+
+def _download(name: str, dest: Path, mirrors, progress: bool) -> None:
+    """Fetch ``name.gz`` from the first mirror that answers, verify it, then move it into place.
+
+    The archive is written to a temporary ``.part`` file beside ``dest`` and renamed only after
+    its checksum matches; whatever happens (an error, a deadline, Ctrl-C), the part file is
+    removed, so no half-written or unverified file is left behind.
+    """
+    _remove_stale_parts(dest.parent, name)
     errors = []
     for base in mirrors:
         url = base.rstrip("/") + "/" + name + ".gz"
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".part")
+        tmp = None
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress) as bar:
-                    while chunk := response.read(1 << 16):
-                        out.write(chunk)
-                        bar.update(len(chunk))
-            digest = hashlib.sha256(_open_idx(Path(tmp))).hexdigest()
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".part")
+            with os.fdopen(fd, "wb") as out:
+                _fetch(url, out, name, progress)
+            digest = hashlib.sha256(_open_idx(Path(tmp), limit=MNIST_MAX_CONTENT)).hexdigest()
             if digest != MNIST_FILES[name]:
                 raise DataError(f"checksum mismatch for {url}: SHA-256 of the content is {digest}, "
                                 f"expected {MNIST_FILES[name]}; the download is corrupted")
             os.replace(tmp, dest)
+            tmp = None
             return
-        except (urllib.error.URLError, OSError, DataError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, DataError) as e:
             errors.append(f"{url}: {e}")
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
     if any("checksum mismatch" in e or "corrupted" in e for e in errors):
         raise DataError("MNIST download failed verification:\n  " + "\n  ".join(errors))
     raise DataError("could not download MNIST:\n  " + "\n  ".join(errors))
+
+
+def _read_cached(cache: Path, name: str, download: bool, mirrors, progress: bool) -> np.ndarray:
+    """One MNIST file from the cache, verified against its SHA-256 before use.
+
+    The cache holds what xpmlp downloaded, so its files must be the originals: one that fails
+    (a damaged disk, an edit, a file put there by hand) is downloaded again when ``download``
+    is true, and refused with a message naming it otherwise. Files in ``path`` or
+    ``$XPMLP_DATA`` are the user's and are not checked, so MNIST-format data sets with the same
+    file names (Fashion-MNIST) work there.
+    """
+    path = _find_idx(cache, name)
+    data = _open_idx(path, limit=MNIST_MAX_CONTENT)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != MNIST_FILES[name]:
+        problem = (f"{path}: the cached file's content has SHA-256 {digest}, expected {MNIST_FILES[name]}; "
+                   "it is corrupted or not the original MNIST file")
+        if not download:
+            raise DataError(problem + ". Delete it, or call load_mnist with download=True to download it again")
+        warnings.warn(problem + "; downloading it again", stacklevel=3)
+        path.unlink()
+        _download(name, cache / (name + ".gz"), mirrors, progress)
+        path = cache / (name + ".gz")
+        data = _open_idx(path, limit=MNIST_MAX_CONTENT)
+    return _parse_idx(data, path)
 
 
 def load_mnist(path=None, download: bool = True, *, flatten: bool = True, cache_dir=None,
@@ -182,6 +270,10 @@ def load_mnist(path=None, download: bool = True, *, flatten: bool = True, cache_
     files (``train-images-idx3-ubyte[.gz]`` and so on) or for ``mnist_train.csv`` and
     ``mnist_test.csv`` (``label,pixel0..pixel783``, with or without a header). If none has them
     and ``download`` is true, downloads the four archives into the cache, verifying checksums.
+    Files read from the cache are verified against their SHA-256 every time: a damaged one is
+    downloaded again (with a warning), or refused naming it when ``download`` is false.
+    Downloads are bounded: ``DOWNLOAD_DEADLINE`` seconds and ``DOWNLOAD_MAX_BYTES`` per file,
+    ``DOWNLOAD_READ_TIMEOUT`` seconds per read (module constants).
 
     Parameters
     ----------
@@ -221,8 +313,12 @@ def load_mnist(path=None, download: bool = True, *, flatten: bool = True, cache_
     if kind == "csv":
         (Xtr, ytr), (Xte, yte) = _read_mnist_csv(files[0]), _read_mnist_csv(files[1])
     else:
-        Xtr, ytr = read_idx(files["train-images-idx3-ubyte"]), read_idx(files["train-labels-idx1-ubyte"])
-        Xte, yte = read_idx(files["t10k-images-idx3-ubyte"]), read_idx(files["t10k-labels-idx1-ubyte"])
+        if all(p.parent.resolve() == cache.resolve() for p in files.values()):
+            arrays = {name: _read_cached(cache, name, download, mirrors, progress) for name in MNIST_FILES}
+        else:
+            arrays = {name: read_idx(p) for name, p in files.items()}
+        Xtr, ytr = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
+        Xte, yte = arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]
         for images, labels, name in ((Xtr, ytr, "train"), (Xte, yte, "t10k")):
             if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
                 raise DataError(f"MNIST {name} files disagree: images {images.shape}, labels {labels.shape}")
