@@ -2,12 +2,27 @@
 example, with its documented targets, is marked slow (it still runs in CI)."""
 
 import importlib.util
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(autouse=True)
+def empty_cwd(tmp_path, monkeypatch):
+    """Every example runs in an empty current directory, which must still be empty afterwards:
+    examples write into the folder they are given, or a temporary one."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    yield cwd
+    assert sorted(p.name for p in cwd.iterdir()) == [], "an example wrote into the current directory"
 
 
 def _example(name):
@@ -28,10 +43,30 @@ def test_xor_example():
 
 def test_sine_example_learns_and_plots(tmp_path):
     pytest.importorskip("matplotlib")
-    png = tmp_path / "sine.png"
-    result = _example("sine_regression").main(epochs=100, plot=str(png))
+    result = _example("sine_regression").main(epochs=100, out=str(tmp_path))
     assert result["mse"] < 0.005
+    png = tmp_path / "sine_regression.png"
+    assert result["plot"] == str(png)
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sine_example_without_a_folder_uses_a_temporary_one(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = _example("sine_regression").main(epochs=2, n=200)
+    png = Path(result["plot"])
+    try:
+        assert png.read_bytes()[:4] == b"\x89PNG" and png.parent.name.startswith("xpmlp-sine-")
+    finally:
+        shutil.rmtree(png.parent)
+
+
+def test_example_script_writes_into_its_out_folder(tmp_path, empty_cwd):
+    pytest.importorskip("matplotlib")
+    done = subprocess.run([sys.executable, str(EXAMPLES / "sine_regression.py"), "--epochs", "2",
+                           "--out", str(tmp_path / "results")], cwd=empty_cwd, capture_output=True, text=True,
+                          env={**os.environ, "XPMLP_DEVICE": "cpu"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "results" / "sine_regression.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_overfit_small_example():
@@ -64,8 +99,8 @@ def test_mnist_example_reaches_its_targets(data_dir):
 def test_training_curves_example(data_dir, tmp_path):
     _need(data_dir, "mnist")
     pytest.importorskip("matplotlib")
-    result = _example("training_curves").main(epochs=3, subset=3000, plot=str(tmp_path / "c.png"),
-                                               log=str(tmp_path / "log.csv"))
+    result = _example("training_curves").main(epochs=3, subset=3000, out=str(tmp_path))
     assert result["accuracy"] > 0.85 and result["epochs_run"] == 3
-    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
-    assert len((tmp_path / "log.csv").read_text().splitlines()) == 4  # header + 3 epochs
+    assert result["plot"] == str(tmp_path / "training_curves.png") and result["log"] == str(tmp_path / "training_log.csv")
+    assert (tmp_path / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((tmp_path / "training_log.csv").read_text().splitlines()) == 4  # header + 3 epochs
