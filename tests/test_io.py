@@ -173,3 +173,134 @@ def test_cli_save_then_load(tmp_path, capsys):
     model = xpmlp.load(path, device="cpu")
     corners = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
     np.testing.assert_array_equal(to_numpy(model.predict(corners)).argmax(axis=1), [0, 1, 1, 0])
+
+
+# -- where and how a save writes (issue 13, point 1) ---------------------------------------------
+def _temporaries(folder):
+    return sorted(p.name for p in folder.iterdir() if ".xpmlp-" in p.name)
+
+
+def _special(kind, path):
+    if kind == "directory":
+        path.mkdir()
+        (path / "keep.txt").write_text("mine")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(path.name)  # relative: socket paths are limited to about 100 bytes
+        return sock
+    elif kind == "device":
+        path.symlink_to("/dev/null")
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "socket", "device"])
+def test_save_refuses_a_path_that_is_not_a_regular_file(tmp_path, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "target"
+    handle = _special(kind, path)
+    before = os.lstat(path)
+    model = xpmlp.MLP([5, 4, 3], seed=1, device="cpu")
+    expected = {"directory": "a directory", "fifo": "a FIFO", "socket": "a socket", "device": "a device"}[kind]
+    for save in (model.save, model.save_weights):
+        with pytest.raises(ModelFileError, match=f"{path}.* exists and is {expected}.*nothing was changed"):
+            save(path)
+    after = os.lstat(path)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)  # the same thing, untouched
+    if kind == "directory":
+        assert (path / "keep.txt").read_text() == "mine"
+    if kind == "device":
+        assert os.readlink(path) == "/dev/null"
+    assert _temporaries(tmp_path) == []
+    if handle is not None:
+        handle.close()
+
+
+def test_save_through_a_symlink_replaces_the_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "links").mkdir()
+    target = tmp_path / "store" / "model.safetensors"
+    link = tmp_path / "links" / "current.safetensors"
+    xpmlp.MLP([5, 4, 3], seed=1, device="cpu").save(target)
+    link.symlink_to("../store/model.safetensors")
+    new = xpmlp.MLP([5, 4, 3], seed=2, device="cpu")
+    new.save(link)
+    assert link.is_symlink() and os.readlink(link) == "../store/model.safetensors"
+    for a, b in zip(xpmlp.load(target, device="cpu").get_weights(), new.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert _temporaries(tmp_path / "links") == _temporaries(tmp_path / "store") == []
+    dangling = tmp_path / "links" / "next.safetensors"  # a link to a file not yet written
+    dangling.symlink_to("../store/next.safetensors")
+    new.save_weights(dangling)
+    assert dangling.is_symlink() and (tmp_path / "store" / "next.safetensors").is_file()
+
+
+def test_save_keeps_permission_bits_and_new_files_follow_the_umask(tmp_path):
+    model = xpmlp.MLP([5, 4, 3], seed=1, device="cpu")
+    existing = tmp_path / "shared.safetensors"
+    model.save(existing)
+    for mode in (0o640, 0o604, 0o600):
+        os.chmod(existing, mode)
+        model.save(existing)
+        assert existing.stat().st_mode & 0o7777 == mode
+    old = os.umask(0o027)  # process-wide, so set only here and always restored
+    try:
+        for umask in (0o022, 0o027, 0o077):
+            os.umask(umask)
+            path = tmp_path / f"new-{umask:o}.safetensors"
+            model.save(path)
+            model.save_weights(tmp_path / f"w-{umask:o}.safetensors")
+            assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+            assert (tmp_path / f"w-{umask:o}.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    finally:
+        os.umask(old)
+
+
+def test_a_save_removes_stale_temporaries_of_its_own_only(tmp_path):
+    """Temporary files of killed saves go at the next save; those of live writers, files of other
+    names and other programs' files stay (a concurrent saver must not lose its file)."""
+    from xpmlp.io import _HOST
+
+    path = tmp_path / "m.safetensors"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid that no longer runs
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {
+            f".m.safetensors.xpmlp-{_HOST}-{dead.pid}-0123abcd.tmp": False,     # killed writer: removed
+            f".m.safetensors.xpmlp-{_HOST}-{live.pid}-0123abcd.tmp": True,      # live writer: kept
+            f".m.safetensors.xpmlp-{_HOST}-{os.getpid()}-0123abcd.tmp": True,   # this process: kept
+            f".m.safetensors.xpmlp-ffffffff-{dead.pid}-0123abcd.tmp": True,     # another host, recent: kept
+            f".m.safetensors.xpmlp-eeeeeeee-{dead.pid}-0123abcd.tmp": False,    # another host, 2 days old
+            f".other.safetensors.xpmlp-{_HOST}-{dead.pid}-0123abcd.tmp": True,  # another target's
+            ".m.safetensors.tmp": True, "m.safetensors.xpmlp-1.tmp": True, "notes.txt": True,
+        }
+        for name in names:
+            (tmp_path / name).write_bytes(b"partial")
+        two_days_ago = time.time() - 2 * 86400
+        os.utime(tmp_path / f".m.safetensors.xpmlp-eeeeeeee-{dead.pid}-0123abcd.tmp", (two_days_ago, two_days_ago))
+        xpmlp.MLP([5, 4, 3], seed=1, device="cpu").save(path)
+        left = {p.name for p in tmp_path.iterdir()}
+        assert left == {name for name, kept in names.items() if kept} | {"m.safetensors"}
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    model = xpmlp.MLP([5, 4, 3], seed=1, device="cpu")
+    model.save(path)
+    before = path.read_bytes()
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    model.fit(X, Y, loss="softmax_cross_entropy", epochs=1)
+    with pytest.raises(PermissionError):
+        model.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
