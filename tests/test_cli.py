@@ -184,3 +184,8 @@ def test_exit_statuses_through_a_real_process(tmp_path):
     assert not (tmp_path / "m.safetensors").exists()
     for done in (usage, failed, diverged):
         assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_names_are_case_insensitive(capsys):
+    assert main(["train", "xor", "--device", "cpu", "--activation", "TanH", "--optimizer", "SGD", "--epochs", "1"]) == 0
+    assert "tanh" in capsys.readouterr().out

@@ -253,12 +253,12 @@ def _add_training_options(p, problem):
     p.add_argument("--device", default=None, help="auto (default: $XPMLP_DEVICE or auto), cpu, cuda or cuda:N")
     p.add_argument("--hidden", type=_number(int, 1), nargs="+", default=d["hidden"],
                    help=f"hidden widths (default {d['hidden']})")
-    p.add_argument("--activation", default=d["activation"], choices=sorted(ACTIVATIONS), metavar="NAME",
+    p.add_argument("--activation", default=d["activation"], type=str.lower, choices=sorted(ACTIVATIONS), metavar="NAME",
                    help=f"hidden activation: {', '.join(sorted(ACTIVATIONS))} (default {d['activation']})")
     p.add_argument("--dropout", type=_number(float, 0.0, high=1.0), default=d["dropout"], help="in [0, 1)")
     p.add_argument("--epochs", type=_number(int, 1), default=d["epochs"], help=f"at least 1 (default {d['epochs']})")
     p.add_argument("--batch-size", type=_number(int, 1), default=d["batch_size"], help=f"default {d['batch_size']}")
-    p.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS), metavar="NAME",
+    p.add_argument("--optimizer", default="adam", type=str.lower, choices=sorted(OPTIMIZERS), metavar="NAME",
                    help=f"{', '.join(sorted(OPTIMIZERS))} (default adam)")
     p.add_argument("--lr", type=_number(float, 0.0, low_included=False), default=d["lr"],
                    help=f"learning rate, > 0 (default {d['lr']})")
