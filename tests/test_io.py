@@ -304,3 +304,13 @@ def test_a_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
         model.save(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_a_model_saved_before_its_statistics_were_learned_loads(tmp_path):
+    """Standardize's statistics are in a file only once fit has learned them: both or neither."""
+    model = xpmlp.MLP([5, 4, 3], standardize=True, seed=1, device="cpu", in_features=5)
+    model.save(tmp_path / "m.safetensors")
+    loaded = xpmlp.load(tmp_path / "m.safetensors", device="cpu")
+    assert not loaded.layers[0].adapted
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)

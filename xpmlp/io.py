@@ -691,7 +691,9 @@ def _model_shapes(model, file: _File) -> dict:
 # -- loading -----------------------------------------------------------------------------------
 def _assign_layers(model, arrays: dict) -> None:
     """Copy checked arrays into the model's layers: every copy is made before any layer changes."""
-    to_device = lambda name: model.backend.from_host(arrays[name].astype(model.dtype))  # noqa: E731
+    def to_device(name):
+        return model.backend.from_host(arrays[name].astype(model.dtype))
+
     params = [{key: to_device(f"layers.{i}.{key}") for key in layer.params} for i, layer in enumerate(model.layers)]
     states = [{key: to_device(f"layers.{i}.state.{key}") for key in ("mean", "std")}
               if f"layers.{i}.state.mean" in arrays else {} for i in range(len(model.layers))]
