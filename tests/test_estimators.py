@@ -62,6 +62,14 @@ try:
     clf.set_params(bogus=1)
 except ValueError as e:
     print("Invalid parameter 'bogus'" in str(e))
+try:  # a failed refit leaves it unfitted
+    clf.fit(X, y[:10])
+except ValueError as e:
+    print(hasattr(clf, "model_"), hasattr(clf, "classes_"), hasattr(clf, "n_features_in_"), hasattr(clf, "coefs_"))
+try:
+    clf.predict(X)
+except ValueError as e:
+    print(type(e).__name__)
 """
 
 
@@ -71,7 +79,7 @@ def test_estimators_work_without_sklearn():
     lines = out.stdout.splitlines()
     assert lines[0] == "0.01 MLPClassifier(alpha=0.01, hidden_layer_sizes=(8,), learning_rate_init=0.01, random_state=0)"
     assert lines[1].startswith("True [")
-    assert lines[2:] == ["True", "NotFittedError True", "True"]
+    assert lines[2:] == ["True", "NotFittedError True", "True", "False False False False", "NotFittedError"]
 
 
 def _blobs(n=300, seed=0):
@@ -201,3 +209,121 @@ def test_accuracy_side_by_side_with_sklearn_on_heart(data_dir, capsys):
     ours, theirs = np.mean(results["xpmlp"]), np.mean(results["sklearn"])
     print(f"UCI heart, 5 stratified 75/25 splits: xpmlp {ours:.3f}, scikit-learn {theirs:.3f}")
     assert ours >= theirs - 0.02
+
+
+# -- a failed fit leaves the estimator unfitted ---------------------------------------------------------------
+def _fitted_attributes(est):
+    return sorted(k for k in vars(est) if k.endswith("_") and not k.startswith("__"))
+
+
+def _assert_unfitted(est, X):
+    """Not fitted by every test there is: scikit-learn's check_is_fitted, predict, and the attributes themselves."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    with pytest.raises(NotFittedError):
+        check_is_fitted(est)
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    assert _fitted_attributes(est) == []
+    for name in ("model_", "classes_", "n_features_in_", "coefs_", "intercepts_", "loss_curve_", "_multilabel", "_y_1d"):
+        assert not hasattr(est, name), name
+
+
+def _raise_in_epoch(exc):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise exc
+    return on_epoch_end
+
+
+# Each failure: (estimator, X, y) -> None, after any monkeypatching; the error it raises.
+FIT_FAILURES = {
+    "divergence": (lambda est, X, y: est.fit(X, y * 1e4), xpmlp.DivergenceError),  # too big a step for these targets
+    "bad-y": (lambda est, X, y: est.fit(X, y[:-5]), ValueError),
+    "y-nan": (lambda est, X, y: est.fit(X, np.where(np.arange(len(y)) == 3, np.nan, y)), ValueError),
+    "callback-raises": (lambda est, X, y: est.fit(X, y), RuntimeError),
+    "keyboard-interrupt": (lambda est, X, y: est.fit(X, y), KeyboardInterrupt),
+}
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the diverging run
+@pytest.mark.parametrize("before", ["fresh", "refit", "warm-start-refit"])
+@pytest.mark.parametrize("failure", list(FIT_FAILURES))
+def test_failed_fit_leaves_the_estimator_unfitted(monkeypatch, failure, before):
+    from xpmlp.callbacks import EarlyStopping
+
+    X, y = _blobs(n=80)
+    y = y.astype(float)  # a regressor: every failure applies, divergence included
+    est = MLPRegressor(hidden_layer_sizes=(6,), solver="sgd", learning_rate_init=0.1, momentum=0.0, max_iter=8,
+                       n_iter_no_change=100, random_state=0, warm_start=before == "warm-start-refit")
+    if before != "fresh":
+        est.fit(X, y)
+        assert "model_" in _fitted_attributes(est)
+    call, error = FIT_FAILURES[failure]
+    if failure == "callback-raises":  # the estimators' own EarlyStopping callback raises in epoch 2
+        monkeypatch.setattr(EarlyStopping, "on_epoch_end", _raise_in_epoch(RuntimeError("callback failed")))
+    if failure == "keyboard-interrupt":
+        monkeypatch.setattr(EarlyStopping, "on_epoch_end", _raise_in_epoch(KeyboardInterrupt()))
+    with pytest.raises(error):
+        call(est, X, y)
+    _assert_unfitted(est, X)
+    monkeypatch.undo()
+    assert est.fit(X, y).predict(X).shape == (80,)  # and it can be fitted again
+
+
+@pytest.mark.parametrize("failure", ["bad-labels", "keyboard-interrupt"])
+def test_failed_classifier_fit_forgets_classes(monkeypatch, failure):
+    from xpmlp.callbacks import EarlyStopping
+
+    X, y = _blobs(n=80)
+    clf = MLPClassifier(hidden_layer_sizes=(6,), max_iter=4, random_state=0).fit(X, y)
+    if failure == "bad-labels":
+        with pytest.raises(ValueError):
+            clf.fit(X, np.zeros(80))  # a single class
+    else:
+        monkeypatch.setattr(EarlyStopping, "on_epoch_end", _raise_in_epoch(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            clf.fit(X, np.array(["a", "b", "c", "d"])[y])
+    _assert_unfitted(clf, X)
+
+
+def test_partial_fit_keeps_its_model_when_a_batch_is_refused_before_training():
+    """A batch refused while it is checked changes nothing: the stream goes on with the same model."""
+    X, y = _blobs(n=80)
+    clf = MLPClassifier(hidden_layer_sizes=(6,), random_state=0).partial_fit(X, y, classes=[0, 1, 2])
+    weights, proba = [w.copy() for w in clf.model_.get_weights()], clf.predict_proba(X)
+    attributes = _fitted_attributes(clf)
+    refusals = [
+        ((X, np.where(y == 2, 5, y)), r"y holds labels not in classes_ \[0, 1, 2\]"),
+        ((X[:, :4], y), "X has 4 features"),
+        ((X, np.eye(3)[y]), "y is a multilabel indicator matrix but MLPClassifier was fitted on class labels"),
+    ]
+    for args, pattern in refusals:
+        with pytest.raises(ValueError, match=pattern):
+            clf.partial_fit(*args)
+        assert _fitted_attributes(clf) == attributes and clf.out_activation_ == "softmax"
+        for a, b in zip(clf.model_.get_weights(), weights):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(clf.predict_proba(X), proba)
+    reg = MLPRegressor(hidden_layer_sizes=(6,), random_state=0).partial_fit(X, y.astype(float))
+    with pytest.raises(ValueError, match="y has 2 output"):
+        reg.partial_fit(X, np.column_stack([y, y]).astype(float))
+    assert reg.predict(X).shape == (80,)
+
+
+def test_partial_fit_failing_in_training_or_on_its_first_call_leaves_it_unfitted(monkeypatch):
+    X, y = _blobs(n=80)
+    first = MLPClassifier(hidden_layer_sizes=(6,), random_state=0)
+    with pytest.raises(ValueError, match="labels not in classes_"):
+        first.partial_fit(X, y, classes=[0, 1])
+    _assert_unfitted(first, X)
+    clf = MLPClassifier(hidden_layer_sizes=(6,), random_state=0).partial_fit(X, y, classes=[0, 1, 2])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(clf.model_, "fit", interrupted)  # the model's training is interrupted
+    with pytest.raises(KeyboardInterrupt):
+        clf.partial_fit(X, y)
+    _assert_unfitted(clf, X)

@@ -5,10 +5,19 @@ xpmlp's own options (device, dtype, per-layer activations, dropout, class_weight
 restore_best_weights). scikit-learn is optional: importing xpmlp never imports it. When it is
 installed, input validation is scikit-learn's own (``validate_data``), so errors, feature names
 and pandas handling are exactly what its users know; without it, xpmlp's checks apply.
+
+A ``fit`` that raises - bad input, divergence, a ``KeyboardInterrupt`` - leaves the estimator
+unfitted: every fitted attribute (``model_``, ``classes_``, ``n_features_in_``, ``coefs_``, ...)
+is removed, so ``predict`` and scikit-learn's ``check_is_fitted`` raise ``NotFittedError``.
+That holds for a refit too, ``warm_start`` included: the failed training may have changed the
+previous model in place, and a half-trained model must not pass for the old one. ``partial_fit``
+is the same, except when it refuses a batch while checking it, before training: then nothing
+was changed, and the estimator keeps its model, so one bad batch does not end a stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import numpy as np
@@ -143,6 +152,22 @@ class _BaseMLP(_Base):
     def _check_fitted(self):
         if not hasattr(self, "model_"):
             raise _not_fitted(self)
+
+    def _forget(self):
+        """Remove every fitted attribute: the estimator is as if never fitted."""
+        fitted = [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]
+        for name in fitted + ["_multilabel", "_y_1d"]:
+            self.__dict__.pop(name, None)
+
+    @contextlib.contextmanager
+    def _unfitted_on_error(self, enabled=True):
+        """Whatever raises inside (KeyboardInterrupt included) leaves the estimator unfitted, then propagates."""
+        try:
+            yield
+        except BaseException:
+            if enabled:
+                self._forget()
+            raise
 
     # -- validation ------------------------------------------------------------------------------------
     def __getstate__(self):
@@ -313,7 +338,12 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
 
     def _encode(self, y, classes=None, reset=True):
         y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] > 1:  # multilabel indicator
+        multilabel = y.ndim == 2 and y.shape[1] > 1
+        if not reset and multilabel != self._multilabel:
+            raise ValueError(f"y is {'a multilabel indicator matrix' if multilabel else 'class labels'} but "
+                             f"{type(self).__name__} was fitted on "
+                             f"{'a multilabel indicator matrix' if self._multilabel else 'class labels'}")
+        if multilabel:
             if reset:
                 self.classes_ = np.arange(y.shape[1])
                 self._multilabel = True
@@ -348,23 +378,34 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
         return {position[c]: w for c, w in self.class_weight.items()}
 
     def fit(self, X, y, sample_weight=None):
-        """Train on X (n, d) and labels y (n,) or a 0/1 indicator matrix (n, k); returns self."""
-        X, y = self._validate(X, y, fitting=True)
-        targets, n_out, loss = self._encode(y)
-        self.out_activation_ = "softmax" if loss == "softmax_cross_entropy" else "logistic"
-        return self._fit(X, targets, n_out, loss, incremental=False,
-                         sample_weight=self._sample_weight(sample_weight, X), class_weight=self._class_weight())
+        """Train on X (n, d) and labels y (n,) or a 0/1 indicator matrix (n, k); returns self.
+
+        If it raises, the estimator is left unfitted (see the module's docstring).
+        """
+        with self._unfitted_on_error():
+            X, y = self._validate(X, y, fitting=True)
+            targets, n_out, loss = self._encode(y)
+            self.out_activation_ = "softmax" if loss == "softmax_cross_entropy" else "logistic"
+            return self._fit(X, targets, n_out, loss, incremental=False,
+                             sample_weight=self._sample_weight(sample_weight, X), class_weight=self._class_weight())
 
     def partial_fit(self, X, y, classes=None, sample_weight=None):
-        """One epoch over (X, y); ``classes`` (all labels) is required on the first call."""
+        """One epoch over (X, y); ``classes`` (all labels) is required on the first call.
+
+        A batch refused while it is checked leaves a fitted estimator as it was; a failure
+        during training, or on the first call, leaves it unfitted.
+        """
         first = not hasattr(self, "model_")
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
-        X, y = self._validate(X, y, reset=first, fitting=True)
-        targets, n_out, loss = self._encode(y, classes, reset=first)
-        self.out_activation_ = "softmax" if loss == "softmax_cross_entropy" else "logistic"
-        return self._fit(X, targets, n_out, loss, incremental=True,
-                         sample_weight=self._sample_weight(sample_weight, X), class_weight=self._class_weight())
+        with self._unfitted_on_error(enabled=first):
+            X, y = self._validate(X, y, reset=first, fitting=True)
+            targets, n_out, loss = self._encode(y, classes, reset=first)
+            weights, class_weight = self._sample_weight(sample_weight, X), self._class_weight()
+        with self._unfitted_on_error():
+            self.out_activation_ = "softmax" if loss == "softmax_cross_entropy" else "logistic"
+            return self._fit(X, targets, n_out, loss, incremental=True, sample_weight=weights,
+                             class_weight=class_weight)
 
     def predict_proba(self, X):
         """Class probabilities (n, n_classes); for multilabel, each label's probability."""
@@ -409,26 +450,39 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
     _kind = "regressor"
 
     def fit(self, X, y, sample_weight=None):
-        """Train on X (n, d) and targets y (n,) or (n, k); returns self."""
-        X, y = self._validate(X, y, fitting=True)
-        y = np.asarray(y, dtype=np.float64)
-        self._y_1d = y.ndim == 1
-        targets = y.reshape(-1, 1) if y.ndim == 1 else y
-        self.out_activation_ = "identity"
-        return self._fit(X, targets, targets.shape[1], "mse", incremental=False,
-                         sample_weight=self._sample_weight(sample_weight, X))
+        """Train on X (n, d) and targets y (n,) or (n, k); returns self.
+
+        If it raises, the estimator is left unfitted (see the module's docstring).
+        """
+        with self._unfitted_on_error():
+            X, y = self._validate(X, y, fitting=True)
+            y = np.asarray(y, dtype=np.float64)
+            self._y_1d = y.ndim == 1
+            targets = y.reshape(-1, 1) if y.ndim == 1 else y
+            self.out_activation_ = "identity"
+            return self._fit(X, targets, targets.shape[1], "mse", incremental=False,
+                             sample_weight=self._sample_weight(sample_weight, X))
 
     def partial_fit(self, X, y, sample_weight=None):
-        """One epoch over (X, y)."""
+        """One epoch over (X, y).
+
+        A batch refused while it is checked leaves a fitted estimator as it was; a failure
+        during training, or on the first call, leaves it unfitted.
+        """
         first = not hasattr(self, "model_")
-        X, y = self._validate(X, y, reset=first, fitting=True)
-        y = np.asarray(y, dtype=np.float64)
-        if first:
-            self._y_1d = y.ndim == 1
-        targets = y.reshape(-1, 1) if y.ndim == 1 else y
-        self.out_activation_ = "identity"
-        return self._fit(X, targets, targets.shape[1], "mse", incremental=True,
-                         sample_weight=self._sample_weight(sample_weight, X))
+        with self._unfitted_on_error(enabled=first):
+            X, y = self._validate(X, y, reset=first, fitting=True)
+            y = np.asarray(y, dtype=np.float64)
+            targets = y.reshape(-1, 1) if y.ndim == 1 else y
+            if not first and targets.shape[1] != self.n_outputs_:
+                raise ValueError(f"y has {targets.shape[1]} output(s) but {type(self).__name__} was fitted "
+                                 f"on {self.n_outputs_}")
+            weights = self._sample_weight(sample_weight, X)
+        with self._unfitted_on_error():
+            if first:
+                self._y_1d = y.ndim == 1
+            self.out_activation_ = "identity"
+            return self._fit(X, targets, targets.shape[1], "mse", incremental=True, sample_weight=weights)
 
     def predict(self, X):
         out = self._outputs(X)
