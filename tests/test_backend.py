@@ -127,6 +127,43 @@ def test_arrays_on_another_device_are_refused():
         model.fit(other, np.zeros(3, dtype=int), loss="cross_entropy")
 
 
+class _GpuData:
+    """Stands for cuDF or Numba device data: exports __cuda_array_interface__, refuses implicit host copies."""
+
+    __cuda_array_interface__ = {"shape": (3, 2), "typestr": "<f8", "data": (0, False), "version": 3}
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("Implicit conversion to a host NumPy array via __array__ is not allowed")
+
+
+class _HostArrayLike:
+    """A host container known only by ``__array__`` (as polars and xarray objects are)."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.values, dtype=dtype)
+
+
+def test_gpu_data_of_other_libraries_is_refused_by_name():
+    model = xpmlp.MLP([2, 2], device="cpu", seed=0)
+    with pytest.raises(DeviceMismatchError, match=r"X is GPU data of type .*\._GpuData, which xpmlp does not copy "
+                                                  r"implicitly; the model runs on numpy on cpu"):
+        model.fit(_GpuData(), np.zeros(3, dtype=int), loss="cross_entropy")
+    with pytest.raises(DeviceMismatchError, match="y is GPU data"):
+        model.fit(np.zeros((3, 2)), _GpuData(), loss="cross_entropy")
+
+
+def test_host_array_likes_are_taken_by_their_array_protocol():
+    X, y = np.arange(12.0).reshape(6, 2), np.array([0, 1, 0, 1, 1, 0])
+    model = xpmlp.MLP([2, 2], device="cpu", seed=0)
+    model.fit(_HostArrayLike(X), _HostArrayLike(y), loss="cross_entropy", epochs=2)
+    np.testing.assert_array_equal(to_numpy(model.predict(_HostArrayLike(X))), to_numpy(model.predict(X)))
+    with pytest.raises(TypeError, match="X of type dict is not an array"):
+        model.predict({"a": 1})
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(GPU_REASON is not None, reason=f"needs CuPy and a GPU: {GPU_REASON}")
 def test_cuda_resolves_to_cupy():

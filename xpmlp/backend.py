@@ -19,7 +19,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-__all__ = ["Backend", "DeviceMismatchError", "resolve", "to_numpy", "namespace_of", "device_of",
+__all__ = ["Backend", "DeviceMismatchError", "resolve", "to_numpy", "host_array", "namespace_of", "device_of",
            "available_backends"]
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -85,14 +85,18 @@ class Backend:
 
     def from_host(self, a: np.ndarray):
         """Copy a NumPy array to this backend's device, keeping its dtype."""
+        if self.name == "torch" and not a.flags.writeable:
+            # torch on the CPU would share the memory of a read-only array (a pandas 3 column, a
+            # frombuffer array), which it cannot honour, and warn: copy it instead
+            a = a.copy()
         return self.xp.asarray(a, device=self.device)
 
     def asarray(self, a, *, dtype: str | None = None, what: str = "array"):
         """Bring user data onto this backend.
 
-        Host data (NumPy arrays, lists, pandas objects) is copied to the device. An array of
-        another library, or of this library on another device, is refused: silently moving
-        it would hide a costly transfer or a mistake.
+        Host data (NumPy arrays, lists, pandas objects: see :func:`host_array`) is copied to the
+        device. An array of another library, or of this library on another device, is refused:
+        silently moving it would hide a costly transfer or a mistake.
 
         Parameters
         ----------
@@ -101,9 +105,13 @@ class Backend:
         what : name used in error messages ("X", "y", ...).
         """
         if _is_host(a):
-            host = np.asarray(a)
+            host = host_array(a, what)
             if host.dtype.kind not in "biuf":
-                raise ValueError(f"{what} must hold real numbers, got dtype {host.dtype}")
+                hint = ""
+                if what.startswith("y") and host.dtype.kind in "OSU":
+                    hint = ("; class labels must be integers 0..k-1 (xpmlp.MLPClassifier takes labels "
+                            "of any type)")
+                raise ValueError(f"{what} must hold real numbers, got {_dtype_description(a, host)}{hint}")
             if dtype is not None and host.dtype != np.dtype(dtype):
                 host = host.astype(dtype)
             return self.from_host(host)
@@ -117,6 +125,11 @@ class Backend:
         try:
             ns = array_api_compat.array_namespace(a)
         except TypeError as e:
+            if hasattr(a, "__cuda_array_interface__"):  # cuDF, Numba, ...: GPU data of a library xpmlp does not run on
+                raise DeviceMismatchError(
+                    f"{what} is GPU data of type {type(a).__module__}.{type(a).__name__}, which xpmlp does not "
+                    f"copy implicitly; the model runs on {self}: pass NumPy data or an array of the model's library"
+                ) from None
             raise TypeError(f"{what} of type {type(a).__name__} is not an array: {e}") from None
         if ns is not self.xp:
             raise DeviceMismatchError(
@@ -141,11 +154,101 @@ class Backend:
 
 
 def _is_host(a) -> bool:
-    """True for data that lives in host memory and carries no device: NumPy, lists, pandas."""
-    if isinstance(a, (np.ndarray, np.generic, list, tuple, int, float)):
+    """True for data that lives in host memory and carries no device.
+
+    NumPy arrays, Python numbers and sequences, pandas objects, and other array-likes that
+    convert to NumPy (``__array__``), but not the arrays of a library with devices (torch,
+    CuPy, JAX, array-api-strict: whatever array-api-compat takes for an array) nor GPU data
+    that exports ``__cuda_array_interface__`` (cuDF, Numba): :meth:`Backend.check_array`
+    refuses those unless they are the model's own library and device.
+    """
+    if isinstance(a, (np.ndarray, np.generic, list, tuple, int, float)) or is_pandas(a):
         return True
-    module = type(a).__module__
-    return module.startswith("pandas.")
+    if array_api_compat.is_array_api_obj(a) or hasattr(a, "__cuda_array_interface__"):
+        return False
+    return hasattr(a, "__array__")
+
+
+def is_pandas(a) -> bool:
+    """True for a pandas DataFrame, Series, Index or extension array (pandas 2 and 3).
+
+    By type, not by module name (pandas 3 says ``pandas``, pandas 2 ``pandas.core.frame``); a
+    pandas object cannot exist unless pandas is imported, so pandas is never imported here.
+    """
+    pd = sys.modules.get("pandas")
+    if pd is None or not hasattr(pd, "DataFrame"):
+        return False
+    return isinstance(a, (pd.DataFrame, pd.Series, pd.Index, pd.api.extensions.ExtensionArray))
+
+
+def host_array(a, what: str = "array") -> np.ndarray:
+    """Host data (NumPy, Python sequences, pandas) as a NumPy array; never modifies ``a``.
+
+    pandas objects are read by position: the index is ignored, rows are never aligned or
+    reordered. Nullable columns (``Int64``, ``Float64``, ``boolean``) and numeric categoricals
+    give their NumPy dtype, a DataFrame's columns one common dtype (as NumPy promotes), and a
+    missing value (``pd.NA``, ``None``, ``NaN``) is refused with a ``ValueError`` naming its
+    column and row. Columns of strings or objects give an object array (labels, which the
+    estimators take; :meth:`Backend.asarray` refuses them).
+
+    Parameters
+    ----------
+    a : array-like
+    what : name used in error messages ("X", "y", ...).
+    """
+    if not is_pandas(a):
+        return np.asarray(a)
+    check_missing(a, what)
+    dtypes = [_numpy_dtype(d) for d in (a.dtypes if a.ndim == 2 else [a.dtype])]
+    if dtypes and all(d is not None for d in dtypes):
+        return a.to_numpy(dtype=np.result_type(*dtypes))
+    return a.to_numpy()
+
+
+def check_missing(a, what: str = "array") -> None:
+    """Refuse a pandas object that holds a missing value, naming the column and the row.
+
+    pandas marks missing values with ``pd.NA``, ``None`` or ``NaN``; converted to NumPy they
+    become NaN or an object array, and the error would come later, not naming the column.
+    Anything else than a pandas object passes unchecked.
+    """
+    if not is_pandas(a):
+        return
+    missing = np.asarray(a.isna())
+    if not missing.any():
+        return
+    pd = sys.modules["pandas"]
+    place = np.argwhere(missing)[0]
+    row = int(place[0])
+    where = f"row {row}"  # the position: rows are read by position
+    if isinstance(a, (pd.Series, pd.DataFrame)):
+        label = a.index[row]
+        where += f" (index label {label.item() if isinstance(label, np.generic) else label!r})"
+    if a.ndim == 2:
+        where = f"column {a.columns[int(place[1])]!r}, {where}"
+    elif isinstance(a, pd.Series) and a.name is not None:
+        where += f" of Series {a.name!r}"
+    raise ValueError(f"{what} has a missing value (pd.NA, None or NaN) in {where}; "
+                     "fill or drop missing values first")
+
+
+def _numpy_dtype(dtype):
+    """The NumPy dtype of a pandas column's values when they are real numbers or booleans, else None."""
+    categories = getattr(dtype, "categories", None)
+    if categories is not None:  # a categorical: its values are its categories'
+        dtype = categories.dtype
+    dtype = getattr(dtype, "numpy_dtype", dtype)  # Int64 -> int64, Float64 -> float64, boolean -> bool
+    return dtype if isinstance(dtype, np.dtype) and dtype.kind in "biuf" else None
+
+
+def _dtype_description(a, host: np.ndarray) -> str:
+    """The offending dtype for an error message: a DataFrame's non-numeric columns by name."""
+    if is_pandas(a) and a.ndim == 2:
+        bad = [f"{name!r} ({dtype})" for name, dtype in a.dtypes.items() if _numpy_dtype(dtype) is None]
+        return f"non-numeric column(s) {', '.join(bad)}"
+    if is_pandas(a):
+        return f"pandas dtype {a.dtype}"
+    return f"dtype {host.dtype}"
 
 
 def is_device_library_array(a) -> bool:

@@ -23,7 +23,7 @@ import inspect
 import numpy as np
 
 from . import io as _io
-from .backend import is_device_library_array, resolve, to_numpy
+from .backend import check_missing, host_array, is_device_library_array, resolve, to_numpy
 from .callbacks import EarlyStopping, LearningRateScheduler, ReduceLROnPlateau
 from .metrics import r2_from_sums
 from .model import MLP
@@ -85,7 +85,7 @@ class _ParamsFallback:
 class _ClassifierFallback:
     def score(self, X, y, sample_weight=None):
         """Mean accuracy (exact match of all labels for multilabel), as scikit-learn's accuracy_score."""
-        pred, y = self.predict(X), np.asarray(y)
+        pred, y = self.predict(X), host_array(y, "y")
         hits = np.all(pred == y, axis=1) if pred.ndim == 2 else pred == y
         return float(np.average(hits, weights=sample_weight))
 
@@ -93,7 +93,7 @@ class _ClassifierFallback:
 class _RegressorFallback:
     def score(self, X, y, sample_weight=None):
         """Coefficient of determination R^2 averaged over outputs, as scikit-learn's r2_score."""
-        y = np.asarray(y, dtype=np.float64)
+        y = host_array(y, "y").astype(np.float64)
         pred = self.predict(X)
         y2, p2 = y.reshape(len(y), -1), pred.reshape(len(pred), -1)
         w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
@@ -201,6 +201,11 @@ class _BaseMLP(_Base):
             X = to_numpy(X)  # CuPy/torch input: scikit-learn's checks run on the host
         if is_device_library_array(y):
             y = to_numpy(y)
+        # pandas: a missing value is named by column and row; y is read by position as NumPy
+        # (nullable Int64 labels stay integers, string and categorical labels become labels)
+        check_missing(X, "X")
+        if y is not None:
+            y = host_array(y, "y")
         if _sklearn():
             from sklearn.utils.validation import validate_data
 
@@ -209,7 +214,7 @@ class _BaseMLP(_Base):
                 return validate_data(self, X, **kwargs), None
             return validate_data(self, X, y, multi_output=True, y_numeric=self._kind == "regressor",
                                  **kwargs)
-        X = np.asarray(X)
+        X = host_array(X, "X")
         if X.dtype.kind not in "biuf" or X.ndim != 2:
             raise ValueError(f"X must be a 2-D array of real numbers, got shape {X.shape} and dtype {X.dtype}")
         if reset:
@@ -217,7 +222,7 @@ class _BaseMLP(_Base):
         elif X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input.")
-        return X, (None if y is None else np.asarray(y))
+        return X, y
 
     def _validate_params(self):
         if self.solver not in _SOLVERS:
