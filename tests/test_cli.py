@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -189,3 +190,18 @@ def test_exit_statuses_through_a_real_process(tmp_path):
 def test_names_are_case_insensitive(capsys):
     assert main(["train", "xor", "--device", "cpu", "--activation", "TanH", "--optimizer", "SGD", "--epochs", "1"]) == 0
     assert "tanh" in capsys.readouterr().out
+
+
+def test_ctrl_c_in_a_real_process_is_a_short_message():
+    import signal
+
+    if sys.platform == "win32":
+        pytest.skip("SIGINT to a child process is POSIX-only")
+    child = subprocess.Popen([sys.executable, "-m", "xpmlp", "train", "sine", "--epochs", "100000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "XPMLP_DEVICE": "cpu", "PYTHONUNBUFFERED": "1"})
+    assert child.stdout.readline().startswith("xpmlp: MLP")  # main is running: training starts now
+    time.sleep(0.3)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 130 and err.strip().endswith("xpmlp: interrupted") and "Traceback" not in err, err
