@@ -57,7 +57,7 @@ def test_gradcheck_refuses_float32():
 def test_dense_params_and_grads_match(case):
     layer = _built(Dense(3), case, 4)
     x = _inputs(case)
-    y = layer.forward(x)
+    y = layer.forward(x, training=True)
     assert tuple(y.shape) == (5, 3)
     dx = layer.backward(y)
     assert tuple(dx.shape) == (5, 4) and dx.dtype == x.dtype
@@ -74,7 +74,7 @@ def test_activation_keeps_dtype(case, name):
     act = get_activation(name)
     act.build(4, case.backend, case.dtype, None)
     x = _inputs(case)
-    y = act.forward(x)
+    y = act.forward(x, training=True)
     assert y.dtype == x.dtype and act.backward(y).dtype == x.dtype
 
 
@@ -84,7 +84,7 @@ def test_activation_never_overflows(case, name):
     act.build(3, case.backend, case.dtype, None)
     x = case.asarray([[-1e4, 0.0, 1e4], [-800.0, 5.0, 800.0], [-90.0, -88.5, 89.0]])
     with np.errstate(over="raise", invalid="raise"):
-        y = to_numpy(act.forward(x))
+        y = to_numpy(act.forward(x, training=True))
         g = to_numpy(act.backward(case.asarray(np.ones((3, 3)))))
     assert np.all(np.isfinite(y)) and np.all(np.isfinite(g))
     if name == "sigmoid":

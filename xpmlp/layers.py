@@ -4,10 +4,13 @@ Every layer follows one protocol:
 
 - ``build(in_features, backend, dtype, rng) -> out_features`` allocates parameters (drawn on
   the host from ``rng``, then copied to the device) and remembers the namespace;
-- ``forward(x, training=False)`` maps a (batch, in_features) array to (batch, out_features)
-  and keeps what ``backward`` needs;
+- ``forward(x, training=False)`` maps a (batch, in_features) array to (batch, out_features);
+  a training pass (``training=True``) keeps what ``backward`` needs, an inference pass keeps
+  nothing (and drops what an earlier pass kept), so predicting a large array never holds its
+  activations beyond the layer that is computing them;
 - ``backward(grad_out) -> grad_in`` fills ``grads`` (same keys, shapes and dtypes as
-  ``params``) and returns the gradient with respect to the layer's input.
+  ``params``) and returns the gradient with respect to the layer's input, from the last
+  forward pass, which must have been a training pass (a clear error otherwise).
 
 Layers never touch optimiser state, and never import an array library.
 """
@@ -51,6 +54,14 @@ class Layer:
     def backward_params(self, grad_out) -> None:
         """Fill ``grads`` only: for the first trainable layer, whose input gradient nobody uses."""
         self.backward(grad_out)
+
+    def _kept(self, value):
+        """What the last forward kept for backward, or a clear error if it was an inference pass."""
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward pass with training=True "
+                               "first: an inference pass (training=False, as in predict) keeps nothing "
+                               "for backward")
+        return value
 
     def get_config(self) -> dict:
         """Constructor arguments that rebuild this layer (used for saving and repr)."""
@@ -100,7 +111,7 @@ class Dense(Layer):
         return self.units
 
     def forward(self, x, training=False):
-        self._x = x
+        self._x = x if training else None
         y = self.xp.matmul(x, self.params["W"])
         if self.bias:
             y += self.params["b"]  # y is a fresh array of ours: add in place, no temporary
@@ -112,7 +123,7 @@ class Dense(Layer):
 
     def backward_params(self, grad_out):
         xp = self.xp
-        self.grads["W"] = xp.matmul(self._x.T, grad_out)
+        self.grads["W"] = xp.matmul(self._kept(self._x).T, grad_out)
         if self.bias:
             self.grads["b"] = xp.sum(grad_out, axis=0)
 
@@ -218,14 +229,15 @@ class Activation(Layer):
     """An elementwise activation: subclasses give ``fn`` and ``derivative`` (from x and y)."""
 
     name = ""
+    _x = _y = None
 
     def forward(self, x, training=False):
-        self._x = x
-        self._y = self.fn(self.xp, x)
-        return self._y
+        y = self.fn(self.xp, x)
+        self._x, self._y = (x, y) if training else (None, None)
+        return y
 
     def backward(self, grad_out):
-        return grad_out * self.derivative(self.xp, self._x, self._y)
+        return grad_out * self.derivative(self.xp, self._kept(self._x), self._y)
 
     def fn(self, xp, x):
         raise NotImplementedError
@@ -253,7 +265,7 @@ class ReLU(Activation):
     def backward(self, grad_out):
         # Multiplying by the 0/1 mask is ~10x faster than where(x > 0, g, 0) in NumPy (bench/NOTES.md)
         xp = self.xp
-        return grad_out * xp.astype(self._x > 0, grad_out.dtype)
+        return grad_out * xp.astype(self._kept(self._x) > 0, grad_out.dtype)
 
 
 class LeakyReLU(Activation):
@@ -269,7 +281,7 @@ class LeakyReLU(Activation):
         return xp.where(x > 0, x, self.negative_slope * x)
 
     def backward(self, grad_out):
-        return self.xp.where(self._x > 0, grad_out, self.negative_slope * grad_out)
+        return self.xp.where(self._kept(self._x) > 0, grad_out, self.negative_slope * grad_out)
 
     def get_config(self):
         return {"negative_slope": self.negative_slope}
@@ -357,7 +369,7 @@ class Softmax(Activation):
         return softmax_rows(xp, x)
 
     def backward(self, grad_out):
-        y = self._y
+        y = self._kept(self._y)
         return y * (grad_out - self.xp.sum(grad_out * y, axis=1, keepdims=True))
 
 

@@ -46,7 +46,7 @@ def _numeric_gradient(f, a, eps):
 
 
 def gradcheck(target, x, y=None, *, loss=None, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-8,
-              training: bool = False, seed: int = 0) -> dict[str, float]:
+              training: bool = True, seed: int = 0) -> dict[str, float]:
     """Compare a target's backward pass with central differences.
 
     Parameters
@@ -59,7 +59,11 @@ def gradcheck(target, x, y=None, *, loss=None, eps: float = 1e-6, rtol: float = 
     y : targets, for a Loss or a model with ``loss``.
     loss : str or Loss, optional, for a model.
     eps, rtol, atol : step and tolerances (|analytic - numeric| <= atol + rtol * |numeric|).
-    training : forward mode; layers with randomness (Dropout) must be checked with training=False.
+    training : forward mode, True by default: only a training pass keeps what backward needs.
+        Every evaluation draws the same Dropout masks (each layer's ``counter`` is put back before
+        each pass, and restored at the end), so Dropout is checked in training mode too.
+        ``training=False`` checks an inference pass, which works only for layers that keep
+        nothing for backward (Dropout: the identity, Standardize).
 
     Returns
     -------
@@ -81,8 +85,15 @@ def _gradcheck(backend, target, x, y, loss, eps, rtol, atol, training, seed):
         raise ValueError(f"gradcheck needs float64 inputs for accurate differences, got {x.dtype}")
     if isinstance(target, Layer) and target.xp is None:
         target.build(x.shape[1], backend, "float64", np.random.default_rng(seed))
-    scalar, backward, params = _wire(target, x, y, loss, training, seed)
+    scalar, backward, params, counters = _wire(target, x, y, loss, training, seed)
+    try:
+        return _check(scalar, backward, params, x, eps, rtol, atol)
+    finally:
+        for layer, counter in counters:  # gradcheck leaves no trace in the layers' mask streams
+            layer.counter = counter
 
+
+def _check(scalar, backward, params, x, eps, rtol, atol):
     scalar(x)
     analytic = {"input": to_numpy(backward())}
     analytic.update({name: to_numpy(grads[key]) for name, (pd, grads, key) in params.items()})
@@ -103,9 +114,9 @@ def _gradcheck(backend, target, x, y, loss, eps, rtol, atol, training, seed):
 
 
 def _wire(target, x, y, loss, training, seed):
-    """(scalar(x) -> 0-d array, backward() -> d scalar/dx, {name: (params, grads, key)})."""
+    """(scalar(x) -> 0-d array, backward() -> d scalar/dx, {name: (params, grads, key)}, Dropout counters)."""
     if isinstance(target, Loss):
-        return (lambda a: target.forward(a, y)), target.backward, {}
+        return (lambda a: target.forward(a, y)), target.backward, {}, []
     if isinstance(target, Layer):
         layers, prefix = [target], False
     elif hasattr(target, "layers"):
@@ -113,7 +124,12 @@ def _wire(target, x, y, loss, training, seed):
     else:
         raise TypeError(f"gradcheck takes a Layer, a Loss or a Sequential model, got {type(target).__name__}")
 
+    # Dropout's mask is a function of its counter: the same counter at every pass, the same mask.
+    counters = [(layer, layer.counter) for layer in layers if isinstance(getattr(layer, "counter", None), int)]
+
     def forward(a):
+        for layer, counter in counters:
+            layer.counter = counter
         for layer in layers:
             a = layer.forward(a, training)
         return a
@@ -127,11 +143,11 @@ def _wire(target, x, y, loss, training, seed):
               for i, layer in enumerate(layers) for k in layer.params}
     if loss is not None:
         fn = get_loss(loss)
-        return (lambda a: fn.forward(forward(a), y)), (lambda: backward_from(fn.backward())), params
+        return (lambda a: fn.forward(forward(a), y)), (lambda: backward_from(fn.backward())), params, counters
     xp = namespace_of(x)
     out = forward(x)
     weights = xp.asarray(np.random.default_rng(seed).normal(size=tuple(out.shape)), device=device_of(x))
-    return (lambda a: xp.sum(forward(a) * weights)), (lambda: backward_from(weights)), params
+    return (lambda a: xp.sum(forward(a) * weights)), (lambda: backward_from(weights)), params, counters
 
 
 def _compare(name, analytic, numeric, rtol, atol) -> float:
