@@ -4,6 +4,11 @@ Subclass :class:`Callback` and override what you need. ``logs`` is the epoch's r
 ``val_loss`` (with validation data), each metric (``accuracy``, ``val_accuracy``, ...), ``lr``,
 ``epoch_time`` and ``samples_per_s``, all Python floats. Set ``self.model.stop_training = True``
 to end training after the current epoch.
+
+``fit`` calls ``on_train_end`` of every callback whose ``on_train_begin`` ran, however training
+ends (divergence, ``KeyboardInterrupt``, an exception in another callback). A callback with
+state (best value, patience counter, saved weights) resets it in ``on_train_begin``, so one
+object can serve several fits, or several models, each starting fresh.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+
+from .schedules import scaled
 
 __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "ReduceLROnPlateau",
            "TerminateOnNaN", "CSVLogger"]
@@ -45,7 +52,10 @@ class _Monitor(Callback):
         if mode == "auto":
             mode = "max" if any(w in monitor for w in ("accuracy", "acc", "r2")) else "min"
         self.mode = mode
-        self.best = math.inf if mode == "min" else -math.inf
+        self.on_train_begin()  # the state a fresh fit starts from
+
+    def on_train_begin(self, logs=None):
+        self.best = math.inf if self.mode == "min" else -math.inf
 
     def check(self, log_keys):
         if self.monitor not in log_keys:
@@ -72,6 +82,9 @@ class EarlyStopping(_Monitor):
                  restore_best_weights: bool = False):
         super().__init__(monitor, mode, min_delta)
         self.patience, self.restore_best_weights = int(patience), bool(restore_best_weights)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
         self.wait, self.best_epoch, self.best_weights, self.stopped_epoch = 0, None, None, None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -117,7 +130,11 @@ class ModelCheckpoint(_Monitor):
 
 
 class LearningRateScheduler(Callback):
-    """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)``."""
+    """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)``.
+
+    ``epoch`` counts from 0; a value that is negative or not finite raises a ValueError naming
+    the epoch and the value, before any update uses it.
+    """
 
     def __init__(self, schedule):
         if not callable(schedule):
@@ -126,11 +143,23 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         opt = self.model.optimizer
-        opt.lr = float(self.schedule(epoch, opt.current_lr()))
+        lr = opt.current_lr()
+        value = float(self.schedule(epoch, lr))
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"LearningRateScheduler: schedule(epoch={epoch}, lr={lr:g}) returned {value!r}; "
+                             "a learning rate must be finite and non-negative")
+        opt.lr = value
 
 
 class ReduceLROnPlateau(_Monitor):
-    """Multiply the learning rate by ``factor`` when ``monitor`` stalls for ``patience`` epochs."""
+    """Multiply the learning rate by ``factor`` when ``monitor`` stalls for ``patience`` epochs.
+
+    With a schedule (or any callable) as the optimiser's ``lr``, the schedule is scaled: ``lr``
+    becomes :class:`xpmlp.schedules.Scaled` (schedule, factor), so the rate applied at every
+    later step is ``factor`` times the schedule's, and it is saved with the model. ``min_lr``
+    bounds the reduction: the rate applied at the step of the reduction does not go below it
+    (a schedule may still decay lower on its own afterwards).
+    """
 
     def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, mode: str = "auto",
                  min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0):
@@ -138,6 +167,9 @@ class ReduceLROnPlateau(_Monitor):
         if not 0.0 < factor < 1.0:
             raise ValueError(f"factor must be in (0, 1), got {factor!r}")
         self.factor, self.patience, self.cooldown, self.min_lr = float(factor), int(patience), int(cooldown), float(min_lr)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
         self.wait, self.cooling = 0, 0
 
     def on_epoch_end(self, epoch, logs=None):
@@ -149,8 +181,10 @@ class ReduceLROnPlateau(_Monitor):
             return
         self.wait += 1
         opt = self.model.optimizer
-        if self.wait > self.patience and not self.cooling and not callable(opt.lr):
-            opt.lr = max(opt.lr * self.factor, self.min_lr)
+        if self.wait > self.patience and not self.cooling:
+            now = opt.current_lr()
+            if now > self.min_lr:
+                opt.lr = scaled(opt.lr, max(self.factor, self.min_lr / now))
             self.wait, self.cooling = 0, self.cooldown
 
 
@@ -170,6 +204,7 @@ class CSVLogger(Callback):
         self._file = self._writer = None
 
     def on_train_begin(self, logs=None):
+        self._writer = None
         exists = self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0
         self._file = open(self.path, "a" if self.append else "w", newline="")
         self._header = not exists

@@ -28,6 +28,11 @@ def clip_by_global_norm(xp, grads: list, max_norm: float) -> list:
     return [g * scale for g in grads]
 
 
+def _check_lr(value, name: str) -> None:
+    if not (math.isfinite(float(value)) and float(value) >= 0):
+        raise ValueError(f"{name} (the learning rate) must be finite and non-negative, got {value!r}")
+
+
 class Optimizer:
     """Base class.
 
@@ -46,8 +51,8 @@ class Optimizer:
     decoupled_weight_decay = False
 
     def __init__(self, lr, weight_decay: float = 0.0, clipnorm: float | None = None):
-        if not callable(lr) and float(lr) < 0:
-            raise ValueError(f"learning rate must be non-negative, got {lr!r}")
+        if not callable(lr):
+            _check_lr(lr, "lr")
         if clipnorm is not None and float(clipnorm) <= 0:
             raise ValueError(f"clipnorm must be positive, got {clipnorm!r}")
         self.lr = lr if callable(lr) else float(lr)
@@ -59,6 +64,15 @@ class Optimizer:
     def current_lr(self) -> float:
         """The learning rate the next update uses (a schedule is evaluated at the step count)."""
         return float(self.lr(self.t)) if callable(self.lr) else self.lr
+
+    def _applied_lr(self) -> float:
+        """current_lr, refused if negative or not finite (a schedule's value, or ``opt.lr = ...``)."""
+        lr = self.current_lr()
+        if not (math.isfinite(lr) and lr >= 0):
+            source = f"the schedule {self.lr!r} returned" if callable(self.lr) else "it is"
+            raise ValueError(f"{type(self).__name__}: the learning rate for step {self.t + 1} is not usable: "
+                             f"{source} {lr!r}; a learning rate must be finite and non-negative")
+        return lr
 
     def init_state(self, xp, p) -> dict:
         """Per-parameter state (moment buffers) for parameter p."""
@@ -94,7 +108,7 @@ class Optimizer:
                              f"given {len(params)}; use a new optimizer for a different model")
         if self.clipnorm is not None:
             grads = clip_by_global_norm(xp, grads, self.clipnorm)
-        lr, wd = self.current_lr(), self.weight_decay
+        lr, wd = self._applied_lr(), self.weight_decay
         self.t += 1
         kernels = fast_kernels(xp)
         for (pd, _, k), p, g, state in zip(slots, params, grads, self.state):
@@ -245,6 +259,10 @@ class Adagrad(Optimizer):
                  initial_accumulator_value: float = 0.0, weight_decay: float = 0.0,
                  clipnorm: float | None = None):
         super().__init__(lr, weight_decay, clipnorm)
+        # With lr_decay >= 0 the rate lr / (1 + (t - 1) * lr_decay) stays finite and non-negative;
+        # a negative one would pass through zero (an infinite rate) to negative rates.
+        if not (math.isfinite(float(lr_decay)) and float(lr_decay) >= 0):
+            raise ValueError(f"lr_decay must be finite and non-negative, got {lr_decay!r}")
         self.lr_decay, self.eps = float(lr_decay), float(eps)
         self.initial_accumulator_value = float(initial_accumulator_value)
 

@@ -7,9 +7,10 @@ touches the device.
 
 from __future__ import annotations
 
+import json
 import math
 
-__all__ = ["Schedule", "StepDecay", "ExponentialDecay", "CosineDecay", "OneCycle", "SCHEDULES"]
+__all__ = ["Schedule", "StepDecay", "ExponentialDecay", "CosineDecay", "OneCycle", "Scaled", "scaled", "SCHEDULES"]
 
 
 class Schedule:
@@ -91,4 +92,85 @@ class OneCycle(Schedule):
         return anneal(self.max_lr, final, (step - up) / (down - up))
 
 
-SCHEDULES = {cls.__name__: cls for cls in (StepDecay, ExponentialDecay, CosineDecay, OneCycle)}
+class Scaled(Schedule):
+    """``factor * schedule(step)``: a schedule scaled down, as ReduceLROnPlateau does to one.
+
+    Parameters
+    ----------
+    schedule : Schedule of :data:`SCHEDULES`, or its class name with ``config``
+    factor : float >= 0
+    config : str, optional
+        With a class name: the schedule's ``get_config()`` as a JSON string. ``get_config``
+        gives this form (scalars only), so a model file saves and loads a Scaled schedule like
+        any other.
+
+    Scaling a Scaled multiplies the factors instead of nesting.
+    """
+
+    def __init__(self, schedule: Schedule | str, factor: float, config: str | None = None):
+        if isinstance(schedule, str):
+            schedule = _schedule_from(schedule, config)
+        elif config is not None:
+            raise ValueError("Scaled takes config only with a schedule's class name")
+        if not isinstance(schedule, Schedule) or type(schedule).__name__ not in SCHEDULES:
+            raise TypeError(f"Scaled takes a schedule of xpmlp.schedules, got {schedule!r} "
+                            "(xpmlp.schedules.scaled wraps any callable)")
+        factor = float(factor)
+        if not (math.isfinite(factor) and factor >= 0):
+            raise ValueError(f"Scaled factor must be finite and non-negative, got {factor!r}")
+        if isinstance(schedule, Scaled):
+            schedule, factor = schedule.schedule, schedule.factor * factor
+        self.schedule, self.factor = schedule, factor
+
+    def __call__(self, step):
+        return self.factor * self.schedule(step)
+
+    def get_config(self):
+        return {"schedule": type(self.schedule).__name__, "factor": self.factor,
+                "config": json.dumps(self.schedule.get_config())}
+
+
+def _schedule_from(name: str, config: str | None) -> Schedule:
+    """A schedule from its class name and JSON config (as Scaled saves it); ValueError if malformed."""
+    if name not in SCHEDULES or name == "Scaled":
+        raise ValueError(f"Scaled: unknown schedule {name!r}; valid: {sorted(set(SCHEDULES) - {'Scaled'})}")
+    try:
+        kwargs = json.loads(config) if isinstance(config, str) else None
+    except ValueError:
+        kwargs = None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"Scaled: the config of {name} must be a JSON object string, got {config!r}")
+    try:
+        return SCHEDULES[name](**kwargs)
+    except TypeError as e:  # unknown or missing keys, values of the wrong kind
+        raise ValueError(f"Scaled: bad config for {name}: {e}") from None
+
+
+class _ScaledFunction:
+    """``factor * fn(step)`` for a callable that is not a saveable schedule.
+
+    Not a Schedule: a model file stores its current value, as for the function itself.
+    """
+
+    def __init__(self, fn, factor: float):
+        if isinstance(fn, _ScaledFunction):
+            fn, factor = fn.fn, fn.factor * factor
+        self.fn, self.factor = fn, float(factor)
+
+    def __call__(self, step):
+        return self.factor * self.fn(step)
+
+    def __repr__(self):
+        return f"{self.factor!r} * {self.fn!r}"
+
+
+def scaled(lr, factor: float):
+    """A learning rate ``factor`` times ``lr``: a float, a :class:`Scaled` schedule, or a scaled function."""
+    if not callable(lr):
+        return float(lr) * float(factor)
+    if isinstance(lr, Schedule) and type(lr).__name__ in SCHEDULES:
+        return Scaled(lr, factor)
+    return _ScaledFunction(lr, factor)
+
+
+SCHEDULES = {cls.__name__: cls for cls in (StepDecay, ExponentialDecay, CosineDecay, OneCycle, Scaled)}
