@@ -57,9 +57,12 @@ class Loss:
         """Predictions from outputs z (n, k): identity unless the loss fuses an activation."""
         return z
 
-    def prepare_targets(self, y, backend, dtype: str, n_outputs: int):
-        """Validate targets and bring them to the device in the shape ``forward`` expects."""
-        return _regression_targets(y, backend, dtype, n_outputs)
+    def prepare_targets(self, y, backend, dtype: str, n_outputs: int, what: str = "y"):
+        """Validate targets and bring them to the device in the shape ``forward`` expects.
+
+        ``what`` names the targets in error messages ("y", "y_val").
+        """
+        return _regression_targets(y, backend, dtype, n_outputs, what)
 
     def get_config(self) -> dict:
         return {}
@@ -93,6 +96,7 @@ class SoftmaxCrossEntropy(Loss):
         return y
 
     def per_sample(self, xp, z, y):
+        _check_softmax_outputs(z.shape[1])
         t = self._targets(xp, z, y)
         logp = z - logsumexp_rows(xp, z)
         self._p, self._t = xp.exp(logp), t
@@ -104,8 +108,9 @@ class SoftmaxCrossEntropy(Loss):
     def link(self, xp, z):
         return softmax_rows(xp, z)
 
-    def prepare_targets(self, y, backend, dtype, n_outputs):
-        return _class_targets(y, backend, dtype, n_outputs)
+    def prepare_targets(self, y, backend, dtype, n_outputs, what="y"):
+        _check_softmax_outputs(n_outputs)
+        return _class_targets(y, backend, dtype, n_outputs, what)
 
     def get_config(self):
         return {"label_smoothing": self.label_smoothing}
@@ -132,11 +137,12 @@ class SigmoidBinaryCrossEntropy(Loss):
     def link(self, xp, z):
         return sigmoid(xp, z)
 
-    def prepare_targets(self, y, backend, dtype, n_outputs):
-        t = _regression_targets(y, backend, dtype, n_outputs)
+    def prepare_targets(self, y, backend, dtype, n_outputs, what="y"):
+        t = _regression_targets(y, backend, dtype, n_outputs, what)
         xp = backend.xp
         if not bool(xp.all((t >= 0.0) & (t <= 1.0))):
-            raise ValueError("binary cross-entropy targets must lie in [0, 1]")
+            raise ValueError(f"binary cross-entropy targets must lie in [0, 1]; {what} holds values from "
+                             f"{float(xp.min(t)):g} to {float(xp.max(t)):g}")
         return t
 
 
@@ -200,38 +206,60 @@ def _count(a) -> int:
     return n
 
 
-def _regression_targets(y, backend, dtype, n_outputs):
-    t = backend.asarray(y, dtype=dtype, what="y")
+def _check_softmax_outputs(n_outputs):
+    if n_outputs < 2:
+        raise ValueError(
+            f"loss='softmax_cross_entropy' needs a model with at least 2 outputs, but it has {n_outputs}: the "
+            "softmax of a single output is always 1, so the loss would be 0 and nothing would be learned. "
+            "For two classes use loss='sigmoid_binary_cross_entropy' with 0/1 targets, or give the model 2 outputs")
+
+
+def _check_not_scalar(t, y, what):
+    if t.ndim == 0:
+        raise ValueError(f"{what} must be an array with one target per sample, of shape (n,) or (n, k); "
+                         f"got a scalar ({y!r})")
+
+
+def _regression_targets(y, backend, dtype, n_outputs, what="y"):
+    t = backend.asarray(y, dtype=dtype, what=what)
+    _check_not_scalar(t, y, what)
     if t.ndim == 1 and n_outputs == 1:
         t = backend.xp.reshape(t, (t.shape[0], 1))
     if t.ndim != 2 or t.shape[1] != n_outputs:
-        raise ValueError(f"y has shape {tuple(t.shape)} but the model has {n_outputs} output(s); "
-                         f"expected ({t.shape[0]},) or ({t.shape[0]}, {n_outputs})")
+        n = t.shape[0]
+        # (n,) is only valid for a one-output model: never offer it to a model with several
+        expected = f"({n},) or ({n}, 1)" if n_outputs == 1 else f"({n}, {n_outputs}), one column per output"
+        raise ValueError(f"{what} has shape {tuple(t.shape)} but the model has {n_outputs} output(s): "
+                         f"{what} must have shape {expected}")
     return t
 
 
-def _class_targets(y, backend, dtype, n_classes):
+def _class_targets(y, backend, dtype, n_classes, what="y"):
     """Integer labels (n,) -> int64 on the device; probability rows (n, k) -> float."""
     xp = backend.xp
-    t = backend.asarray(y, what="y")
+    t = backend.asarray(y, what=what)
+    _check_not_scalar(t, y, what)
     if t.ndim == 2:
         if t.shape[1] != n_classes:
-            raise ValueError(f"y has {t.shape[1]} columns but the model has {n_classes} outputs")
+            raise ValueError(f"{what} has {t.shape[1]} columns but the model has {n_classes} outputs: one-hot or "
+                             f"probability rows need {n_classes} columns, or give integer labels of shape "
+                             f"({t.shape[0]},)")
         return xp.astype(t, backend.dtype(dtype))
     if t.ndim != 1:
-        raise ValueError(f"y must be class labels of shape (n,) or one-hot rows (n, {n_classes}); got shape {tuple(t.shape)}")
+        raise ValueError(f"{what} must be class labels of shape (n,) or one-hot rows (n, {n_classes}); "
+                         f"got shape {tuple(t.shape)}")
     if t.shape[0] == 0:
         return xp.astype(t, xp.int64)
     if xp.isdtype(t.dtype, "real floating"):
         if not bool(xp.all(t == xp.round(t))):
-            raise ValueError("class labels must be integers; y holds non-integer values "
+            raise ValueError(f"class labels must be integers; {what} holds non-integer values "
                              "(for class probabilities pass a 2-D array of shape (n, n_classes))")
     elif not xp.isdtype(t.dtype, "integral"):
         raise ValueError(f"class labels must be integers, got dtype {t.dtype}")
     lo, hi = float(xp.min(t)), float(xp.max(t))
     if lo < 0 or hi >= n_classes:
         raise ValueError(f"class labels must be integers in [0, {n_classes}) for a model with "
-                         f"{n_classes} outputs; y holds values from {lo:g} to {hi:g}")
+                         f"{n_classes} outputs; {what} holds values from {lo:g} to {hi:g}")
     return xp.astype(t, xp.int64)
 
 

@@ -59,6 +59,10 @@ class TopKAccuracy(Metric):
     higher_is_better = True
 
     def __init__(self, k: int = 5):
+        # int(k) would take 2.7 as 2 and True as 1: a k that is not a positive integer is refused
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"TopKAccuracy's k must be a positive integer (the number of most probable "
+                             f"classes that count as a hit), got {k!r}")
         self.k = int(k)
         self.name = f"top_{self.k}_accuracy"
 
@@ -147,7 +151,10 @@ def get_metric(spec) -> Metric:
         key = spec.lower()
         if key in METRICS:
             return METRICS[key]()
-        if key.startswith("top_") and key.endswith("_accuracy") and key[4:-9].isdigit():
+        if key.startswith("top_") and key.endswith("_accuracy") and key[4:-9].isdecimal():
+            if int(key[4:-9]) < 1:
+                raise ValueError(f"metric {spec!r}: k in top_K_accuracy must be a positive integer, "
+                                 "e.g. 'top_5_accuracy'")
             return TopKAccuracy(int(key[4:-9]))
         raise ValueError(f"unknown metric {spec!r}; valid names: {', '.join(sorted(METRICS))}, "
                          "top_K_accuracy (e.g. top_5_accuracy), or a callable fn(y_true, y_pred)")
