@@ -64,6 +64,7 @@ class Sequential:
         self.optimizer = None
         self.stop_training = False  # callbacks set it to end fit after the current epoch
         self.history: History | None = None
+        self._warned_raw_outputs = False  # predict without a loss warns once per model
         self.in_features = None
         first = next(layer for layer in layers if isinstance(layer, Dense))
         width = in_features if in_features is not None else first.in_features
@@ -119,6 +120,9 @@ class Sequential:
     @_on_device
     def backward(self, grad, input_grad: bool = True):
         """Backpropagate dL/d(outputs) (n, out); fills every layer's grads; returns dL/dx (n, in).
+
+        Uses what the last ``forward(x, training=True)`` kept; after an inference pass (as in
+        ``predict``), which keeps nothing, the layers raise a clear error.
 
         With ``input_grad=False`` (as in ``fit``) it stops at the first layer with parameters and
         returns None: dL/dx is one matrix product per step that training never uses.

@@ -2,9 +2,27 @@
 
 The whole training set is copied to the model's device once; each epoch draws one seeded
 permutation on the host, copies it over, and gathers every batch on the device with
-``xp.take``. The loss, the metrics' running sums and the index of the first non-finite batch
-all stay on the device and are read once per epoch, so the loop never waits for the device
-between batches (the progress bar only counts batches).
+``xp.take``. The loss, the metrics' running sums and the index of the first diverging batch
+all stay on the device and are read once per epoch, together with a check of the epoch's last
+update, so the loop never waits for the device between batches (the progress bar only counts
+batches).
+
+Divergence. A batch diverges when its loss is NaN, infinite or above ``sqrt(finfo(dtype).max)``
+(1.3e154 in float64, 1.8e19 in float32; see :func:`_divergence_limit`). Each batch's loss is
+taken before its update, so the epoch's last update is checked on its own: the updated weights'
+loss on the last batch (an inference pass) and their squared norm must stay within the same
+limit. Either failure stops training and restores the snapshot taken at the start of the
+epoch. That snapshot is "verified": it is the start of training, or weights that passed the
+previous epoch's check (finite, squared norm within the limit, a loss within the limit on a
+training batch), so the model kept never holds NaN, infinite or overflowing weights.
+
+Early ends. Until an epoch is recorded in the history, an exception (``KeyboardInterrupt``
+inside an update, a failing metric) restores that same snapshot: the model is left at the end
+of the last recorded epoch (weights, optimiser state and step count, Dropout counters), never
+with half of an update applied. A snapshot per step would make every step also copy every
+parameter and optimiser buffer; the per-epoch one is needed anyway for divergence. Then every
+callback's ``on_train_end`` runs (CSVLogger closes its file), ``model.history`` holds the
+recorded epochs, and the exception propagates unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +36,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .callbacks import Callback, TerminateOnNaN
+from .layers import Dropout
 from .losses import get_loss
 from .metrics import CallableMetric, get_metric
 from .optim import Adam, get_optimizer
@@ -99,8 +118,12 @@ def _positive_int(value, name):
     return int(value)
 
 
-def _prepare_X(model, X, what="X"):
-    """Validate X (2-D, numeric, finite, the model's width) and copy it to the device."""
+def _prepare_X(model, X, what="X", *, stats=False):
+    """Validate X (2-D, numeric, finite, the model's width) and copy it to the device.
+
+    With ``stats``, also return X's largest and smallest values, taken in the same single read
+    as the finiteness check (reductions only: no temporary the size of X).
+    """
     Xd = model.backend.asarray(X, dtype=model.dtype, what=what)
     if Xd.ndim != 2:
         hint = " (use X.reshape(-1, 1) for a single feature)" if Xd.ndim == 1 else ""
@@ -109,9 +132,42 @@ def _prepare_X(model, X, what="X"):
         raise ValueError(f"{what} has no samples")
     if model.built and Xd.shape[1] != model.in_features:
         raise ValueError(f"{what} has {Xd.shape[1]} features but the model expects {model.in_features}")
-    if not bool(model.xp.all(model.xp.isfinite(Xd))):
+    xp = model.xp
+    if not stats:
+        if not bool(xp.all(xp.isfinite(Xd))):
+            raise ValueError(f"{what} contains NaN or infinity (checked after conversion to {model.dtype})")
+        return Xd
+    # max and min propagate NaN and are inf for an infinity: one read answers "finite?" and "how large?"
+    high, low = (float(v) for v in to_numpy(xp.stack([xp.max(Xd), xp.min(Xd)])))
+    if not (math.isfinite(high) and math.isfinite(low)):
         raise ValueError(f"{what} contains NaN or infinity (checked after conversion to {model.dtype})")
-    return Xd
+    return Xd, high, low
+
+
+RAW_INPUT_LIMIT = 100.0  # fit warns above this largest |x| when no Standardize layer scales the inputs
+
+
+def _warn_if_unscaled(model, high: float, low: float, what="X") -> None:
+    """Warn when inputs look unscaled: largest |x| above RAW_INPUT_LIMIT and no Standardize layer.
+
+    The default initialisers assume inputs of about unit scale; inputs a hundred times larger
+    make the first layer's pre-activations and gradients as much larger, so a learning rate
+    that suits scaled data overshoots (or saturates tanh and sigmoid). The criterion is the
+    magnitude, not the type: values within [-100, 100] (z-scores, ratios, percentages, counts
+    of a few dozen) pass quietly, while 0-255 pixels, years or sums of money get the warning,
+    which only suggests, never changes anything.
+    """
+    largest = max(high, -low)
+    if largest <= RAW_INPUT_LIMIT or any(hasattr(layer, "adapt") for layer in model.layers):
+        return
+    if low >= 0 and high <= 255:
+        hint = "raw 0-255 pixel values? Divide them by 255"
+    else:
+        hint = "scale the features (e.g. sklearn.preprocessing.StandardScaler)"
+    warnings.warn(f"{what} looks unscaled: its largest absolute value is {largest:g}. Networks train best "
+                  f"on inputs of about unit scale: {hint}, or build the model with "
+                  "MLP(..., standardize=True), which learns the scaling from the training data.",
+                  UserWarning, stacklevel=4)
 
 
 def _prepare_y(model, loss, y, n_samples, what="y"):
@@ -217,6 +273,11 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(1)  # counts only: reading the loss here would wait for the device
 
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
     def end(self, epoch, logs):
         text = " - ".join(f"{k} {v:.4g}" for k, v in logs.items() if k not in ("epoch_time", "samples_per_s"))
         timing = f"{logs['epoch_time']:.1f}s, {logs['samples_per_s']:,.0f} samples/s"
@@ -266,8 +327,14 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
         Each row's loss is multiplied by its weight (and by its class's weight).
     callbacks : list of :class:`xpmlp.callbacks.Callback`
     on_divergence : "raise" (default) or "warn"
-        What to do when the loss becomes NaN or infinite: raise :class:`DivergenceError`, or warn
-        and stop. Either way the weights of the last finite epoch are kept.
+        What to do when training diverges (a loss NaN, infinite or beyond the dtype's limit, or a
+        last update that makes the weights overflow; see the module notes): raise
+        :class:`DivergenceError`, or warn and stop. Either way the weights from the end of the last
+        good epoch (or those fit started from) are kept.
+
+    Whatever ends fit early (divergence, ``KeyboardInterrupt``, an exception in a callback), the
+    model is left at the end of the last epoch in ``model.history``, every callback's
+    ``on_train_end`` runs, and the exception propagates.
 
     Returns
     -------
@@ -296,9 +363,10 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
         raise ValueError("validation_data must be a pair (X_val, y_val)")
 
-    Xd = _prepare_X(model, X)
+    Xd, high, low = _prepare_X(model, X, stats=True)
     if not model.built:
         model.build(Xd.shape[1])
+    _warn_if_unscaled(model, high, low)
     yd = _prepare_y(model, loss, y, Xd.shape[0])
     weights = _sample_weights(model, loss, yd, class_weight, sample_weight)
     xp = model.xp
@@ -333,84 +401,163 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     history = History()
     progress = _Progress(verbose, epochs, math.ceil(n / batch_size))
     quiet_on_nan = any(isinstance(cb, TerminateOnNaN) for cb in callbacks)
-    for cb in callbacks:
-        cb.on_train_begin()
-    for epoch in range(epochs):
+    limit = _divergence_limit(model.dtype)
+    begun = []  # callbacks whose on_train_begin ran: only they get on_train_end
+    try:
         for cb in callbacks:
-            cb.on_epoch_begin(epoch)
-        # Fast-path updates work in place, so the snapshot is a copy (once per epoch: cheap).
-        snapshot = ([_copy(xp, pd[k]) for pd, _, k in slots],
-                    None if optimizer.state is None else [{key: _copy(xp, a) for key, a in s.items()}
-                                                          for s in optimizer.state], optimizer.t)
-        started = time.perf_counter()
-        progress.begin(epoch)
-        order = model.backend.from_host(rng.permutation(n)) if shuffle else None
-        total, sums = 0.0, [None] * len(streamed)
-        first_bad = model.backend.from_host(np.asarray(-1.0, dtype=model.dtype))  # batch index, on the device
-        for b, (start, stop) in enumerate(_batches(n, batch_size)):
-            if order is None:
-                xb, yb = Xd[start:stop, ...], yd[start:stop, ...]
-                wb = None if weights is None else weights[start:stop]
-            else:
-                idx = order[start:stop]
-                xb, yb = xp.take(Xd, idx, axis=0), xp.take(yd, idx, axis=0)
-                wb = None if weights is None else xp.take(weights, idx, axis=0)
-            z = model.forward(xb, training=True)
-            batch_loss = loss.forward(z, yb, wb)
-            model.backward(loss.backward(), input_grad=False)
-            optimizer.step(slots)
-            total = total + batch_loss * float(stop - start)
-            first_bad = xp.where(xp.isfinite(batch_loss) | (first_bad >= 0), first_bad, float(b))
-            if streamed:
-                p = loss.link(xp, z)
-                sums = [_add(acc, m.stats(xp, yb, p)) for m, acc in zip(streamed, sums)]
-            progress.step()
-        epoch_loss = float(total) / n  # the one host sync of the epoch
+            cb.on_train_begin()
+            begun.append(cb)
+        for epoch in range(epochs):
+            for cb in callbacks:
+                cb.on_epoch_begin(epoch)
+            snapshot = None
+            try:
+                snapshot = _snapshot(model, slots, optimizer)
+                started = time.perf_counter()
+                progress.begin(epoch)
+                order = model.backend.from_host(rng.permutation(n)) if shuffle else None
+                total, sums = 0.0, [None] * len(streamed)
+                first_bad = model.backend.from_host(np.asarray(-1.0, dtype=model.dtype))  # batch index, on the device
+                for b, (start, stop) in enumerate(_batches(n, batch_size)):
+                    if order is None:
+                        xb, yb = Xd[start:stop, ...], yd[start:stop, ...]
+                        wb = None if weights is None else weights[start:stop]
+                    else:
+                        idx = order[start:stop]
+                        xb, yb = xp.take(Xd, idx, axis=0), xp.take(yd, idx, axis=0)
+                        wb = None if weights is None else xp.take(weights, idx, axis=0)
+                    z = model.forward(xb, training=True)
+                    batch_loss = loss.forward(z, yb, wb)
+                    model.backward(loss.backward(), input_grad=False)
+                    optimizer.step(slots)
+                    total = total + batch_loss * float(stop - start)
+                    # NaN fails the comparison too: one test for "not finite or beyond the limit"
+                    first_bad = xp.where((batch_loss <= limit) | (first_bad >= 0), first_bad, float(b))
+                    if streamed:
+                        p = loss.link(xp, z)
+                        sums = [_add(acc, m.stats(xp, yb, p)) for m, acc in zip(streamed, sums)]
+                    progress.step()
+                # The epoch's one host read: its loss, the first bad batch, and a check of the last
+                # update (never evaluated by the batches' losses, which come before each update):
+                # the loss of the updated weights on the last batch and their squared norm.
+                after = loss.forward(model.forward(xb), yb)
+                norm2 = sum(xp.sum(pd[k] * pd[k]) for pd, _, k in slots)
+                read = to_numpy(xp.stack([total, first_bad, after, norm2]))
+                epoch_loss, bad_batch, after, norm2 = float(read[0]) / n, int(read[1]), float(read[2]), float(read[3])
 
-        if not math.isfinite(epoch_loss):
-            params, optimizer.state, optimizer.t = snapshot
-            for (pd, _, k), p in zip(slots, params):
-                pd[k] = p
-            if progress.bar is not None:
-                progress.bar.close()
-            message = _divergence_message(epoch, int(float(first_bad)), epoch_loss, optimizer)
-            if quiet_on_nan:
-                if verbose:
-                    print(message)
-                break
-            if on_divergence == "warn":
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
-                break
-            raise DivergenceError(message)
+                if bad_batch >= 0 or not (after <= limit and norm2 <= limit):
+                    _restore(model, slots, optimizer, snapshot)
+                    progress.close()
+                    message = _divergence_message(epoch, bad_batch, epoch_loss, after, norm2, limit, model.dtype,
+                                                  optimizer)
+                    if quiet_on_nan:
+                        if verbose:
+                            print(message)
+                        break
+                    if on_divergence == "warn":
+                        warnings.warn(message, RuntimeWarning, stacklevel=3)
+                        break
+                    raise DivergenceError(message)
 
-        logs = {"loss": epoch_loss}
-        logs.update({m.name: _result(m, acc) for m, acc in zip(streamed, sums)})
-        if Xv is not None:
-            logs.update({"val_" + k: v for k, v in _evaluate(model, loss, metrics, Xv, yv).items()})
-        elif called:
-            p = to_numpy(loss.link(xp, _outputs(model, Xd, EVAL_BATCH)))
-            logs.update({m.name: float(m.fn(to_numpy(yd), p)) for m in called})
-        seconds = time.perf_counter() - started
-        logs.update({"lr": optimizer.current_lr(), "epoch_time": seconds, "samples_per_s": n / seconds})
-        history.append(epoch, logs)
-        progress.end(epoch, logs)
-        for cb in callbacks:
-            cb.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
-    for cb in callbacks:
-        cb.on_train_end()
+                logs = {"loss": epoch_loss}
+                logs.update({m.name: _result(m, acc) for m, acc in zip(streamed, sums)})
+                if Xv is not None:
+                    logs.update({"val_" + k: v for k, v in _evaluate(model, loss, metrics, Xv, yv).items()})
+                elif called:
+                    p = to_numpy(loss.link(xp, _outputs(model, Xd, EVAL_BATCH)))
+                    logs.update({m.name: float(m.fn(to_numpy(yd), p)) for m in called})
+                seconds = time.perf_counter() - started
+                logs.update({"lr": optimizer.current_lr(), "epoch_time": seconds, "samples_per_s": n / seconds})
+                history.append(epoch, logs)
+            except DivergenceError:
+                raise
+            except BaseException:
+                # Until the epoch is recorded, any exit (KeyboardInterrupt in the middle of an
+                # update, a failing metric) puts back its start: never a half-applied step.
+                if snapshot is not None:
+                    _restore(model, slots, optimizer, snapshot)
+                raise
+            progress.end(epoch, logs)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+    except BaseException as error:
+        progress.close()
+        model.history = history
+        _train_end(begun, error)
+        raise
     model.history = history
+    _train_end(begun)
     return history
+
+
+def _snapshot(model, slots, optimizer):
+    """Copies of what one epoch changes: parameters, optimiser buffers and step count, Dropout counters.
+
+    Fast-path updates work in place, so these are copies (once per epoch: cheap).
+    """
+    xp = model.xp
+    state = None if optimizer.state is None else [{key: _copy(xp, a) for key, a in s.items()}
+                                                  for s in optimizer.state]
+    counters = [(layer, layer.counter) for layer in model.layers if isinstance(layer, Dropout)]
+    return [_copy(xp, pd[k]) for pd, _, k in slots], state, optimizer.t, counters
+
+
+def _restore(model, slots, optimizer, snapshot) -> None:
+    params, optimizer.state, optimizer.t, counters = snapshot
+    for (pd, _, k), p in zip(slots, params):
+        pd[k] = p
+    for layer, counter in counters:
+        layer.counter = counter
+
+
+def _train_end(callbacks, error=None) -> None:
+    """Call every callback's on_train_end, even when one raises (CSVLogger must close its file).
+
+    While ``error`` propagates, a failing on_train_end is noted on it (never hidden, never in its
+    place); otherwise the first failure is raised once all have run.
+    """
+    first = None
+    for cb in callbacks:
+        try:
+            cb.on_train_end()
+        except Exception as e:
+            if error is not None:
+                error.add_note(f"then {type(cb).__name__}.on_train_end raised {type(e).__name__}: {e}")
+            elif first is None:
+                first = e
+    if first is not None:
+        raise first
 
 
 def _copy(xp, a):
     return xp.asarray(a, copy=True)
 
 
-def _divergence_message(epoch, batch, value, optimizer) -> str:
-    return (f"the training loss became {value} in epoch {epoch + 1} (first at batch {batch + 1}); "
-            f"training stopped and the weights of the end of epoch {epoch} were kept. Usual causes: "
+def _divergence_limit(dtype: str) -> float:
+    """The largest loss (and squared parameter norm) fit accepts: the square root of the dtype's largest value.
+
+    Beyond it, squaring overflows: Adam's second moment of such a gradient, an MSE of such an
+    error, or the next matmul of weights that large with ordinary inputs. A loss that climbs
+    past it (1e160 in float64, 1e20 in float32) is diverging even before it reaches inf.
+    """
+    return math.sqrt(float(np.finfo(dtype).max))
+
+
+def _divergence_message(epoch, batch, value, after, norm2, limit, dtype, optimizer) -> str:
+    """Why training stopped and which weights were kept; epochs and batches are 1-based."""
+    if batch >= 0:
+        what = (f"the training loss became {value:g} in epoch {epoch + 1} (first at batch {batch + 1}: "
+                f"not finite, or above {limit:.3g}, the limit for {dtype})")
+        if epoch == 0 and batch == 0:
+            what += "; already the starting weights gave it, so the inputs or targets are likely too large"
+    else:
+        what = (f"the last update of epoch {epoch + 1} made the weights diverge (the updated weights give a "
+                f"loss of {after:g} on the last batch and have a squared norm of {norm2:g}; fit accepts up to "
+                f"{limit:.3g} for {dtype}) although the epoch's training loss was {value:g}")
+    kept = f"the weights from the end of epoch {epoch}" if epoch else "the weights this fit started from"
+    return (f"{what}; training stopped and {kept} were kept. Usual causes: "
             f"a learning rate too high (now {optimizer.current_lr():g}: try 10x smaller), unscaled inputs "
             "(scale them or use MLP(..., standardize=True)), or an output/loss that does not match the "
             "targets (classes need softmax_cross_entropy, 0/1 labels sigmoid_binary_cross_entropy, "
@@ -431,9 +578,9 @@ def _adapt(model, Xd) -> None:
 
 
 def _outputs(model, Xd, batch_size):
+    """Raw outputs for all rows, ``batch_size`` rows at a time (None: one pass), in inference mode."""
     if batch_size is None:
         return model.forward(Xd)
-    batch_size = _positive_int(batch_size, "batch_size")
     parts = [model.forward(Xd[a:b, ...]) for a, b in _batches(Xd.shape[0], batch_size)]
     return parts[0] if len(parts) == 1 else model.xp.concat(parts, axis=0)
 
@@ -459,32 +606,46 @@ def _evaluate(model, loss, metrics, Xd, yd, batch_size=EVAL_BATCH) -> dict:
     return out
 
 
-def predict(model, X, *, batch_size: int | None = None):
+def predict(model, X, *, batch_size: int | None = EVAL_BATCH):
     """Predictions for X (n, n_features) -> (n, n_outputs), as arrays of the model's library.
 
     The loss's link is applied: class probabilities (rows summing to one) for softmax
-    cross-entropy, probabilities for sigmoid cross-entropy, raw outputs for regression.
-    Batching (``batch_size``) only bounds memory; each row's prediction does not depend on it.
+    cross-entropy, probabilities for sigmoid cross-entropy, raw outputs for regression. A model
+    without a loss (never fitted) returns raw outputs (logits), with a warning the first time.
+    Rows go through the network ``batch_size`` at a time (None: all at once), so memory holds
+    one batch's activations, not all of them; each row's prediction does not depend on it.
     """
     if not model.built:
         raise ValueError("the model has no weights yet: call fit first or give in_features")
-    out = _outputs(model, _prepare_X(model, X), batch_size)
+    if batch_size is not None:
+        batch_size = _positive_int(batch_size, "batch_size")
+    Xd = _prepare_X(model, X)
+    if model.loss is None and not getattr(model, "_warned_raw_outputs", False):
+        model._warned_raw_outputs = True
+        warnings.warn("this model has no loss (it was never fitted), so predict returns its raw outputs "
+                      "(logits), not probabilities. To get probabilities, fit it with a loss, or give it "
+                      "one: model.loss = xpmlp.losses.get_loss('softmax_cross_entropy') (classes; or "
+                      "'sigmoid_binary_cross_entropy' for 0/1 labels)", UserWarning, stacklevel=3)
+    out = _outputs(model, Xd, batch_size)
     return out if model.loss is None else model.loss.link(model.xp, out)
 
 
-def evaluate(model, X, y, *, loss=None, metrics=None, batch_size: int | None = None):
+def evaluate(model, X, y, *, loss=None, metrics=None, batch_size: int | None = EVAL_BATCH):
     """Mean loss over (X, y), by default with the loss the model was trained with.
 
+    Rows go through the network ``batch_size`` at a time (None: all at once), which bounds
+    memory and changes the result only by rounding.
     Returns a float, or with ``metrics`` a dict {"loss": ..., "<metric>": ...}.
     """
     if not model.built:
         raise ValueError("the model has no weights yet: call fit first or give in_features")
     if loss is None and model.loss is None:
         raise ValueError("evaluate needs a loss: pass loss=... or fit the model first")
+    if batch_size is not None:
+        batch_size = _positive_int(batch_size, "batch_size")
     loss = model.loss if loss is None else get_loss(loss)
     metric_objs = [get_metric(m) for m in (metrics or [])]
     Xd = _prepare_X(model, X)
     yd = _prepare_y(model, loss, y, Xd.shape[0])
-    size = Xd.shape[0] if batch_size is None else _positive_int(batch_size, "batch_size")
-    result = _evaluate(model, loss, metric_objs, Xd, yd, size)
+    result = _evaluate(model, loss, metric_objs, Xd, yd, Xd.shape[0] if batch_size is None else batch_size)
     return result if metrics else result["loss"]
