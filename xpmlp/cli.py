@@ -270,7 +270,10 @@ def _add_training_options(p, problem):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xpmlp", description="Array API multilayer perceptrons")
+    parser = argparse.ArgumentParser(
+        prog="xpmlp", description="Array API multilayer perceptrons",
+        epilog="exit status: 0 done, 1 the job failed (bad data, diverged, download or save failed), "
+               "2 the command line is wrong, 130 interrupted")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions and usable backends").set_defaults(run=cmd_info)
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="problem", required=True)
