@@ -187,3 +187,8 @@ def test_a_gzip_bomb_in_the_cache_is_refused(mnist, tmp_path):
     (cache / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\0" * 10_000_000))  # 10 KB -> 10 MB
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: holds more than 20000 bytes"):
         load_mnist(download=False, cache_dir=cache)
+    # an uncompressed file is not read past the limit either
+    (cache / "train-images-idx3-ubyte.gz").unlink()
+    (cache / "train-images-idx3-ubyte").write_bytes(b"\0" * 30_000)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: holds more than 20000 bytes"):
+        load_mnist(download=False, cache_dir=cache)

@@ -59,16 +59,17 @@ def mnist_cache_dir() -> Path:
 
 def _open_idx(path: Path, limit: int | None = None) -> bytes:
     """The file's content, decompressed if gzipped; more than ``limit`` bytes is refused."""
+    size = -1 if limit is None else limit + 1  # one byte past the limit tells "too big" without reading on
     with open(path, "rb") as f:
-        head = f.read(2)
-    try:
-        if head == b"\x1f\x8b":
+        gzipped = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        data = None if gzipped else f.read(size)
+    if gzipped:
+        try:
             with gzip.open(path, "rb") as f:
-                data = f.read(-1 if limit is None else limit + 1)
-        else:
-            data = path.read_bytes()
-    except (OSError, EOFError) as e:  # gzip raises these for truncated or damaged archives
-        raise DataError(f"{path}: cannot be decompressed ({e}); the file is truncated or corrupted") from None
+                data = f.read(size)
+        except (OSError, EOFError) as e:  # gzip raises these for truncated or damaged archives
+            raise DataError(f"{path}: cannot be decompressed ({e}); the file is truncated or corrupted") from None
     if limit is not None and len(data) > limit:
         raise DataError(f"{path}: holds more than {limit} bytes, more than any MNIST file; refused")
     return data
