@@ -307,7 +307,7 @@ def _kept_arrays(model):
 
 
 def test_predicting_many_rows_needs_memory_for_a_few_batches_not_all_activations():
-    n, d, hidden = 200_000, 64, 256
+    n, d, hidden = 100_000, 64, 256  # without batches: 100 MB per hidden layer, several alive at once
     Xp = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
     model = xpmlp.MLP([d, hidden, hidden, 10], dropout=0.1, seed=0, device="cpu", dtype="float32")
     model.fit(Xp[:256], np.arange(256) % 10, loss=CE, epochs=1, batch_size=64)

@@ -474,7 +474,8 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
             except BaseException:
                 # Until the epoch is recorded, any exit (KeyboardInterrupt in the middle of an
                 # update, a failing metric) puts back its start: never a half-applied step.
-                if snapshot is not None:
+                # (Asked of the history, not of a flag: an interrupt may land just after append.)
+                if snapshot is not None and history.epoch[-1:] != [epoch]:
                     _restore(model, slots, optimizer, snapshot)
                 raise
             progress.end(epoch, logs)
