@@ -189,10 +189,10 @@ class ReduceLROnPlateau(_Monitor):
 
 
 class TerminateOnNaN(Callback):
-    """End training quietly (no exception) when the loss becomes NaN or infinite.
+    """End training quietly (no exception) when training diverges (see :func:`xpmlp.train.fit`).
 
-    ``fit`` keeps the weights of the last finite epoch either way; without this callback it
-    raises :class:`xpmlp.train.DivergenceError` (or warns, with ``on_divergence="warn"``).
+    ``fit`` keeps the weights from the end of the last good epoch either way; without this
+    callback it raises :class:`xpmlp.train.DivergenceError` (or warns, with ``on_divergence="warn"``).
     """
 
 

@@ -112,7 +112,11 @@ class Sequential:
     # -- passes ------------------------------------------------------------------------------
     @_on_device
     def forward(self, x, training: bool = False):
-        """Raw outputs (logits) for a device array x of shape (n, in_features) -> (n, out)."""
+        """Raw outputs (logits) for a device array x of shape (n, in_features) -> (n, out).
+
+        The whole array in one pass; ``training=True`` (dropout on) also keeps what ``backward``
+        needs, an inference pass keeps nothing. ``predict`` goes batch by batch.
+        """
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
