@@ -10,10 +10,9 @@ batches).
 Divergence. A batch diverges when its loss is NaN, infinite or above ``sqrt(finfo(dtype).max)``
 (1.3e154 in float64, 1.8e19 in float32; see :func:`_divergence_limit`). Each batch's loss is
 taken before its update, so the epoch's last update is checked on its own: the updated weights'
-loss on the last batch (an inference pass) and their squared norm must stay within the same
-limit. Either failure stops training and restores the snapshot taken at the start of the
+loss on the last batch (an inference pass) and their norm must stay within the same limit. Either failure stops training and restores the snapshot taken at the start of the
 epoch. That snapshot is "verified": it is the start of training, or weights that passed the
-previous epoch's check (finite, squared norm within the limit, a loss within the limit on a
+previous epoch's check (finite, a norm within the limit, a loss within the limit on a
 training batch), so the model kept never holds NaN, infinite or overflowing weights.
 
 Early ends. Until an epoch is recorded in the history, an exception (``KeyboardInterrupt``
@@ -439,16 +438,17 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
                     progress.step()
                 # The epoch's one host read: its loss, the first bad batch, and a check of the last
                 # update (never evaluated by the batches' losses, which come before each update):
-                # the loss of the updated weights on the last batch and their squared norm.
+                # the loss of the updated weights on the last batch and their norm.
                 after = loss.forward(model.forward(xb), yb)
-                norm2 = sum(xp.sum(pd[k] * pd[k]) for pd, _, k in slots)
+                norm2 = sum(xp.sum(pd[k] * pd[k]) for pd, _, k in slots)  # inf beyond the limit
                 read = to_numpy(xp.stack([total, first_bad, after, norm2]))
-                epoch_loss, bad_batch, after, norm2 = float(read[0]) / n, int(read[1]), float(read[2]), float(read[3])
+                epoch_loss, bad_batch, after = float(read[0]) / n, int(read[1]), float(read[2])
+                norm = math.sqrt(float(read[3]))
 
-                if bad_batch >= 0 or not (after <= limit and norm2 <= limit):
+                if bad_batch >= 0 or not (after <= limit and norm <= limit):
                     _restore(model, slots, optimizer, snapshot)
                     progress.close()
-                    message = _divergence_message(epoch, bad_batch, epoch_loss, after, norm2, limit, model.dtype,
+                    message = _divergence_message(epoch, bad_batch, epoch_loss, after, norm, limit, model.dtype,
                                                   optimizer)
                     if quiet_on_nan:
                         if verbose:
@@ -537,16 +537,17 @@ def _copy(xp, a):
 
 
 def _divergence_limit(dtype: str) -> float:
-    """The largest loss (and squared parameter norm) fit accepts: the square root of the dtype's largest value.
+    """The largest loss (and parameter norm) fit accepts: the square root of the dtype's largest value.
 
     Beyond it, squaring overflows: Adam's second moment of such a gradient, an MSE of such an
-    error, or the next matmul of weights that large with ordinary inputs. A loss that climbs
-    past it (1e160 in float64, 1e20 in float32) is diverging even before it reaches inf.
+    error, the squared norm of such weights (so the norm's check is that their sum of squares
+    stays finite). A loss that climbs past it (1e160 in float64, 1e20 in float32) is diverging
+    even before it reaches inf.
     """
     return math.sqrt(float(np.finfo(dtype).max))
 
 
-def _divergence_message(epoch, batch, value, after, norm2, limit, dtype, optimizer) -> str:
+def _divergence_message(epoch, batch, value, after, norm, limit, dtype, optimizer) -> str:
     """Why training stopped and which weights were kept; epochs and batches are 1-based."""
     if batch >= 0:
         what = (f"the training loss became {value:g} in epoch {epoch + 1} (first at batch {batch + 1}: "
@@ -555,8 +556,8 @@ def _divergence_message(epoch, batch, value, after, norm2, limit, dtype, optimiz
             what += "; already the starting weights gave it, so the inputs or targets are likely too large"
     else:
         what = (f"the last update of epoch {epoch + 1} made the weights diverge (the updated weights give a "
-                f"loss of {after:g} on the last batch and have a squared norm of {norm2:g}; fit accepts up to "
-                f"{limit:.3g} for {dtype}) although the epoch's training loss was {value:g}")
+                f"loss of {after:g} on the last batch and have a norm of {norm:g}; fit accepts up to "
+                f"{limit:.3g} for both in {dtype}) although the epoch's training loss was {value:g}")
     kept = f"the weights from the end of epoch {epoch}" if epoch else "the weights this fit started from"
     return (f"{what}; training stopped and {kept} were kept. Usual causes: "
             f"a learning rate too high (now {optimizer.current_lr():g}: try 10x smaller), unscaled inputs "
