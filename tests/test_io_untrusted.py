@@ -151,6 +151,11 @@ def _nan_in(name, value=np.nan, index=0):
     return edit
 
 
+def _scaled(config, name="CosineDecay", factor=0.5):
+    """A ReduceLROnPlateau-scaled schedule's saved form, with the inner config given."""
+    return {"schedule": "Scaled", "config": {"schedule": name, "factor": factor, "config": config}}
+
+
 def _version(v, drop_sum):
     def edit(h):
         h["__metadata__"]["format_version"] = v
@@ -264,6 +269,21 @@ CORPUS = [
      "lr must be an object with a 'schedule' name"),
     ("optimizer-schedule-bad-steps", meta("optimizer", _set(["config", "lr", "config", "total_steps"], 0)),
      "warmup_steps < total_steps"),
+    ("scaled-schedule-config-deep", meta("optimizer", _set(["config", "lr"], _scaled("[" * 100000))),
+     "Scaled's schedule config is not JSON"),
+    ("scaled-schedule-config-not-string", meta("optimizer", _set(["config", "lr"], _scaled({"lr": 0.1}))),
+     "Scaled needs its schedule's config as a JSON string"),
+    ("scaled-schedule-lr-huge", meta("optimizer", _set(["config", "lr"], _scaled('{"lr": 1e999, "total_steps": 9}'))),
+     "Scaled's schedule config is not JSON .*1e999 is beyond the range of a float"),
+    ("model-seed-1e999", raw_meta("model", '{"dtype": "float32", "seed": 1e999, "in_features": 5}'),
+     "metadata 'model' is corrupted, not JSON .*1e999 is beyond"),
+    ("scaled-schedule-lr-huge-int", meta("optimizer", _set(["config", "lr"],
+                                                           _scaled('{"lr": 1%s, "total_steps": 9}' % ("0" * 400)))),
+     r"CosineDecay\(lr=.*is not of type float"),
+    ("scaled-schedule-unknown", meta("optimizer", _set(["config", "lr"], _scaled("{}", "Warp"))), "unknown schedule 'Warp'"),
+    ("scaled-in-scaled", meta("optimizer", _set(["config", "lr"], _scaled("{}", "Scaled"))), "cannot hold another Scaled"),
+    ("scaled-factor-negative", meta("optimizer", _set(["config", "lr"], _scaled('{"lr": 0.1, "total_steps": 9}',
+                                                                                factor=-1.0))), "factor must be"),
     ("optimizer-beta-string", meta("optimizer", _set(["config", "beta_1"], "x")), r"Adam\(beta_1='x'\) is not of type float"),
     ("optimizer-config-extra", meta("optimizer", _set(["config", "momentum"], 0.9)), "Adam has no parameter 'momentum'"),
     ("optimizer-state-missing", tensors(lambda a: a.pop("optimizer.2.v")), r"missing \['optimizer.2.v'\]"),
@@ -357,6 +377,14 @@ def test_non_finite_values_load_only_when_asked(tmp_path):
         xpmlp.io.load_weights(target, path)
     xpmlp.io.load_weights(target, path, allow_nonfinite=True)
     assert np.isnan(target.get_weights()[0][0, 0])
+
+
+def test_a_scaled_schedule_saves_and_loads():
+    """ReduceLROnPlateau scales a schedule; the scaled schedule is checked and rebuilt from the file."""
+    schedule = CosineDecay(0.01, total_steps=100)
+    data = meta("optimizer", _set(["config", "lr"], _scaled(json.dumps(schedule.get_config()), factor=0.25)))(GOOD)
+    model = xpmlp.io.from_bytes(data, device="cpu")
+    assert [model.optimizer.lr(s) for s in (0, 50)] == [0.25 * schedule(s) for s in (0, 50)]
 
 
 def test_old_format_versions_without_checksum_still_load(tmp_path):

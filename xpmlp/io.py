@@ -321,9 +321,17 @@ def _unique_keys(pairs):
     return dict(pairs)
 
 
+def _finite(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond the range of a float")
+    return value
+
+
 def _loads(text):
-    """json.loads refusing NaN and Infinity (not JSON) and duplicate keys (ambiguous)."""
-    return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    """json.loads refusing NaN and Infinity (not JSON), numbers that overflow to infinity
+    (1e999), and duplicate keys (ambiguous)."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=_unique_keys)
 
 
 def _header_length(head: bytes, size: int, where) -> int:
@@ -554,6 +562,30 @@ def _check_loss(metadata, where):
     return _construct(cls, spec["config"], "metadata 'loss'", where)
 
 
+def _check_schedule(spec, what: str, where) -> Schedule:
+    """The schedule ``{"schedule": name, "config": {...}}`` describes.
+
+    A Scaled schedule (ReduceLROnPlateau's) holds another as a class name and a JSON string;
+    that one is checked here the same way before Scaled is built around it.
+    """
+    cls = _check_class(spec, SCHEDULES, "schedule", what, where, key="schedule")
+    config = dict(spec["config"])
+    if cls.__name__ != "Scaled":
+        return _construct(cls, config, what, where)
+    inner = config.pop("config", None)
+    if not isinstance(inner, str):
+        raise ModelFileError(f"{where}: {what}: Scaled needs its schedule's config as a JSON string, got {_show(inner)}")
+    try:
+        inner = _loads(inner)
+    except (ValueError, RecursionError) as e:
+        raise ModelFileError(f"{where}: {what}: Scaled's schedule config is not JSON ({e})") from None
+    name = config.pop("schedule", None)
+    inner_spec = {"schedule": name, "config": inner}
+    if name == "Scaled":
+        raise ModelFileError(f"{where}: {what}: Scaled cannot hold another Scaled")
+    return _construct(cls, config, what, where, schedule=_check_schedule(inner_spec, f"{what} (scaled)", where))
+
+
 def _check_optimizer(metadata, where):
     """(optimizer or None, the keys of each parameter's state or None when it has none)."""
     what = "metadata 'optimizer'"
@@ -571,8 +603,7 @@ def _check_optimizer(metadata, where):
         raise ModelFileError(f"{where}: {what} has no learning rate 'lr' in its config")
     lr = config.pop("lr")
     if isinstance(lr, dict):
-        schedule = _check_class(lr, SCHEDULES, "schedule", f"{what} lr", where, key="schedule")
-        lr = _construct(schedule, lr["config"], f"{what} lr", where)
+        lr = _check_schedule(lr, f"{what} lr", where)
     elif not (_fits(lr, "float") and lr >= 0):
         raise ModelFileError(f"{where}: {what} has lr={_show(lr)}, not a non-negative number or a schedule")
     optimizer = _construct(cls, config, what, where, lr=lr)
