@@ -37,6 +37,7 @@ import types
 from collections import Counter
 
 import numpy as np
+import array_api_compat.numpy as _compat_numpy
 
 
 # -- counters ----------------------------------------------------------------------------------
@@ -775,7 +776,7 @@ def ravel(a, order="C"):
 
 
 def isdtype(dtype, kind):
-    return np.isdtype(np.dtype(dtype), kind)
+    return _compat_numpy.isdtype(np.dtype(dtype), kind)  # np.isdtype needs NumPy 2
 
 
 def result_type(*arrays_and_dtypes):

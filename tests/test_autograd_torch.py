@@ -68,7 +68,7 @@ def test_model_gradients_match_torch_autograd(case64, activation, loss):
 
     fn = xpmlp.losses.get_loss(loss)
     xd = case64.asarray(x)
-    fn.forward(model.forward(xd), fn.prepare_targets(y, model.backend, "float64", sizes[-1]))
+    fn.forward(model.forward(xd, training=True), fn.prepare_targets(y, model.backend, "float64", sizes[-1]))
     dx = to_numpy(model.backward(fn.backward()))
     ours = [to_numpy(gd[k]) for _, gd, k in model.slots()]
 

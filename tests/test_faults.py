@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -25,6 +26,7 @@ import pytest
 
 import xpmlp
 from xpmlp import ModelFileError
+from xpmlp.callbacks import Callback, CSVLogger
 
 SHAPE = [256, 1024, 1024, 10]  # about 1.3 million parameters: a 5 MB file, long enough to be caught writing
 
@@ -196,6 +198,137 @@ def test_every_malformed_file_of_the_corpus_is_refused(tmp_path):
 
 
 # -- interrupt during fit ---------------------------------------------------------------------
-# The training engineer's cases (KeyboardInterrupt, divergence or a raising callback ending
-# fit: on_train_end called, CSVLogger closed, history set, model at the last whole step) go
-# here; the coordinator moves them in.
+# KeyboardInterrupt inside an update or from a metric, and a real SIGINT to a process running fit:
+# the model is left at the end of the last recorded epoch, callbacks end, the CSV log is whole.
+
+
+def _fault_data():
+    r = np.random.default_rng(3)
+    Xf = r.normal(size=(96, 4))
+    return Xf, (Xf[:, 0] > 0).astype(np.int64)
+
+
+class _Keep(Callback):
+    """Each epoch's weights, optimiser state and step count, Dropout counters; on_train_end calls."""
+
+    def __init__(self):
+        self.epochs, self.ended = [], 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        opt = self.model.optimizer
+        self.epochs.append((self.model.get_weights(), opt.t,
+                            [{k: np.array(v) for k, v in s.items()} for s in opt.state],
+                            [getattr(layer, "counter", None) for layer in self.model.layers]))
+
+    def on_train_end(self, logs=None):
+        self.ended += 1
+
+
+def _assert_at_epoch_end(model, kept):
+    weights, t, state, counters = kept
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights, strict=True))
+    assert model.optimizer.t == t
+    for s, saved in zip(model.optimizer.state, state, strict=True):
+        assert all(np.array_equal(np.asarray(s[k]), saved[k]) for k in saved)
+    assert [getattr(layer, "counter", None) for layer in model.layers] == counters
+
+
+def test_keyboard_interrupt_inside_an_update_leaves_the_last_completed_epoch(tmp_path, monkeypatch):
+    Xf, yf = _fault_data()
+    model = xpmlp.MLP([4, 16, 16, 2], dropout=0.2, seed=0, device="cpu", dtype="float64")
+    opt = xpmlp.Adam(lr=0.01)
+    keep, log = _Keep(), CSVLogger(tmp_path / "log.csv")
+    step, calls = opt.step, {"n": 0}
+
+    def interrupted_step(slots):
+        calls["n"] += 1
+        if calls["n"] == 8:  # epoch 3 (3 steps per epoch), in the middle of its second step
+            half = slots[: len(slots) // 2]
+            saved_state = opt.state
+            opt.state = saved_state[: len(half)]
+            step(half)  # half of the parameters and their Adam buffers updated, t advanced
+            opt.state = saved_state[: len(half)] + saved_state[len(half):]
+            raise KeyboardInterrupt
+        step(slots)
+
+    monkeypatch.setattr(opt, "step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(Xf, yf, loss="softmax_cross_entropy", optimizer=opt, epochs=5, batch_size=32,
+                  callbacks=[keep, log])
+    assert len(keep.epochs) == 2 and len(model.history.epoch) == 2
+    _assert_at_epoch_end(model, keep.epochs[-1])
+    assert keep.ended == 1 and log._file is None
+
+
+def test_keyboard_interrupt_from_a_metric_leaves_the_last_recorded_epoch():
+    Xf, yf = _fault_data()
+    model = xpmlp.MLP([4, 8, 2], seed=0, device="cpu", dtype="float64")
+    keep, epochs = _Keep(), {"n": 0}
+
+    def metric(y_true, y_pred):
+        epochs["n"] += 1
+        if epochs["n"] == 3:
+            raise KeyboardInterrupt
+        return 0.0
+
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(Xf, yf, loss="softmax_cross_entropy", epochs=5, batch_size=16, metrics=[metric], callbacks=[keep])
+    assert len(model.history.epoch) == 2 and keep.ended == 1
+    _assert_at_epoch_end(model, keep.epochs[-1])
+
+
+_CHILD = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    import xpmlp
+    from xpmlp.callbacks import Callback, CSVLogger, ModelCheckpoint
+
+    out = sys.argv[1]
+    r = np.random.default_rng(0)
+    X = r.normal(size=(4000, 20)); y = (X[:, 0] > 0).astype(np.int64)
+
+    class Ready(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            open(f"{out}/ready-{epoch + 1}", "w").close()
+
+    model = xpmlp.MLP([20, 64, 64, 2], dropout=0.1, seed=0, device="cpu", dtype="float64")
+    try:
+        model.fit(X, y, loss="softmax_cross_entropy", epochs=1000, batch_size=8,
+                  callbacks=[CSVLogger(f"{out}/log.csv"), ModelCheckpoint(out + "/e{epoch}.safetensors"), Ready()])
+    except KeyboardInterrupt:
+        model.save(f"{out}/final.safetensors")
+        json.dump({"epochs": len(model.history.epoch), "t": model.optimizer.t}, open(f"{out}/result.json", "w"))
+        sys.exit(0)
+    sys.exit(3)
+""")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
+def test_sigint_during_fit_leaves_a_model_at_its_last_completed_epoch(tmp_path):
+    import json
+
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    # the child imports the xpmlp this test imports (not whichever one is installed)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(xpmlp.__file__)))
+    env = {**os.environ, "XPMLP_DEVICE": "cpu", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "ready-2").exists():  # two epochs done: the third is running
+        assert child.poll() is None, child.stderr.read().decode()
+        assert time.monotonic() < deadline, "the child did not finish two epochs in time"
+        time.sleep(0.01)
+    child.send_signal(signal.SIGINT)
+    assert child.wait(timeout=60) == 0, child.stderr.read().decode()
+    result = json.loads((tmp_path / "result.json").read_text())
+    epochs, steps_per_epoch = result["epochs"], 4000 // 8
+    assert epochs >= 2 and result["t"] == epochs * steps_per_epoch  # whole epochs only: no half step
+    final = xpmlp.load(tmp_path / "final.safetensors", device="cpu")
+    assert final.optimizer.t == epochs * steps_per_epoch
+    checkpoint = tmp_path / f"e{epochs}.safetensors"
+    if checkpoint.exists():  # absent only if the signal landed while that epoch's checkpoint was written
+        last = xpmlp.load(checkpoint, device="cpu")
+        assert all(np.array_equal(a, b) for a, b in zip(final.get_weights(), last.get_weights(), strict=True))
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,loss") and len(rows) - 1 in (epochs - 1, epochs)  # closed, whole rows
+    assert all(row.count(",") == rows[0].count(",") for row in rows)

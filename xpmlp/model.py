@@ -157,9 +157,9 @@ class Sequential:
         _io.save_weights(self, path)
 
     @_on_device
-    def load_weights(self, path) -> None:
-        """Load weights saved from a model of the same architecture."""
-        _io.load_weights(self, path)
+    def load_weights(self, path, *, allow_nonfinite: bool = False) -> None:
+        """Load weights saved from a model of the same architecture (NaN or inf refused unless allowed)."""
+        _io.load_weights(self, path, allow_nonfinite=allow_nonfinite)
 
     def summary(self, print_fn=print) -> str:
         """Print (and return) a table of layers, output shapes and parameter counts, like Keras."""

@@ -26,6 +26,7 @@ recorded epochs, and the exception propagates unchanged.
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import time
@@ -171,7 +172,9 @@ def _warn_if_unscaled(model, high: float, low: float, what="X") -> None:
 
 def _prepare_y(model, loss, y, n_samples, what="y"):
     xp = model.xp
-    yd = loss.prepare_targets(y, model.backend, model.dtype, model.out_features)
+    names = inspect.signature(loss.prepare_targets).parameters  # a user Loss may not take what=
+    yd = loss.prepare_targets(y, model.backend, model.dtype, model.out_features,
+                              **({"what": what} if "what" in names else {}))
     if yd.shape[0] != n_samples:
         x_name = "X" if what == "y" else what.replace("y", "X")
         raise ValueError(f"{x_name} and {what} have different lengths: {n_samples} and {yd.shape[0]}")
