@@ -203,11 +203,12 @@ class _BaseMLP(_Base):
             y = to_numpy(y)
         # pandas: a missing value is named by column and row; y is read by position as NumPy
         # (nullable Int64 labels stay integers, string and categorical labels become labels)
-        check_missing(X, "X")
         if y is not None:
             y = host_array(y, "y")
         if _sklearn():
             from sklearn.utils.validation import validate_data
+
+            check_missing(X, "X")  # X stays pandas for scikit-learn (feature names); host_array checks below
 
             kwargs = dict(reset=reset, dtype=[np.float64, np.float32])
             if y is None:
