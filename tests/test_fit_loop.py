@@ -193,6 +193,15 @@ def test_terminate_on_nan_prints_the_message_when_verbose(capsys):
 
 
 @overflow_is_the_point
+def test_on_a_terminal_the_bar_is_closed_before_terminate_on_nan_prints(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    handle = Handle(handle=False)
+    _diverging_fit(_model(), [handle, TerminateOnNaN()], verbose=1)
+    out = capsys.readouterr().out
+    assert out.endswith("\n" + handle.heard[0][1] + "\n") and "epoch 2/4" in out
+
+
+@overflow_is_the_point
 def test_an_unhandled_divergence_still_raises_or_warns_after_every_callback_heard_of_it():
     a, b = Handle(handle=False), Handle(handle=False)
     with pytest.raises(xpmlp.DivergenceError):

@@ -265,10 +265,11 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     called = [m for m in metrics if isinstance(m, CallableMetric)]
     history = History()
     callbacks = [history, *([ProgbarLogger()] if verbose else []), *callbacks]
-    params = {"verbose": verbose, "epochs": epochs, "steps": n_batches}
+    params, log_keys = {"verbose": verbose, "epochs": epochs, "steps": n_batches}, _log_keys(metrics, Xv is not None)
     for cb in callbacks:
         cb.model, cb.params = model, params
-        cb.check(_log_keys(metrics, Xv is not None))
+        cb.check(log_keys)
+    # per batch, only the callbacks that define on_batch_end: the others' calls would do nothing
     batch_hooks = [cb for cb in callbacks if type(cb).on_batch_end is not Callback.on_batch_end]
 
     _adapt(model, Xd)
