@@ -129,7 +129,7 @@ def test_cupy_fused_update_matches_reference(monkeypatch, cupy_module, name):
     if not hasattr(kernels, "elementwise"):  # until xpmlp.kernels_cupy has it: the stand-in
         from test_update import StandInKernels
 
-        stand_in = StandInKernels(cupy.ElementwiseKernel)
+        stand_in = StandInKernels(cupy.ElementwiseKernel, cupy.ndarray)
         monkeypatch.setattr(xpmlp.optim, "fast_kernels",
                             lambda xp: None if os.environ.get("XPMLP_REFERENCE") == "1" else stand_in)
     for dtype, rtol in (("float64", 1e-12), ("float32", 1e-6)):

@@ -55,11 +55,19 @@ SIZE, CHUNK, N_STEPS = 2500, 1000, 5  # three chunks, the last one partial
 
 
 class StandInKernels:
-    """``Kernels.elementwise(spec)`` of xpmlp.kernels_cupy as the "cuda" branch adds it: one cached
-    kernel per spec, made by ``kernel_class(*spec)`` (HostElementwiseKernel, or fake CuPy's)."""
+    """The part of xpmlp.kernels_cupy's ``Kernels`` the optimisers use, for any kernel class:
+    ``elementwise(spec)`` (one cached ``kernel_class(*spec)``: HostElementwiseKernel, or CuPy's or
+    fake CuPy's ElementwiseKernel) and ``usable(*arrays)`` (arrays of type ``ndarray``, one shape,
+    C-contiguous, one dtype of float16/32/64), as that class has them."""
 
-    def __init__(self, kernel_class):
-        self.kernel_class, self.cache, self.specs = kernel_class, {}, []
+    def __init__(self, kernel_class, ndarray=np.ndarray):
+        self.kernel_class, self.ndarray, self.cache, self.specs = kernel_class, ndarray, {}, []
+
+    def usable(self, *arrays):
+        first = arrays[0]
+        return (all(isinstance(a, self.ndarray) and a.flags.c_contiguous and a.dtype == first.dtype
+                    and a.shape == first.shape for a in arrays)
+                and str(first.dtype) in ("float16", "float32", "float64"))
 
     def elementwise(self, spec):
         if spec not in self.cache:
@@ -117,6 +125,31 @@ def test_host_cuda_kernel_is_bitwise_equal_to_reference(host_compiler, name, dty
     _assert_same_bits(got, _run(CONFIGS[name], dtype, None))
 
 
+# float16 has no fast path of its own on NumPy beyond the chunked executor (bitwise, above); on
+# CuPy, float16 is a storage type: each expression runs in float32 and rounds to half where it is
+# stored, while the reference rounds after every operation. eps 1e-3: 1e-8 is 0 in half precision.
+HALF = {
+    "sgd-nesterov-l2": lambda: SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adam-l2": lambda: Adam(lr=1e-2, eps=1e-3, weight_decay=1e-3),
+    "adamw": lambda: AdamW(lr=1e-2, eps=1e-3),
+    # (centered: the reference's half-rounded E[g^2] - E[g]^2 goes negative, a NaN the kernel avoids)
+    "rmsprop-momentum": lambda: RMSprop(lr=1e-2, eps=1e-3, momentum=0.5),
+    "adagrad-decay-init": lambda: Adagrad(lr=0.1, eps=1e-3, lr_decay=0.1, initial_accumulator_value=0.5),
+}
+
+
+@pytest.mark.parametrize("name", HALF)
+def test_float16_host_kernel_is_close_to_reference(host_compiler, monkeypatch, name):
+    monkeypatch.setattr(kernels_numpy, "CHUNK", CHUNK)
+    got = _run(HALF[name], "float16", StandInKernels(HostElementwiseKernel))
+    want = _run(HALF[name], "float16", None)
+    _assert_same_bits(_run(HALF[name], "float16", kernels_numpy), want)
+    for g, w in [(got[0], want[0])] + [(got[1][k], want[1][k]) for k in want[1]]:
+        assert g.dtype == np.float16
+        w64 = w.astype(np.float64)
+        np.testing.assert_allclose(g.astype(np.float64), w64, rtol=1e-2, atol=1e-2 * float(np.abs(w64).max()))
+
+
 @pytest.mark.fakegpu
 @pytest.mark.parametrize("name", ["sgd-nesterov-l2", "adam-l2-clip", "adamw", "rmsprop-centered-momentum",
                                   "adagrad-decay-init-l2"])
@@ -131,7 +164,7 @@ def test_fake_cupy_step_is_one_launch_and_bitwise_equal_to_reference(monkeypatch
         monkeypatch.setattr(backend, "_CUPY_KERNELS", {})
         real = backend.fast_kernels(backend.namespace_of(cupy.zeros(1)))
         if not hasattr(real, "elementwise"):
-            monkeypatch.setattr(xpmlp.optim, "fast_kernels", lambda xp: StandInKernels(cupy.ElementwiseKernel))
+            monkeypatch.setattr(xpmlp.optim, "fast_kernels", lambda xp: StandInKernels(cupy.ElementwiseKernel, cupy.ndarray))
         d = cupy.asarray(data)
         opt = CONFIGS[name]()
         fake_cupy.COUNTS.reset()
@@ -160,7 +193,7 @@ def test_gpu_kernel_is_close_to_reference(monkeypatch, name, dtype, tol):
     monkeypatch.delenv("XPMLP_REFERENCE", raising=False)
     kernels = backend.fast_kernels(backend.namespace_of(cupy.zeros(1)))
     if not hasattr(kernels, "elementwise"):
-        kernels = StandInKernels(cupy.ElementwiseKernel)
+        kernels = StandInKernels(cupy.ElementwiseKernel, cupy.ndarray)
     data, grads = _grads(dtype)
     opt = CONFIGS[name]()
     update = opt.make_update(backend.namespace_of(cupy.zeros(1)), kernels)
@@ -176,14 +209,14 @@ def test_gpu_kernel_is_close_to_reference(monkeypatch, name, dtype, tol):
 def _all_specs():
     """Every distinct kernel the configurations make, renamed apart (one translation unit)."""
     specs = {}
-    for make in CONFIGS.values():
+    for make in (*CONFIGS.values(), *HALF.values()):
         spec = make().description().kernel_spec()
         specs.setdefault(spec, spec._replace(name=f"{spec.name}_{len(specs)}"))
     return list(specs.values())
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [*DTYPES, "float16"])
 def test_every_generated_kernel_compiles_with_nvrtc(nvrtc_setup, dtype, arch):
     nvrtc, options = nvrtc_setup
     specs = _all_specs()

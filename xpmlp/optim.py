@@ -25,7 +25,6 @@ from .update import Update
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "OPTIMIZERS", "get_optimizer",
            "clip_by_global_norm"]
 
-_FUSED_DTYPES = ("float32", "float64")  # the dtypes of the CuPy kernel (NumPy: any float, see usable)
 
 
 def clip_by_global_norm(xp, grads: list, max_norm: float) -> list:
@@ -214,8 +213,9 @@ class Optimizer:
         xp : the arrays' namespace
         kernels : None (the Array API reference), :mod:`xpmlp.kernels_numpy` (NumPy, in place and
             chunked) or the ``Kernels`` of :mod:`xpmlp.kernels_cupy` (CuPy: one launch per update
-            through ``kernels.elementwise(spec)``). Arrays a fast path cannot take (NumPy: read-only
-            or not contiguous; CuPy: not float32/float64) take the reference path.
+            through ``kernels.elementwise(spec)``). Arrays a fast path cannot take (its
+            ``kernels.usable(...)`` is False: not contiguous, read-only, a dtype it does not offer)
+            take the reference path.
 
         The configuration is read at every update, as the learning rate is: changing
         ``opt.momentum`` between updates takes effect (a new description, parsed once).
@@ -237,8 +237,7 @@ class Optimizer:
                 if desc not in executors:
                     executors[desc] = chunked(desc)
                 executors[desc](arrays, values)
-            elif (elementwise is not None and str(data.dtype) in _FUSED_DTYPES
-                  and getattr(kernels, "usable", lambda *a: True)(*arrays.values())):
+            elif elementwise is not None and kernels.usable(*arrays.values()):
                 if desc not in executors:  # the Kernels object caches the compiled kernel per spec
                     executors[desc] = elementwise(desc.kernel_spec())
                 executors[desc](grad, *(values[h] for h in desc.host_names), data, *(state[n] for n in desc.state))
