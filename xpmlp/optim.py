@@ -16,6 +16,7 @@ rate checks) and runs the update with one of the executors made from the same de
 
 from __future__ import annotations
 
+import functools
 import math
 import textwrap
 
@@ -35,6 +36,15 @@ def clip_by_global_norm(xp, grads: list, max_norm: float) -> list:
     total = xp.sqrt(sum(xp.sum(g * g) for g in grads))
     scale = xp.minimum(max_norm / (total + 1e-6), 1.0)
     return [g * scale for g in grads]
+
+
+_DECAY = {"coupled": "g = g + wd * p", "decoupled": "p = p * (1 - lr * wd)"}
+
+
+@functools.lru_cache(maxsize=256)
+def _describe(rule: str, decay: str, state: tuple, name: str) -> Update:
+    text = textwrap.dedent(rule).strip()
+    return Update(_DECAY[decay] + "\n" + text if decay else text, state, name)
 
 
 def _check_lr(value, name: str) -> None:
@@ -197,13 +207,11 @@ class Optimizer:
     def description(self) -> Update:
         """The whole update: weight decay (a first statement, when set), then :meth:`rule`.
 
-        Host scalars ``lr`` (the step's learning rate) and ``wd`` are always given.
+        Host scalars ``lr`` (the step's learning rate) and ``wd`` are always given. Parsed once per
+        distinct configuration (cached).
         """
-        text = textwrap.dedent(self.rule()).strip()
-        if self.weight_decay:
-            decay = "p = p * (1 - lr * wd)" if self.decoupled_weight_decay else "g = g + wd * p"
-            text = decay + "\n" + text
-        return Update.parse(text, tuple(self.initial_state()), type(self).__name__.lower())
+        decay = "" if not self.weight_decay else "decoupled" if self.decoupled_weight_decay else "coupled"
+        return _describe(self.rule(), decay, tuple(self.initial_state()), type(self).__name__.lower())
 
     def make_update(self, xp, kernels=None):
         """``update(data, grad)``: one update of the flat buffer ``data`` in place, as :meth:`step`.

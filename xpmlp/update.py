@@ -33,21 +33,13 @@ from __future__ import annotations
 
 import ast
 import copy
-import functools
 import math
 import textwrap
 from typing import NamedTuple
 
 __all__ = ["Update", "KernelSpec", "Op"]
 
-try:  # the one definition, where the CuPy kernels are made (kernels_cupy imports no CuPy)
-    from .kernels_cupy import KernelSpec
-except ImportError:  # pragma: no cover - kernels_cupy is part of the package
-    class KernelSpec(NamedTuple):
-        in_params: str
-        out_params: str
-        operation: str
-        name: str
+from .kernels_cupy import KernelSpec  # the one definition (kernels_cupy imports no CuPy)
 
 _BINARY = {ast.Add: ("add", "+"), ast.Sub: ("subtract", "-"), ast.Mult: ("multiply", "*"),
            ast.Div: ("divide", "/")}
@@ -111,7 +103,7 @@ class Update:
             target = stmt.targets[0].id
             if target in self.scalars:
                 raise ValueError(f"update {name}: cannot assign the host scalar {target!r}")
-            self._check(stmt.value, known)
+            self._check(stmt.value)
             if self._host_only(stmt.value):
                 raise ValueError(f"update {name}: {ast.unparse(stmt)!r} uses host scalars only")
             self.statements.append((target, self._fold(stmt.value)))
@@ -126,15 +118,14 @@ class Update:
 
     # -- parsing -----------------------------------------------------------------------------
 
-    def _check(self, node, known) -> None:
-        """Refuse what the language does not have, and names read before they are given."""
+    def _check(self, node) -> None:
+        """Refuse what the language does not have."""
         for n in ast.walk(node):
             if isinstance(n, ast.Constant):
                 if type(n.value) not in (int, float):
                     raise ValueError(f"update {self.name}: only numbers, got {n.value!r}")
             elif isinstance(n, ast.Name):
-                if n.id not in known and n.id not in self.scalars and n.id not in _FUNCTIONS:
-                    raise ValueError(f"update {self.name}: {n.id!r} is read before it is given or assigned")
+                pass
             elif isinstance(n, ast.Call):
                 if not (isinstance(n.func, ast.Name) and n.func.id in _FUNCTIONS and len(n.args) == 1
                         and not n.keywords):
@@ -166,12 +157,6 @@ class Update:
         if isinstance(node, ast.Call):
             return ast.Call(ast.Name(node.func.id, ast.Load()), [self._fold(node.args[0])], [])
         return ast.Name(node.id, ast.Load())
-
-    @staticmethod
-    @functools.lru_cache(maxsize=256)
-    def parse(text: str, state: tuple = (), name: str = "update") -> Update:
-        """``Update(text, state, name)``, parsed once per distinct description (cached)."""
-        return Update(text, state, name)
 
     def host_values(self, scalars: dict) -> dict:
         """The host scalars the executors take, by name (:attr:`host_names`): each folded
@@ -299,8 +284,8 @@ class Update:
         """The arguments of ``cupy.ElementwiseKernel`` for this update, called as
         ``kernel(g, *(values[h] for h in host_names), p, *state)`` (outputs in place).
 
-        Array parameters are of type ``T`` (float32 or float64), host scalars ``float64`` cast to
-        ``T`` where used; temporaries are locals of type ``T``; ``g`` is an input (read-only), so
+        Array parameters are of type ``T`` (the parameters' dtype), host scalars ``float64`` cast
+        to ``T`` where used; temporaries are locals of type ``T``; ``g`` is an input (read-only), so
         once reassigned it lives in a local.
         """
         names: dict[str, str] = {n: n for n in self.arrays}
