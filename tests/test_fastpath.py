@@ -69,6 +69,17 @@ def test_unusable_arrays_take_the_reference_path():
     assert not kernels_numpy.usable(base.T, base.T.copy())  # not C-contiguous
     assert not kernels_numpy.usable(readonly, base)
     assert not kernels_numpy.usable(base, base.astype(np.float32))
+    # a strided view of a buffer: updated in place by the reference path, as a contiguous copy is by the kernels
+    rng = np.random.default_rng(0)
+    strided = rng.normal(size=20)[::2]
+    contiguous = strided.copy()
+    grads = [rng.normal(size=10) for _ in range(3)]
+    for data in (strided, contiguous):
+        opt = Adam(lr=0.1)
+        for g in grads:
+            opt.step(data, g)
+    assert not strided.flags.c_contiguous
+    np.testing.assert_array_equal(strided, contiguous)
 
 
 def test_whole_fit_is_bitwise_equal_to_reference(monkeypatch):
