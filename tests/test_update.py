@@ -215,13 +215,15 @@ def _all_specs():
     return list(specs.values())
 
 
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("arch,index_32_bits", [("sm_80", True), ("sm_90", True), ("sm_90", False)],
+                         ids=["sm_80", "sm_90", "sm_90-idx64"])
 @pytest.mark.parametrize("dtype", [*DTYPES, "float16"])
-def test_every_generated_kernel_compiles_with_nvrtc(nvrtc_setup, dtype, arch):
+def test_every_generated_kernel_compiles_with_nvrtc(nvrtc_setup, dtype, arch, index_32_bits):
+    """As CuPy 14.2 generates the source for these specs (64-bit indices: buffers over 2**31 elements)."""
     nvrtc, options = nvrtc_setup
     specs = _all_specs()
     assert len(specs) >= 12
-    source = "\n".join(cupy_kernel_source(spec, dtype) for spec in specs)
+    source = "\n".join(cupy_kernel_source(spec, dtype, index_32_bits=index_32_bits) for spec in specs)
     cubin, log = _nvrtc_compile(nvrtc, source, (*options, f"-arch={arch}"))
     assert cubin, f"NVRTC failed for {dtype}, {arch}:\n{log}\n--- source ---\n{_numbered(source)}"
 
@@ -385,6 +387,30 @@ def test_state_dict_round_trip_is_bitwise_an_uninterrupted_run(name):
             opt.step(resumed, g)
         _assert_same_bits((resumed, opt.state), (uninterrupted, whole.state))
         assert opt.t == N_STEPS
+
+
+@pytest.mark.fakegpu
+def test_state_loaded_from_host_arrays_moves_to_the_parameters_device(monkeypatch):
+    """A file gives NumPy arrays; the model is on a (fake) GPU: the first update moves the buffers there."""
+    monkeypatch.setenv("XPMLP_REFERENCE", "1")  # the reference on both sides: NumPy underneath, the same bits
+    data, grads = _grads("float32")
+    whole, uninterrupted = Adam(lr=0.1), data.copy()
+    for g in grads:
+        whole.step(uninterrupted, g)
+    first = Adam(lr=0.1)
+    for g in grads[:2]:
+        first.step(data, g)
+    host_sd = {"t": first.t, "state": {k: v.copy() for k, v in first.state.items()}}
+    with fake_cupy.installed() as cupy:
+        with cupy.cuda.Device(1):
+            resumed = Adam(lr=0.1)
+            resumed.load_state_dict(host_sd)
+            d = cupy.asarray(data)
+            for g in grads[2:]:
+                resumed.step(d, cupy.asarray(g))
+            assert all(isinstance(v, cupy.ndarray) and v.device.id == 1 for v in resumed.state.values())
+            got = cupy.asnumpy(d), {k: cupy.asnumpy(v) for k, v in resumed.state.items()}
+    _assert_same_bits(got, (uninterrupted, whole.state))
 
 
 def test_state_dict_before_any_update():

@@ -20,7 +20,7 @@ import functools
 import math
 import textwrap
 
-from .backend import fast_kernels, namespace_of
+from .backend import device_of, fast_kernels, namespace_of
 from .update import Update
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "OPTIMIZERS", "get_optimizer",
@@ -95,6 +95,7 @@ class Optimizer:
         self._legacy_shapes: list | None = None  # TO BE REMOVED with step(slots)
         self._pending: list | None = None  # TO BE REMOVED: per-parameter dicts given to .state, joined at the next update
         self._updates: dict = {}  # namespace -> update made by make_update, for step()
+        self._adopt = False  # buffers from load_state_dict, moved to the parameters' device at the next update
 
     def current_lr(self) -> float:
         """The learning rate the next update uses (a schedule is evaluated at the step count)."""
@@ -134,6 +135,7 @@ class Optimizer:
     @state.setter
     def state(self, value):
         self._legacy_shapes = self._pending = None
+        self._adopt = False
         if isinstance(value, (list, tuple)):  # TO BE REMOVED: per-parameter dicts (train.py, io.py today)
             # joined at the next update, which runs on the arrays' device (CuPy: the current one)
             self._pending, value = list(value), None
@@ -153,7 +155,9 @@ class Optimizer:
         """Take the step count and buffers of ``sd`` (as :meth:`state_dict` gives), copying the arrays.
 
         With buffers already (after an update), they are written in place and must match in names,
-        shapes and dtype; before the first update, copies of the given arrays become the buffers.
+        shapes and dtype; before the first update, copies of the given arrays become the buffers,
+        moved at that update to the parameters' library and device if they are elsewhere (a file's
+        NumPy arrays for a model on a GPU).
         Raises ValueError naming what does not match.
         """
         if not isinstance(sd, dict) or set(sd) != {"t", "state"}:
@@ -189,6 +193,7 @@ class Optimizer:
                                  f"and dtype {ref.dtype} of {whose}")
         if own is None:
             self.state = {name: xp.asarray(state[name], copy=True) for name in names}
+            self._adopt = True
         else:
             for name in names:
                 own[name][...] = state[name]
@@ -263,7 +268,12 @@ class Optimizer:
         state = self._state
         if state is None:
             state = self._state = self._init_state(xp, data)
-        elif sorted(state) != self.state_names() or any(
+        if self._adopt:
+            self._adopt = False
+            device = device_of(data)
+            if any(type(s) is not type(data) or device_of(s) != device for s in state.values()):
+                state = self._state = {k: xp.asarray(s, device=device, copy=True) for k, s in state.items()}
+        if sorted(state) != self.state_names() or any(
                 tuple(s.shape) != tuple(data.shape) or s.dtype != data.dtype for s in state.values()):
             shown = {k: f"{tuple(s.shape)} {s.dtype}" for k, s in state.items()}
             raise ValueError(f"this {type(self).__name__} holds the state {shown} but was given parameters of "
