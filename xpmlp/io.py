@@ -255,11 +255,15 @@ def encode_model(config: dict, state: dict, rng: dict, loss=None, optimizer=None
     section = None
     if optimizer is not None:
         sd = optimizer.state_dict()
-        section = {"class": type(optimizer).__name__, "config": {**optimizer.get_config(), "lr": _lr_config(optimizer)},
+        section = {"class": type(optimizer).__name__,
+                   "config": {**optimizer.get_config(), "lr": _lr_config(optimizer)},
                    "t": sd["t"], "has_state": sd["state"] is not None}
         shapes = [tensors[name].shape for name in tensors if _is_parameter(name)]
         for key, buffer in (sd["state"] or {}).items():
             host, start = to_numpy(buffer), 0
+            if host.size != sum(math.prod(shape) for shape in shapes):
+                raise ValueError(f"the optimizer's buffer {key!r} has {host.size} values, the parameters "
+                                 f"{sum(math.prod(shape) for shape in shapes)}: it belongs to another model")
             for j, shape in enumerate(shapes):
                 size = math.prod(shape)
                 tensors[f"optimizer.{j}.{key}"] = host[start:start + size].reshape(shape)
@@ -328,6 +332,7 @@ def save_weights(model, path) -> None:
     model.save_weights(path)
 
 
+# -- reading: the container -------------------------------------------------------------------
 class _Tensor(NamedTuple):
     dtype: str
     shape: tuple
@@ -784,11 +789,13 @@ def _saved_model(file: _File, allow_nonfinite: bool) -> SavedModel:
 
     dtype = config["dtype"]
     state = {name: arrays[name].astype(dtype) for name in expected if not name.startswith("optimizer.")}
-    state.update({f"layers.{i}.extra_state": {"key": key, "counter": counter} for i, (key, counter) in dropout.items()})
+    state.update({f"layers.{i}.extra_state": {"key": key, "counter": counter}
+                  for i, (key, counter) in dropout.items()})
     optimizer_state = None
     if optimizer is not None:  # per-parameter arrays in the file, one flat buffer each in the state dict
         optimizer_state = {"t": t, "state": None if state_keys is None else {
-            key: np.concatenate([arrays[f"optimizer.{j}.{key}"].astype(dtype).reshape(-1) for j in range(len(params))])
+            key: np.concatenate([arrays[f"optimizer.{j}.{key}"].astype(dtype).reshape(-1)
+                                 for j in range(len(params))])
             for key in state_keys}}
     return SavedModel(layers, dtype, config["seed"], config["in_features"], loss, state, optimizer,
                       optimizer_state, {"init": rng["init"], "shuffle": rng["shuffle"]})

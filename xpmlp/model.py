@@ -214,11 +214,12 @@ class Sequential:
             if (len(parts) < 3 or parts[0] != "layers" or not parts[1].isdigit() or int(parts[1]) >= len(self.layers)
                     or (parts[2] == "state") != (len(parts) == 4) or len(parts) > 4):
                 raise ValueError(f"Sequential.load_state_dict: unexpected name {name!r} (this model has "
-                                 f"{len(self.layers)} layers; names are layers.{{i}}.{{key}}, layers.{{i}}.state.{{key}}"
-                                 " or layers.{i}.extra_state)")
+                                 f"{len(self.layers)} layers; names are layers.{{i}}.{{key}}, "
+                                 "layers.{i}.state.{key} or layers.{i}.extra_state)")
             if isinstance(value, np.ndarray):
                 if value.dtype != np.dtype(self.dtype):
-                    raise ValueError(f"Sequential.load_state_dict: {name!r} has dtype {value.dtype}, expected {self.dtype}")
+                    raise ValueError(f"Sequential.load_state_dict: {name!r} has dtype {value.dtype}, "
+                                     f"expected {self.dtype}")
                 value = self.backend.from_host(value)
             per_layer[int(parts[1])][parts[-1]] = value
         return per_layer
