@@ -13,6 +13,7 @@ import pytest
 import xpmlp
 from xpmlp import to_numpy
 from xpmlp.layers import Dense, Dropout, Standardize
+from conftest import Case
 
 PACKAGE = Path(xpmlp.__file__).parent
 rng = np.random.default_rng(0)
@@ -231,3 +232,20 @@ def test_no_import_circle_between_io_and_model():
     io_closure = closure("io")
     assert "xpmlp.io" in io_closure and "xpmlp.model" not in io_closure, io_closure
     assert "xpmlp.io" in closure("model")
+
+
+def test_every_way_to_save_and_load_gives_the_same_model(tmp_path):
+    """The model's own methods, and the io functions kept for compatibility, which call them."""
+    model = _model(Case("numpy", None, "float32"))
+    model.save(tmp_path / "a.safetensors")
+    xpmlp.io.save(model, tmp_path / "b.safetensors")
+    expected = _host(model.state_dict())
+    loaded = [xpmlp.Sequential.load(tmp_path / "a.safetensors"), xpmlp.load(tmp_path / "b.safetensors"),
+              xpmlp.model.load(tmp_path / "a.safetensors"), xpmlp.io.load(tmp_path / "b.safetensors"),
+              xpmlp.Sequential.from_bytes(model.to_bytes()), xpmlp.io.from_bytes(xpmlp.io.to_bytes(model))]
+    for other in loaded:
+        assert type(other) is xpmlp.Sequential and other.get_config() == model.get_config()
+        _assert_same(_host(other.state_dict()), expected)
+        assert other.get_rng_state() == model.get_rng_state() and other.optimizer.t == model.optimizer.t
+        for key, value in other.optimizer.state_dict()["state"].items():
+            np.testing.assert_array_equal(value, model.optimizer.state_dict()["state"][key])

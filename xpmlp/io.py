@@ -848,6 +848,12 @@ def register_model_class(cls) -> None:
     _model_class = cls
 
 
+def _registered():
+    if _model_class is None:  # xpmlp/__init__ imports the model first, so only a bare import of io
+        raise RuntimeError("xpmlp.io.load needs the model class: use xpmlp.load or xpmlp.Sequential.load")
+    return _model_class
+
+
 def load(path, device=None, xp=None, *, allow_nonfinite: bool = False):
     """``Sequential.load``: rebuild a model saved with ``save`` on ``device`` (or namespace ``xp``).
 
@@ -863,12 +869,12 @@ def load(path, device=None, xp=None, *, allow_nonfinite: bool = False):
     -------
     Sequential, with its loss, optimiser (and its state) and RNG states restored.
     """
-    return _model_class.load(path, device, xp, allow_nonfinite=allow_nonfinite)
+    return _registered().load(path, device, xp, allow_nonfinite=allow_nonfinite)
 
 
 def from_bytes(data: bytes, device=None, xp=None, *, allow_nonfinite: bool = False):
     """``Sequential.from_bytes``: the model that :func:`to_bytes` gave, checked as :func:`load` checks a file."""
-    return _model_class.from_bytes(data, device, xp, allow_nonfinite=allow_nonfinite)
+    return _registered().from_bytes(data, device, xp, allow_nonfinite=allow_nonfinite)
 
 
 def load_weights(model, path, *, allow_nonfinite: bool = False) -> None:

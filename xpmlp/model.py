@@ -12,7 +12,7 @@ from .layers import LAYERS, Dense, Dropout, Layer, Standardize, activation_name,
 from .params import FlatParameters, Parameter
 from .train import History, evaluate, fit, predict
 
-__all__ = ["Sequential", "MLP"]
+__all__ = ["Sequential", "MLP", "load"]
 
 
 def _on_device(method):
@@ -402,6 +402,11 @@ class MLP(Sequential):
         self.sizes = sizes
         self.activations = [activation_name(a) for a in acts]
         super().__init__(layers, **kwargs)
+
+
+def load(path, device=None, xp=None, *, allow_nonfinite: bool = False) -> Sequential:
+    """:meth:`Sequential.load`: rebuild a model saved with ``save`` on ``device`` (or namespace ``xp``)."""
+    return Sequential.load(path, device, xp, allow_nonfinite=allow_nonfinite)
 
 
 _io.register_model_class(Sequential)  # xpmlp.io.load / from_bytes build through it
