@@ -100,8 +100,7 @@ class Layer:
 
     def set_extra_state(self, state) -> None:
         """Take back what :meth:`get_extra_state` gave (ValueError if malformed)."""
-        if state is not None:
-            raise ValueError(f"{type(self).__name__} has no extra state, got {state!r}")
+        self._check_extra_state(state)
 
     def state_dict(self) -> dict:
         """{name: array}: parameters (live views of the model's buffer), then buffers, then
@@ -112,17 +111,13 @@ class Layer:
             sd["extra_state"] = extra
         return sd
 
-    def _expected_arrays(self) -> dict:
-        """{name: (shape, dtype)} that :meth:`load_state_dict` takes: the parameters' by default."""
-        return {k: (p.shape, p.value.dtype) for k, p in self.parameters.items()}
-
     def check_state_dict(self, sd) -> None:
         """Raise ValueError naming the first problem if ``sd`` cannot be loaded: other names than
         :meth:`state_dict`'s, or an array of another shape or dtype. Changes nothing."""
         name = type(self).__name__
         if not isinstance(sd, dict):
             raise ValueError(f"{name}.load_state_dict: expected a dict, got {type(sd).__name__}")
-        expected = self._expected_arrays()
+        expected = {k: (p.shape, p.value.dtype) for k, p in self.parameters.items()}
         arrays = {k: v for k, v in sd.items() if k != "extra_state"}
         if set(arrays) != set(expected):
             raise ValueError(f"{name}.load_state_dict: expected the arrays {sorted(expected)}, got {sorted(arrays)} "
@@ -143,6 +138,7 @@ class Layer:
             self._check_extra_state(sd["extra_state"])
 
     def _check_extra_state(self, state) -> None:
+        """Raise ValueError if ``state`` is not what :meth:`set_extra_state` takes."""
         if state is not None:
             raise ValueError(f"{type(self).__name__} has no extra state, got {state!r}")
 
@@ -330,9 +326,6 @@ class Standardize(Layer):
     def buffers(self) -> dict:
         """``{"mean", "std"}`` (each (d,)) once adapted, else {}."""
         return dict(self.state)
-
-    def _expected_arrays(self) -> dict:
-        return {}  # checked in check_state_dict: both statistics or none
 
     def check_state_dict(self, sd) -> None:
         """Both statistics ``mean`` and ``std`` of shape (d,) and the model's dtype, or none (not adapted)."""
