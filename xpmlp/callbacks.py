@@ -257,7 +257,7 @@ class ModelCheckpoint(_Monitor):
     """Save the model after each epoch, or only when ``monitor`` improves (``save_best_only``).
 
     ``path`` may hold ``{epoch}`` (1-based) and log names, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.safetensors"``.
-    Every write is atomic (see :func:`xpmlp.io.save`).
+    Every write is atomic (see :meth:`xpmlp.Sequential.save`).
     """
 
     def __init__(self, path, monitor: str = "val_loss", mode: str = "auto", save_best_only: bool = False,

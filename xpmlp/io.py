@@ -4,8 +4,7 @@ This module only turns state dicts into the file format and back; it never impor
 and reads no object's private fields. ``Sequential.to_bytes`` / ``save`` give it
 ``get_config()``, ``state_dict()``, ``get_rng_state()``, the loss and the optimiser
 (:func:`encode_model`); ``Sequential.load`` builds a model from what :func:`read_model` returns,
-a checked :class:`SavedModel` of NumPy state dicts. ``xpmlp.io.save``, ``load``, ``to_bytes``,
-``from_bytes``, ``save_weights`` and ``load_weights`` remain, calling the model's methods.
+a checked :class:`SavedModel` of NumPy state dicts (``xpmlp.load`` is ``Sequential.load``).
 
 A model file (format 3) holds every parameter (``layers.{i}.{key}``), layer state such as
 Standardize's mean and std (``layers.{i}.state.{key}``), the optimiser's buffers, each stored
@@ -77,7 +76,7 @@ from .optim import OPTIMIZERS
 from .schedules import SCHEDULES, Schedule
 
 __all__ = ["encode_model", "encode_weights", "write", "read_model", "decode_model", "read_weights", "SavedModel",
-           "save", "load", "save_weights", "load_weights", "ModelFileError", "FORMAT_VERSION"]
+           "ModelFileError", "FORMAT_VERSION"]
 
 # 3: SHA-256 of the tensor bytes in metadata "sha256"; 2: dropout state is (key, counter) of the
 # device generator; 1: a NumPy generator state per Dropout layer. All three load.
@@ -314,22 +313,6 @@ def encode_weights(state: dict) -> bytes:
 def write(path, data: bytes) -> None:
     """Write a model file's bytes to ``path`` atomically (see the module docstring)."""
     _atomic_write(path, data)
-
-
-# Compatibility: these take a model and call its public methods; io never imports the model.
-def save(model, path) -> None:
-    """``model.save(path)``: the whole model, atomically (see :meth:`xpmlp.Sequential.save`)."""
-    model.save(path)
-
-
-def to_bytes(model) -> bytes:
-    """``model.to_bytes()``: the file :func:`save` writes, as bytes."""
-    return model.to_bytes()
-
-
-def save_weights(model, path) -> None:
-    """``model.save_weights(path)``: only the weights (and Standardize statistics), atomically."""
-    model.save_weights(path)
 
 
 # -- reading: the container -------------------------------------------------------------------
@@ -835,49 +818,3 @@ def read_weights(path, shapes: dict, dtype: str, *, allow_nonfinite: bool = Fals
             expected[name] = tuple(shape)
     _match(file, expected, "this model's architecture", "the model", ignore=("optimizer.",))
     return {name: array.astype(dtype) for name, array in _decode(file, list(expected), allow_nonfinite).items()}
-
-
-# Compatibility: xpmlp.io.load and from_bytes build a model through the class that
-# xpmlp.model registers here, so that io never imports the model (no import circle).
-_model_class = None
-
-
-def register_model_class(cls) -> None:
-    """Make ``cls.load`` and ``cls.from_bytes`` what :func:`load` and :func:`from_bytes` call."""
-    global _model_class
-    _model_class = cls
-
-
-def _registered():
-    if _model_class is None:  # xpmlp/__init__ imports the model first, so only a bare import of io
-        raise RuntimeError("xpmlp.io.load needs the model class: use xpmlp.load or xpmlp.Sequential.load")
-    return _model_class
-
-
-def load(path, device=None, xp=None, *, allow_nonfinite: bool = False):
-    """``Sequential.load``: rebuild a model saved with ``save`` on ``device`` (or namespace ``xp``).
-
-    The file is checked whole before anything is allocated (see the module docstring); any
-    defect raises :class:`ModelFileError` saying what is wrong.
-
-    Parameters
-    ----------
-    allow_nonfinite : bool, default False
-        Load weights, optimiser state or statistics holding NaN or infinity instead of refusing.
-
-    Returns
-    -------
-    Sequential, with its loss, optimiser (and its state) and RNG states restored.
-    """
-    return _registered().load(path, device, xp, allow_nonfinite=allow_nonfinite)
-
-
-def from_bytes(data: bytes, device=None, xp=None, *, allow_nonfinite: bool = False):
-    """``Sequential.from_bytes``: the model that :func:`to_bytes` gave, checked as :func:`load` checks a file."""
-    return _registered().from_bytes(data, device, xp, allow_nonfinite=allow_nonfinite)
-
-
-def load_weights(model, path, *, allow_nonfinite: bool = False) -> None:
-    """``model.load_weights(path)``: weights of a model of the same architecture, the whole file
-    checked before any layer changes."""
-    model.load_weights(path, allow_nonfinite=allow_nonfinite)

@@ -409,4 +409,3 @@ def load(path, device=None, xp=None, *, allow_nonfinite: bool = False) -> Sequen
     return Sequential.load(path, device, xp, allow_nonfinite=allow_nonfinite)
 
 
-_io.register_model_class(Sequential)  # xpmlp.io.load / from_bytes build through it
