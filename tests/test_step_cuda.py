@@ -1,0 +1,333 @@
+"""The fused CuPy step's operations (xpmlp.step_cuda.CupyOps) on the fake GPU, against the reference.
+
+Each ``CupyOps`` method runs on the stand-in (tests/fake_cupy.py), whose ``ElementwiseKernel``
+executes the kernel's own CUDA C source on the host (tests/cuda_host.py), and is compared with the
+reference code it replaces, called with NumPy arrays: ``Dense.forward`` (``x @ W``, ``y += b``),
+the activation layers' ``forward``/``backward``, the losses' ``forward``/``backward`` and per-row
+values, ``Dense.backward_params``. Every call must be exactly one launch (none where there is
+nothing to compute), with no host sync and no host-to-device copy.
+
+Equality, per result (the kernels keep the reference's operations and their order, and the host
+compiles them without FMA contraction):
+
+- bitwise: bias add, ReLU and LeakyReLU forward; every backward that uses no transcendental
+  function (ReLU, LeakyReLU, ELU, Sigmoid, Tanh); loss gradients and values of MSE for rows of
+  fewer than 8 entries (NumPy sums those left to right, as the kernel does); the GEMMs and
+  reductions (the stand-in runs NumPy's, so this checks the arguments, not cuBLAS);
+- 1e-6 relative in float32 and 1e-12 in float64 (absolute: the same times the largest reference
+  value) where the kernel calls ``exp``/``log``/``tanh``/``expm1``/``log1p`` (the host's libm,
+  NumPy's own SIMD versions and CUDA's differ in the last bits) or where NumPy sums 8 or more
+  entries pairwise while the kernel sums a row left to right. A GPU must meet these too.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import fake_cupy
+import xpmlp
+from cuda_host import find_compiler
+from xpmlp import kernels_cupy
+from xpmlp.kernels_cupy import ACTIVATIONS
+from xpmlp.layers import ACTIVATIONS as LAYERS, Dense
+from xpmlp.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
+from xpmlp.step_cuda import CupyOps, make_ops
+
+DTYPES = kernels_cupy.STEP_DTYPES
+TOL = {"float32": 1e-6, "float64": 1e-12}
+CONFIG = {"leaky_relu": {"negative_slope": 0.2}, "elu": {"alpha": 0.7}}  # not the defaults: passed, not assumed
+BITWISE_FORWARD = {"identity", "relu", "leaky_relu"}
+BITWISE_BACKWARD = {"relu", "leaky_relu", "elu", "sigmoid", "tanh"}
+
+
+def _unavailable(reason: str):
+    if os.environ.get("XPMLP_REQUIRE_CUDA_TOOLS", "") == "1":
+        pytest.fail(f"{reason} (XPMLP_REQUIRE_CUDA_TOOLS=1 makes this a failure instead of a skip)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def gpu():
+    """(fake cupy module, CupyOps over its kernels), counters reset."""
+    if find_compiler() is None:
+        _unavailable("g++ is not installed; tests/cuda_host.py needs it")
+    with fake_cupy.installed(device_count=1) as cupy:
+        ops = CupyOps(kernels_cupy.build(cupy))
+        fake_cupy.COUNTS.reset()
+        yield cupy, ops
+
+
+def _counted(fn, *args):
+    """Run fn(*args) and return the counters' change: {"launches", "syncs", "h2d"} and by kernel name."""
+    fake_cupy.COUNTS.reset()
+    fn(*args)
+    return fake_cupy.COUNTS.snapshot(), dict(fake_cupy.COUNTS.by_name)
+
+
+def _assert_one_launch(counts, name, expected=1):
+    snapshot, by_name = counts
+    assert snapshot == {"launches": expected, "syncs": 0, "h2d": 0}, (snapshot, by_name)
+    if expected:
+        assert by_name == {name: 1}, by_name
+
+
+def _close(got, want, dtype, bitwise, what=""):
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    if bitwise:
+        np.testing.assert_array_equal(got, want, err_msg=what)
+    else:
+        tol = TOL[dtype]
+        scale = float(np.nanmax(np.abs(np.where(np.isfinite(want), want, 0)))) or 1.0
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def _backend():
+    return xpmlp.resolve("cpu")
+
+
+def _inputs(n, k, dtype, seed=0, special=True):
+    """x (n, 3), W (3, k), b (k,) and g (n, k); the pre-activations x @ W + b span about [-6, 6], and
+    with ``special`` the last row's pre-activations hold 0, -0, +-inf, NaN and large values."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3)).astype(dtype)
+    W = (2 * rng.normal(size=(3, k))).astype(dtype)
+    b = rng.normal(size=k).astype(dtype)
+    g = rng.normal(size=(n, k)).astype(dtype)
+    return x, W, b, g
+
+
+def _dense(x, W, b):
+    """The reference Dense layer with these weights: its forward is x @ W, then y += b."""
+    d = Dense(W.shape[1], in_features=W.shape[0], bias=b is not None)
+    d.build(W.shape[0], _backend(), str(W.dtype), np.random.default_rng(0))
+    d.params["W"][...] = W
+    if b is not None:
+        d.params["b"][...] = b
+    return d
+
+
+def _special(z):
+    """Put 0, -0, +-inf, NaN and large finite values in z's last row (in place)."""
+    vals = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 50.0, -50.0, 1e-3], dtype=z.dtype)
+    z[-1, :] = np.resize(vals, z.shape[1])
+    return z
+
+
+def _layer(name, k, dtype):
+    layer = LAYERS[name](**CONFIG.get(name, {}))
+    layer.build(k, _backend(), dtype, np.random.default_rng(0))
+    return layer
+
+
+# -- bias + activation forward, activation backward ---------------------------------------------------
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_bias_act_equals_dense_and_activation_forward(gpu, name, dtype, bias):
+    cupy, ops = gpu
+    x, W, b, _ = _inputs(9, 8, dtype)
+    b = b if bias else None
+    z_ref = _dense(x, W, b).forward(x, training=True)
+    h_ref = _layer(name, 8, dtype).forward(z_ref, training=True)
+    z = cupy.asarray(x @ W)  # the GEMM's result: the kernel adds the bias in place
+    h = cupy.empty(z.shape, dtype=dtype)
+    args = (z, None if b is None else cupy.asarray(b), _layer(name, 8, dtype), h)
+    counts = _counted(ops.bias_act, *args)
+    if name == "identity" and not bias:
+        _assert_one_launch(counts, None, expected=0)
+        np.testing.assert_array_equal(z.get(), z_ref)
+        return
+    _assert_one_launch(counts, f"xpmlp_{'bias_' if bias else ''}{name}")
+    np.testing.assert_array_equal(z.get(), z_ref)  # z + b: one rounding, bitwise
+    if name != "identity":
+        _close(h.get(), h_ref, dtype, name in BITWISE_FORWARD, name)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the reference's inf * 0
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_bias_act_special_values(gpu, name, dtype):
+    """0, -0, +-inf, NaN and large inputs give what the reference gives (NaN where it does)."""
+    cupy, ops = gpu
+    rng = np.random.default_rng(1)
+    z0 = _special(rng.normal(size=(3, 8)).astype(dtype))
+    layer = _layer(name, 8, dtype)
+    h_ref = layer.forward(z0.copy(), training=True)
+    z, h = cupy.asarray(z0), cupy.empty(z0.shape, dtype=dtype)
+    ops.bias_act(z, cupy.asarray(np.zeros(8, dtype)), layer, h)
+    got = z.get() if name == "identity" else h.get()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(h_ref), err_msg=name)
+    _close(got, h_ref, dtype, name in BITWISE_FORWARD, name)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the reference's inf * 0
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_act_backward_equals_the_layer_backward(gpu, name, dtype):
+    cupy, ops = gpu
+    x, W, b, g0 = _inputs(9, 8, dtype)
+    z0 = _special(x @ W + b)
+    g0[-1, 4] = 0.0  # 0 * inf and 0 * NaN as the reference computes them
+    layer = _layer(name, 8, dtype)
+    h0 = layer.forward(z0, training=True)
+    want = layer.backward(g0.copy())
+    g = cupy.asarray(g0)
+    counts = _counted(ops.act_backward, g, cupy.asarray(z0), cupy.asarray(h0), layer)
+    if name == "identity":
+        _assert_one_launch(counts, None, expected=0)
+        np.testing.assert_array_equal(g.get(), want)
+        return
+    _assert_one_launch(counts, f"xpmlp_{name}_grad")
+    np.testing.assert_array_equal(np.isnan(g.get()), np.isnan(want), err_msg=name)
+    _close(g.get(), want, dtype, name in BITWISE_BACKWARD, name)
+
+
+# -- loss value and gradient ---------------------------------------------------------------------
+def _loss_reference(loss, z, y, w):
+    """(per-row losses times w, dL/dz) from the loss's reference code on NumPy arrays."""
+    rows = loss.per_sample(np, z, y)
+    rows = rows if w is None else rows * w
+    loss.forward(z, y, w)
+    return rows, loss.backward()
+
+
+LOSS_CASES = {
+    "ce-labels": (lambda: SoftmaxCrossEntropy(), "labels", 10),
+    "ce-labels-smooth": (lambda: SoftmaxCrossEntropy(label_smoothing=0.1), "labels", 10),
+    "ce-probs": (lambda: SoftmaxCrossEntropy(), "probs", 10),
+    "ce-probs-smooth": (lambda: SoftmaxCrossEntropy(label_smoothing=0.2), "probs", 4),
+    "ce-2-classes": (lambda: SoftmaxCrossEntropy(), "labels", 2),
+    "bce": (lambda: SigmoidBinaryCrossEntropy(), "binary", 3),
+    "bce-1-output": (lambda: SigmoidBinaryCrossEntropy(), "binary", 1),
+    "mse": (lambda: MeanSquaredError(), "real", 3),
+    "mse-wide": (lambda: MeanSquaredError(), "real", 10),
+}
+
+
+def _targets(kind, n, k, dtype, rng):
+    if kind == "labels":
+        return rng.integers(0, k, n).astype(np.int64)
+    if kind == "probs":
+        p = rng.random((n, k)).astype(dtype)
+        return (p / p.sum(axis=1, keepdims=True)).astype(dtype)
+    if kind == "binary":
+        return rng.integers(0, 2, (n, k)).astype(dtype)
+    return rng.normal(size=(n, k)).astype(dtype)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(LOSS_CASES))
+def test_loss_grad_equals_the_loss_reference(gpu, case, dtype, bias, weighted):
+    cupy, ops = gpu
+    make, kind, k = LOSS_CASES[case]
+    n = 13
+    rng = np.random.default_rng(2)
+    x, W, b, _ = _inputs(n, k, dtype, seed=3)
+    b = b if bias else None
+    y = _targets(kind, n, k, dtype, rng)
+    w = rng.random(n).astype(dtype) if weighted else None
+    z_ref = _dense(x, W, b).forward(x, training=True)
+    rows_ref, grad_ref = _loss_reference(make(), z_ref, y, w)
+    loss = make()
+    z, grad, rows = cupy.asarray(x @ W), cupy.empty((n, k), dtype=dtype), cupy.empty(n, dtype=dtype)
+    args = (loss, z, None if b is None else cupy.asarray(b), cupy.asarray(y), None if w is None else cupy.asarray(w),
+            grad, rows)
+    snapshot, by_name = _counted(ops.loss_grad, *args)
+    assert snapshot == {"launches": 1, "syncs": 0, "h2d": 0} and len(by_name) == 1, (snapshot, by_name)
+    np.testing.assert_array_equal(z.get(), z_ref)  # the bias added in the kernel, bitwise
+    exact = case == "mse"  # no transcendental function, rows of 3 summed left to right as NumPy does
+    _close(grad.get(), grad_ref, dtype, exact or case == "mse-wide", f"{case} grad")
+    _close(rows.get(), rows_ref, dtype, exact, f"{case} row losses")
+    # the epoch loss fit will take from the rows: the reference's batch value
+    np.testing.assert_allclose(rows.get().sum(dtype=np.float64) / n, float(make().forward(z_ref, y, w)),
+                               rtol=10 * TOL[dtype])
+
+
+def test_loss_grad_stays_finite_for_huge_logits(gpu):
+    """The log-sum-exp and log1p(exp(-|z|)) forms: logits of +-1e4 give finite values and gradients."""
+    cupy, ops = gpu
+    z0 = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4]], dtype=np.float32)
+    for loss, y in ((SoftmaxCrossEntropy(), np.array([1, 2])), (SigmoidBinaryCrossEntropy(), np.eye(2, 3, dtype=np.float32))):
+        rows_ref, grad_ref = _loss_reference(loss, z0, y, None)
+        z, grad, rows = cupy.asarray(z0), cupy.empty((2, 3), np.float32), cupy.empty(2, np.float32)
+        ops.loss_grad(loss, z, None, cupy.asarray(y), None, grad, rows)
+        assert np.isfinite(rows.get()).all() and np.isfinite(grad.get()).all()
+        _close(rows.get(), rows_ref, "float32", False, loss.name)
+        _close(grad.get(), grad_ref, "float32", False, loss.name)
+
+
+def test_loss_grad_refuses_other_losses(gpu):
+    cupy, ops = gpu
+    z = cupy.zeros((2, 1), dtype=np.float32)
+    with pytest.raises(ValueError, match="no kernel for loss 'mae'"):
+        ops.loss_grad(xpmlp.losses.MeanAbsoluteError(), z, None, z, None, z, cupy.zeros(2, dtype=np.float32))
+
+
+# -- GEMMs, bias gradients, dropout masks -----------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_bias_grad_and_mul_are_one_launch_each(gpu, dtype):
+    """The Dense layer's three GEMMs (forward x @ W, dW = x.T @ g, dX = g @ W.T), its bias gradient
+    and the dropout product, each written into a preallocated buffer in one launch."""
+    cupy, ops = gpu
+    x0, W0, b0, g0 = _inputs(9, 8, dtype)
+    dense = _dense(x0, W0, b0)
+    z_ref = dense.forward(x0, training=True)
+    dx_ref = dense.backward(g0)
+    x, W, g = cupy.asarray(x0), cupy.asarray(W0), cupy.asarray(g0)
+    z, dW, db, dx = (cupy.empty(s, dtype=dtype) for s in ((9, 8), (3, 8), (8,), (9, 3)))
+    _assert_one_launch(_counted(ops.matmul, x, W, z), "matmul")
+    _assert_one_launch(_counted(ops.matmul, x.T, g, dW), "matmul")
+    _assert_one_launch(_counted(ops.matmul, g, W.T, dx), "matmul")
+    _assert_one_launch(_counted(ops.bias_grad, g, db), "sum")
+    np.testing.assert_array_equal(z.get() + b0, z_ref)
+    np.testing.assert_array_equal(dW.get(), dense.grads["W"])
+    np.testing.assert_array_equal(db.get(), dense.grads["b"])
+    np.testing.assert_array_equal(dx.get(), dx_ref)
+    mask0 = np.random.default_rng(5).random((9, 8)).astype(dtype)
+    a, mask = cupy.asarray(g0), cupy.asarray(mask0)
+    _assert_one_launch(_counted(ops.mul_, a, mask), "multiply")
+    np.testing.assert_array_equal(a.get(), g0 * mask0)
+
+
+def test_the_stand_in_counts_what_cupy_adds_for_bad_buffers(gpu):
+    """CuPy's matmul copies when out overlaps an operand or is not C-contiguous, or when an operand
+    is neither C- nor F-contiguous; ufuncs copy an input that overlaps a different output array.
+    The stand-in counts those copies, so a step that passed such buffers would exceed its budget."""
+    cupy, ops = gpu
+    a = cupy.asarray(np.ones((4, 4), np.float32))
+    assert _counted(ops.matmul, a, a, a)[0]["launches"] == 2  # out is an operand
+    out_t = cupy.empty((4, 4), dtype=np.float32).T
+    assert _counted(ops.matmul, a, a, out_t)[0]["launches"] == 2  # out not C-contiguous
+    wide = cupy.asarray(np.ones((4, 8), np.float32))
+    assert _counted(ops.matmul, wide[:, ::2], a, cupy.empty((4, 4), dtype=np.float32))[0]["launches"] == 2
+    view, other = a[1:], cupy.asarray(np.ones((3, 4), np.float32))
+    fake_cupy.COUNTS.reset()
+    cupy.multiply(a[1:], other, out=view)  # a[1:] is another object over out's memory: copied first
+    assert fake_cupy.COUNTS.launches == 2
+    fake_cupy.COUNTS.reset()
+    cupy.multiply(view, other, out=view)  # out itself as an input (ops.mul_): not copied
+    assert fake_cupy.COUNTS.launches == 1
+    with pytest.raises(ValueError, match="invalid size"):
+        ops.matmul(a, a, cupy.empty((4, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="Out shape is mismatched"):
+        ops.bias_grad(a, cupy.empty((3,), dtype=np.float32))
+
+
+def test_make_ops_follows_the_fast_kernels(monkeypatch):
+    if find_compiler() is None:
+        _unavailable("g++ is not installed; tests/cuda_host.py needs it")
+    from xpmlp import backend as backend_module
+
+    with fake_cupy.installed(device_count=1):
+        monkeypatch.setattr(backend_module, "_CUPY_KERNELS", {})
+        b = xpmlp.resolve("cuda")
+        with b.activate():
+            ops = make_ops(b)
+        assert isinstance(ops, CupyOps) and ops.kernels is backend_module.fast_kernels(b.xp)
+        monkeypatch.setenv("XPMLP_REFERENCE", "1")
+        assert make_ops(b) is None
