@@ -198,12 +198,12 @@ def test_cosine_with_warmup():
 def test_schedule_drives_the_optimizer_step_by_step(case):
     sched = StepDecay(0.5, step_size=2, gamma=0.1)
     opt = xpmlp.SGD(lr=sched)
-    params, grads = {"w": case.asarray(np.zeros(3))}, {"w": case.asarray(np.ones(3))}
+    w, g = case.asarray(np.zeros(3)), case.asarray(np.ones(3))
     with case.activate():  # an optimiser used directly runs on the current device (CuPy)
         for _ in range(5):
-            opt.step([(params, grads, "w")])
+            opt.step(w, g)
     expected = -sum(sched(t) for t in range(5))
-    np.testing.assert_allclose(to_numpy(params["w"]), expected, rtol=case.rtol)
+    np.testing.assert_allclose(to_numpy(w), expected, rtol=case.rtol)
     history = _model(case).fit(X, Y, loss="softmax_cross_entropy", optimizer=xpmlp.Adam(lr=ExponentialDecay(0.01, 0.5, 8)),
                                epochs=2, batch_size=16)
     assert history["lr"] == pytest.approx([0.01 * 0.5 ** (8 / 8), 0.01 * 0.5 ** (16 / 8)])

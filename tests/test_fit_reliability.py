@@ -248,9 +248,9 @@ def _applied_lr(opt):
     """The rate the optimiser's next step applies, measured: an SGD step on w = 0 with gradient 1."""
     probe = xpmlp.SGD(lr=opt.lr)
     probe.t = opt.t
-    params, grads = {"w": np.zeros(1)}, {"w": np.ones(1)}
-    probe.step([(params, grads, "w")])
-    return -float(params["w"][0])
+    w = np.zeros(1)
+    probe.step(w, np.ones(1))
+    return -float(w[0])
 
 
 @pytest.mark.parametrize("lr", [StepDecay(1e-12, step_size=10**9), lambda step: 1e-12])
@@ -396,7 +396,7 @@ def test_a_schedule_giving_a_bad_rate_is_refused_where_it_is_applied(value):
     sgd = xpmlp.SGD(lr=0.1)
     sgd.lr = value
     with pytest.raises(ValueError, match=rf"SGD: the learning rate for step 1 is not usable: it is {value!r}"):
-        sgd.step([({"w": np.zeros(1)}, {"w": np.ones(1)}, "w")])
+        sgd.step(np.zeros(1), np.ones(1))
 
 
 @pytest.mark.parametrize("value", [-0.01, float("nan")])
