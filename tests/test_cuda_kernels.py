@@ -338,14 +338,14 @@ N_STEPS = 6
 
 
 def _run(make, dtype):
+    """The flat parameter buffer and the optimiser's flat state after N_STEPS updates."""
     rng = np.random.default_rng(0)
-    params = {f"p{i}": rng.normal(size=s).astype(dtype) for i, s in enumerate(SHAPES)}
-    grads_seq = [{k: rng.normal(size=v.shape).astype(dtype) for k, v in params.items()} for _ in range(N_STEPS)]
-    opt, grads = make(1e-3 if dtype == "float16" else 1e-8), {}
-    for step_grads in grads_seq:
-        grads.update(step_grads)
-        opt.step([(params, grads, k) for k in params])
-    return params, opt.state
+    size = sum(int(np.prod(s)) for s in SHAPES)
+    data = rng.normal(size=size).astype(dtype)
+    opt = make(1e-3 if dtype == "float16" else 1e-8)
+    for _ in range(N_STEPS):
+        opt.step(data, rng.normal(size=size).astype(dtype))
+    return data, opt.state
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -354,27 +354,26 @@ def test_host_kernels_match_reference(host_compiler, monkeypatch, name, dtype):
     """The optimisers with ``build(fake_cupy)`` as their fast kernels, against the reference.
 
     The optimiser computes and passes the host scalars itself (bias corrections, dampening),
-    exactly as it would to the GPU kernels. Tolerances, relative and absolute (the values are
-    of order 1): float64 1e-12 and float32 1e-6, which the GPU (FMA contraction, float32
-    denormals flushed) must also meet; on the host, compiled without contraction, the results
-    are moreover bitwise equal to the reference's, which checks that the kernels keep its
-    operations and their order. float16: CuPy's float16 computes each expression in float32 and
-    rounds once where it stores, the reference rounds after every operation, so they agree to a
-    few half-precision ulps (1e-2 relative, 1e-2 of each array's largest value absolute).
+    exactly as it would to the GPU kernels, and updates the whole flat buffer in one launch per
+    step. Tolerances, relative and absolute (the values are of order 1): float64 1e-12 and float32
+    1e-6, which the GPU (FMA contraction, float32 denormals flushed) must also meet; on the host,
+    compiled without contraction, the results are moreover bitwise equal to the reference's,
+    which checks that the kernels keep its operations and their order. float16: CuPy's float16
+    computes each expression in float32 and rounds once where it stores, the reference rounds
+    after every operation, so they agree to a few half-precision ulps (1e-2 relative, 1e-2 of
+    each array's largest value absolute).
     """
     _CountingKernel.calls.clear()
     kernels = build(_fake_cupy(_CountingKernel))
     with monkeypatch.context() as mp:
         mp.setattr(xpmlp.optim, "fast_kernels", lambda xp: kernels)
-        fast_params, fast_state = _run(OPTIMIZERS[name], dtype)
-    assert _CountingKernel.calls == {EXPECTED_KERNEL[name]: N_STEPS * len(SHAPES)}  # no fallback
+        fast_data, fast_state = _run(OPTIMIZERS[name], dtype)
+    assert _CountingKernel.calls == {EXPECTED_KERNEL[name]: N_STEPS}  # one launch per step, no fallback
     monkeypatch.setenv("XPMLP_REFERENCE", "1")
-    ref_params, ref_state = _run(OPTIMIZERS[name], dtype)
+    ref_data, ref_state = _run(OPTIMIZERS[name], dtype)
 
-    pairs = [(fast_params[k], ref_params[k], k) for k in ref_params]
-    for fs, rs in zip(fast_state, ref_state):
-        assert fs.keys() == rs.keys()
-        pairs += [(fs[key], rs[key], key) for key in rs]
+    assert fast_state.keys() == ref_state.keys()
+    pairs = [(fast_data, ref_data, "data")] + [(fast_state[k], ref_state[k], k) for k in ref_state]
     for got, want, what in pairs:
         assert got.dtype == np.dtype(dtype) and got.shape == want.shape, what
         if dtype == "float16":
