@@ -331,3 +331,83 @@ def test_make_ops_follows_the_fast_kernels(monkeypatch):
         assert isinstance(ops, CupyOps) and ops.kernels is backend_module.fast_kernels(b.xp)
         monkeypatch.setenv("XPMLP_REFERENCE", "1")
         assert make_ops(b) is None
+
+
+# -- one whole step of the issue's benchmark network, driven by hand -----------------------------------
+def test_one_mnist_step_through_the_ops_is_16_launches_plus_one_update(gpu):
+    """784-512-512-10 ReLU, softmax cross-entropy, Adam, batch 128, float32, with preallocated
+    buffers and flat parameters: forward (3 GEMMs, 2 bias+ReLU), loss (1), backward (3 dW GEMMs,
+    3 bias sums, 2 dX GEMMs, 2 ReLU backward) = 16 launches through CupyOps, plus ONE fused Adam
+    update over the flat buffer; no sync, no host-to-device copy. The step's parameters equal the
+    reference Sequential's after one reference step (layer by layer, within float32 tolerance:
+    the loss kernel's exp/log)."""
+    cupy, ops = gpu
+    sizes, n = (784, 512, 512, 10), 128
+    rng = np.random.default_rng(0)
+    x0 = rng.random((n, 784), dtype=np.float32)
+    y0 = rng.integers(0, 10, n).astype(np.int64)
+    shapes = [s for i in range(3) for s in ((sizes[i], sizes[i + 1]), (sizes[i + 1],))]
+    total = sum(int(np.prod(s)) for s in shapes)
+    data0 = (0.05 * rng.normal(size=total)).astype(np.float32)
+
+    def views(flat):
+        out, at = [], 0
+        for s in shapes:
+            size = int(np.prod(s))
+            out.append(flat[at:at + size].reshape(s))
+            at += size
+        return out
+
+    backend = xpmlp.resolve("cuda")
+    data, grad = cupy.asarray(data0), cupy.zeros(total, dtype=np.float32)
+    P, G = views(data), views(grad)
+    x, y = cupy.asarray(x0), cupy.asarray(y0)
+    z = [cupy.empty((n, s), dtype=np.float32) for s in sizes[1:]]
+    h = [cupy.empty((n, s), dtype=np.float32) for s in sizes[1:3]]
+    dz = [cupy.empty((n, s), dtype=np.float32) for s in sizes[1:]]
+    rows = cupy.empty(n, dtype=np.float32)
+    relu, loss = LAYERS["relu"](), SoftmaxCrossEntropy()
+    opt = xpmlp.Adam(lr=1e-3)
+    update = opt.make_update(backend.xp, ops.kernels)
+    update(data, grad)  # the first update allocates Adam's state (two zeros_like); a zero gradient moves nothing
+    fake_cupy.COUNTS.reset()
+    a = x
+    for i in range(2):
+        ops.matmul(a, P[2 * i], z[i])
+        ops.bias_act(z[i], P[2 * i + 1], relu, h[i])
+        a = h[i]
+    ops.matmul(a, P[4], z[2])
+    ops.loss_grad(loss, z[2], P[5], y, None, dz[2], rows)
+    for i in (2, 1, 0):
+        ops.matmul(x.T if i == 0 else h[i - 1].T, dz[i], G[2 * i])
+        ops.bias_grad(dz[i], G[2 * i + 1])
+        if i:
+            ops.matmul(dz[i], P[2 * i].T, dz[i - 1])
+            ops.act_backward(dz[i - 1], z[i - 1], h[i - 1], relu)
+    assert fake_cupy.COUNTS.snapshot() == {"launches": 16, "syncs": 0, "h2d": 0}, dict(fake_cupy.COUNTS.by_name)
+    update(data, grad)
+    assert fake_cupy.COUNTS.snapshot() == {"launches": 17, "syncs": 0, "h2d": 0}, dict(fake_cupy.COUNTS.by_name)
+    assert dict(fake_cupy.COUNTS.by_name) == {"matmul": 8, "xpmlp_bias_relu": 2, "xpmlp_softmax_ce_labels_bias": 1,
+                                              "sum": 3, "xpmlp_relu_grad": 2, "xpmlp_adam": 1}
+
+    # the reference: the same layers, one forward/backward and an Adam step per tensor on NumPy
+    ref = [np.array(v) for v in views(data0.copy())]
+    zr, hr, a = [], [], x0
+    for i in range(3):
+        zz = np.matmul(a, ref[2 * i])
+        zz += ref[2 * i + 1]
+        zr.append(zz)
+        if i < 2:
+            layer = _layer("relu", sizes[i + 1], "float32")
+            hr.append(layer.forward(zz, training=True))
+            a = hr[-1]
+    rows_ref, d = _loss_reference(SoftmaxCrossEntropy(), zr[2], y0, None)
+    _close(rows.get(), rows_ref, "float32", False, "row losses")
+    grads_ref = [None] * 6
+    for i in (2, 1, 0):
+        grads_ref[2 * i] = np.matmul((x0 if i == 0 else hr[i - 1]).T, d)
+        grads_ref[2 * i + 1] = np.sum(d, axis=0)
+        if i:
+            d = np.matmul(d, ref[2 * i].T) * (zr[i - 1] > 0).astype(np.float32)
+    flat_ref = np.concatenate([g.ravel() for g in grads_ref])
+    np.testing.assert_allclose(grad.get(), flat_ref, rtol=1e-5, atol=1e-6 * float(np.abs(flat_ref).max()))
