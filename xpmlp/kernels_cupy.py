@@ -34,9 +34,9 @@ Numerics:
   rounds after every operation, so the two agree to a few half-precision ulps.
 - Because ``float16`` converts to ``float`` and ``float`` converts to ``float16`` (both
   implicitly), a conditional expression ``c ? float_expr : T_value`` is ambiguous for
-  ``T = float16`` and does not compile (NVRTC: 'ambiguous "?" operation'). The bodies below
-  therefore select with ``if`` statements that assign to a ``T`` variable, never with ``?:``.
-
+  ``T = float16`` and does not compile (NVRTC: 'ambiguous "?" operation'). The optimiser and
+  dropout bodies (offered for float16) therefore select with ``if`` statements that assign to a
+  ``T`` variable, never with ``?:``; the step kernels (float32 and float64 only) may use ``?:``.
 - Row kernels (the losses) read and write whole rows through ``raw`` parameters: CuPy passes a
   raw array as ``CArray<T, ndim, c_contiguous, idx32>`` of its own shape, and ``z[j]`` is the
   element at C-order position ``j`` (cupy/_core/include/cupy/carray.cuh), so ``i * k + j`` is
@@ -71,6 +71,9 @@ class KernelSpec(NamedTuple):
     name: str
 
 
+# The optimiser kernels (adam, sgd_momentum, sgd) serve xpmlp.optim's current fast path
+# (Kernels.usable/adam_/sgd_); they go once optim generates its updates through
+# Kernels.elementwise.
 SPECS: dict[str, KernelSpec] = {
     # m = b1 * m + (1 - b1) * g;  v = b2 * v + (1 - b2) * (g * g)
     # p = p - step_size * (m / (sqrt(v) / root_bc2 + eps)); step_size and root_bc2 are
