@@ -70,7 +70,7 @@ def test_model_gradients_match_torch_autograd(case64, activation, loss):
     xd = case64.asarray(x)
     fn.forward(model.forward(xd, training=True), fn.prepare_targets(y, model.backend, "float64", sizes[-1]))
     dx = to_numpy(model.backward(fn.backward()))
-    ours = [to_numpy(gd[k]) for _, gd, k in model.slots()]
+    ours = [to_numpy(p.grad) for p in model.parameters()]
 
     expected, expected_dx = _torch_grads(model, x, y, loss)
     for got, exp in zip(ours, expected):

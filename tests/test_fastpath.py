@@ -92,11 +92,11 @@ def test_backward_without_input_gradient_gives_the_same_parameter_gradients():
     model.layers[0].adapt(x)
     model.forward(x, training=True)
     dx = model.backward(g)
-    full = [gd[k].copy() for _, gd, k in model.slots()]
+    full = [p.grad.copy() for p in model.parameters()]
     model.forward(x, training=True)
     assert dx.shape == (4, 5) and model.backward(g, input_grad=False) is None
-    for a, (_, gd, k) in zip(full, model.slots()):
-        np.testing.assert_array_equal(a, gd[k])
+    for a, p in zip(full, model.parameters()):
+        np.testing.assert_array_equal(a, p.grad)
 
 
 @pytest.fixture(params=[pytest.param("cupy", marks=pytest.mark.gpu), pytest.param("fakecupy", marks=pytest.mark.fakegpu)])

@@ -216,8 +216,9 @@ class _Keep(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         opt = self.model.optimizer
-        self.epochs.append((self.model.get_weights(), opt.t,
-                            [{k: np.array(v) for k, v in s.items()} for s in opt.state],
+        state = opt.state_dict()
+        self.epochs.append((self.model.get_weights(), state["t"],
+                            {k: np.array(v) for k, v in state["state"].items()},
                             [getattr(layer, "counter", None) for layer in self.model.layers]))
 
     def on_train_end(self, logs=None):
@@ -227,9 +228,9 @@ class _Keep(Callback):
 def _assert_at_epoch_end(model, kept):
     weights, t, state, counters = kept
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights, strict=True))
-    assert model.optimizer.t == t
-    for s, saved in zip(model.optimizer.state, state, strict=True):
-        assert all(np.array_equal(np.asarray(s[k]), saved[k]) for k in saved)
+    now = model.optimizer.state_dict()
+    assert now["t"] == t and sorted(now["state"]) == sorted(state)
+    assert all(np.array_equal(np.asarray(now["state"][k]), state[k]) for k in state)
     assert [getattr(layer, "counter", None) for layer in model.layers] == counters
 
 
@@ -238,20 +239,21 @@ def test_keyboard_interrupt_inside_an_update_leaves_the_last_completed_epoch(tmp
     model = xpmlp.MLP([4, 16, 16, 2], dropout=0.2, seed=0, device="cpu", dtype="float64")
     opt = xpmlp.Adam(lr=0.01)
     keep, log = _Keep(), CSVLogger(tmp_path / "log.csv")
-    step, calls = opt.step, {"n": 0}
+    make_update, calls = opt.make_update, {"n": 0}
 
-    def interrupted_step(slots):
-        calls["n"] += 1
-        if calls["n"] == 8:  # epoch 3 (3 steps per epoch), in the middle of its second step
-            half = slots[: len(slots) // 2]
-            saved_state = opt.state
-            opt.state = saved_state[: len(half)]
-            step(half)  # half of the parameters and their Adam buffers updated, t advanced
-            opt.state = saved_state[: len(half)] + saved_state[len(half):]
-            raise KeyboardInterrupt
-        step(slots)
+    def interrupted(xp, kernels):
+        update = make_update(xp, kernels)
 
-    monkeypatch.setattr(opt, "step", interrupted_step)
+        def update_or_interrupt(data, grad):
+            calls["n"] += 1
+            if calls["n"] == 8:  # epoch 3 (3 steps per epoch), in the middle of its second step
+                update(data, grad)  # the whole update applied, t advanced ...
+                data[: data.shape[0] // 2] = 0.0  # ... and half of the weights overwritten: then stopped
+                raise KeyboardInterrupt
+            update(data, grad)
+        return update_or_interrupt
+
+    monkeypatch.setattr(opt, "make_update", interrupted)
     with pytest.raises(KeyboardInterrupt):
         model.fit(Xf, yf, loss="softmax_cross_entropy", optimizer=opt, epochs=5, batch_size=32,
                   callbacks=[keep, log])

@@ -34,7 +34,7 @@ from xpmlp import kernels_cupy
 from xpmlp.kernels_cupy import ACTIVATIONS
 from xpmlp.layers import ACTIVATIONS as LAYERS, Dense
 from xpmlp.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
-from xpmlp.step_cuda import CupyOps, make_ops
+from xpmlp.step_cuda import CupyOps
 
 DTYPES = kernels_cupy.STEP_DTYPES
 TOL = {"float32": 1e-6, "float64": 1e-12}
@@ -55,7 +55,7 @@ def gpu():
     if find_compiler() is None:
         _unavailable("g++ is not installed; tests/cuda_host.py needs it")
     with fake_cupy.installed(device_count=1) as cupy:
-        ops = CupyOps(kernels_cupy.build(cupy))
+        ops = CupyOps(kernels_cupy.build(cupy), "float32")  # its dtype is only that of ops.empty
         fake_cupy.COUNTS.reset()
         yield cupy, ops
 
@@ -188,9 +188,7 @@ def test_act_backward_equals_the_layer_backward(gpu, name, dtype):
 # -- loss value and gradient ---------------------------------------------------------------------
 def _loss_reference(loss, z, y, w):
     """(per-row losses times w, dL/dz) from the loss's reference code on NumPy arrays."""
-    rows = loss.per_sample(np, z, y)
-    rows = rows if w is None else rows * w
-    loss.forward(z, y, w)
+    rows = loss.row_losses(z, y, w)
     return rows, loss.backward()
 
 
@@ -289,8 +287,10 @@ def test_matmul_bias_grad_and_mul_are_one_launch_each(gpu, dtype):
     np.testing.assert_array_equal(db.get(), dense.grads["b"])
     np.testing.assert_array_equal(dx.get(), dx_ref)
     mask0 = np.random.default_rng(5).random((9, 8)).astype(dtype)
-    a, mask = cupy.asarray(g0), cupy.asarray(mask0)
-    _assert_one_launch(_counted(ops.mul_, a, mask), "multiply")
+    a, mask, out = cupy.asarray(g0), cupy.asarray(mask0), cupy.empty((9, 8), dtype=dtype)
+    _assert_one_launch(_counted(ops.mul, a, mask, out), "multiply")  # dropout forward: d = h * mask
+    np.testing.assert_array_equal(out.get(), g0 * mask0)
+    _assert_one_launch(_counted(ops.mul, a, mask, a), "multiply")  # dropout backward: g *= mask, in place
     np.testing.assert_array_equal(a.get(), g0 * mask0)
 
 
@@ -310,7 +310,7 @@ def test_the_stand_in_counts_what_cupy_adds_for_bad_buffers(gpu):
     cupy.multiply(a[1:], other, out=view)  # a[1:] is another object over out's memory: copied first
     assert fake_cupy.COUNTS.launches == 2
     fake_cupy.COUNTS.reset()
-    cupy.multiply(view, other, out=view)  # out itself as an input (ops.mul_): not copied
+    cupy.multiply(view, other, out=view)  # out itself as an input (ops.mul(g, mask, g)): not copied
     assert fake_cupy.COUNTS.launches == 1
     with pytest.raises(ValueError, match="invalid size"):
         ops.matmul(a, a, cupy.empty((4, 3), dtype=np.float32))
@@ -318,19 +318,18 @@ def test_the_stand_in_counts_what_cupy_adds_for_bad_buffers(gpu):
         ops.bias_grad(a, cupy.empty((3,), dtype=np.float32))
 
 
-def test_make_ops_follows_the_fast_kernels(monkeypatch):
-    if find_compiler() is None:
-        _unavailable("g++ is not installed; tests/cuda_host.py needs it")
-    from xpmlp import backend as backend_module
-
-    with fake_cupy.installed(device_count=1):
-        monkeypatch.setattr(backend_module, "_CUPY_KERNELS", {})
-        b = xpmlp.resolve("cuda")
-        with b.activate():
-            ops = make_ops(b)
-        assert isinstance(ops, CupyOps) and ops.kernels is backend_module.fast_kernels(b.xp)
-        monkeypatch.setenv("XPMLP_REFERENCE", "1")
-        assert make_ops(b) is None
+def test_workspaces_and_dtypes(gpu):
+    """ops.empty allocates the model's dtype without a launch (CuPy's memory pool); the step kernels
+    are offered for float32 and float64 only."""
+    cupy, _ = gpu
+    for dtype in DTYPES:
+        ops = CupyOps(kernels_cupy.build(cupy), dtype)
+        fake_cupy.COUNTS.reset()
+        w = ops.empty((5, 3))
+        assert w.dtype == np.dtype(dtype) and w.shape == (5, 3) and w.flags.c_contiguous
+        assert fake_cupy.COUNTS.snapshot() == {"launches": 0, "syncs": 0, "h2d": 0}
+    with pytest.raises(ValueError, match="float32 and float64, not float16"):
+        CupyOps(kernels_cupy.build(cupy), "float16")
 
 
 # -- one whole step of the issue's benchmark network, driven by hand -----------------------------------

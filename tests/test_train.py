@@ -125,7 +125,8 @@ def test_float32_stays_float32(case):
     model = xpmlp.MLP([4, 5, 2], seed=0, **case.model_kwargs())
     model.fit(X, y, loss="mse", epochs=1)  # X and y are float64 NumPy: cast at the edge
     want = case.backend.dtype(case.dtype)
-    assert all(pd[k].dtype == want for pd, _, k in model.slots())
+    assert all(p.value.dtype == p.grad.dtype == want for p in model.parameters())
+    assert model.flat.data.dtype == model.flat.grad.dtype == want
     assert model.predict(X).dtype == want
 
 

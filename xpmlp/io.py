@@ -240,11 +240,14 @@ def to_bytes(model) -> bytes:
     optimizer = None
     if model.optimizer is not None:
         opt = model.optimizer
+        state = opt.state_dict()
         optimizer = {"class": type(opt).__name__, "config": {**opt.get_config(), "lr": _lr_config(opt)},
-                     "t": opt.t, "has_state": opt.state is not None}
-        for j, state in enumerate(opt.state or []):
-            for key, value in state.items():
-                tensors[f"optimizer.{j}.{key}"] = to_numpy(value)
+                     "t": state["t"], "has_state": state["state"] is not None}
+        # one flat buffer per kind of state, stored parameter by parameter (optimizer.{j}.{key})
+        for key, buffer in (state["state"] or {}).items():
+            host = to_numpy(buffer)
+            for j, (p, start) in enumerate(zip(model.parameters(), model.flat.offsets)):
+                tensors[f"optimizer.{j}.{key}"] = host[start:start + p.size].reshape(p.shape)
     metadata = {
         "format": "xpmlp",
         "format_version": str(FORMAT_VERSION),
@@ -610,7 +613,7 @@ def _check_optimizer(metadata, where):
     optimizer.t = t
     # which buffers each parameter has (Adam: m and v; SGD: momentum or none), asked of the
     # optimiser itself on a one-element array
-    return optimizer, (sorted(optimizer.init_state(np, np.zeros(1))) if has_state else None)
+    return optimizer, (optimizer.state_names() if has_state else None)
 
 
 def _generator_problem(state) -> str | None:
@@ -725,11 +728,12 @@ def _assign_layers(model, arrays: dict) -> None:
     def to_device(name):
         return model.backend.from_host(arrays[name].astype(model.dtype))
 
-    params = [{key: to_device(f"layers.{i}.{key}") for key in layer.params} for i, layer in enumerate(model.layers)]
+    params = [{key: to_device(f"layers.{i}.{key}") for key in layer.parameters} for i, layer in enumerate(model.layers)]
     states = [{key: to_device(f"layers.{i}.state.{key}") for key in ("mean", "std")}
               if f"layers.{i}.state.mean" in arrays else {} for i in range(len(model.layers))]
     for layer, new_params, new_state in zip(model.layers, params, states):
-        layer.params.update(new_params)
+        for key, value in new_params.items():
+            layer.parameters[key].value[...] = value  # into the model's flat buffer
         if isinstance(layer, Standardize):
             layer.state = new_state
 
@@ -753,13 +757,17 @@ def _load(file: _File, device, xp, allow_nonfinite: bool):
     # Everything is checked: the model built now has the shapes the file's data fills.
     model = Sequential(layers, device=device, xp=xp, dtype=config["dtype"], seed=config["seed"],
                        in_features=config["in_features"])
-    _assign_layers(model, arrays)
     model.loss = loss
-    if optimizer is not None:
-        if state_keys is not None:
-            optimizer.state = [{key: model.backend.from_host(arrays[f"optimizer.{j}.{key}"].astype(model.dtype))
-                                for key in state_keys} for j in range(len(slots))]
-        model.optimizer = optimizer
+    with model.backend.activate():  # CuPy writes and copies on the current device: the model's
+        _assign_layers(model, arrays)
+        if optimizer is not None:
+            state = None
+            if state_keys is not None:  # per-parameter arrays in the file, one flat buffer each here
+                state = {key: model.backend.from_host(np.concatenate(
+                    [arrays[f"optimizer.{j}.{key}"].astype(model.dtype).reshape(-1) for j in range(len(slots))]))
+                    for key in state_keys}
+            optimizer.load_state_dict({"t": optimizer.t, "state": state})
+            model.optimizer = optimizer
     model._init_rng.bit_generator.state = rng["init"]
     model.shuffle_rng.bit_generator.state = rng["shuffle"]
     for i, (key, counter) in dropout.items():
@@ -799,4 +807,6 @@ def load_weights(model, path, *, allow_nonfinite: bool = False) -> None:
     file = _read(path, ("xpmlp-weights", "xpmlp"))
     expected = _model_shapes(model, file)
     _match(file, expected, "this model's architecture", "the model", ignore=("optimizer.",))
-    _assign_layers(model, _decode(file, list(expected), allow_nonfinite))
+    arrays = _decode(file, list(expected), allow_nonfinite)
+    with model.backend.activate():
+        _assign_layers(model, arrays)

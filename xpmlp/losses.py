@@ -46,6 +46,14 @@ class Loss:
             return xp.mean(losses)
         return xp.sum(losses * sample_weight) / z.shape[0]
 
+    def row_losses(self, z, y, sample_weight=None):
+        """Each row's loss times its weight, shape (n,); ``backward`` then gives the gradient of
+        their mean, as after ``forward`` (whose value is that mean)."""
+        xp = namespace_of(z)
+        self._xp, self._w = xp, sample_weight
+        losses = self.per_sample(xp, z, y)
+        return losses if sample_weight is None else losses * sample_weight
+
     def backward(self):
         g = self.mean_grad(self._xp)
         return g if self._w is None else g * self._xp.expand_dims(self._w, axis=1)

@@ -9,6 +9,7 @@ import numpy as np
 from . import io as _io
 from .backend import resolve, to_numpy
 from .layers import Dense, Dropout, Layer, Standardize, activation_name, dense_for, get_activation
+from .params import FlatParameters, Parameter
 from .train import History, evaluate, fit, predict
 
 __all__ = ["Sequential", "MLP"]
@@ -66,6 +67,7 @@ class Sequential:
         self.history: History | None = None
         self._warned_raw_outputs = False  # predict without a loss warns once per model
         self.in_features = None
+        self.flat: FlatParameters | None = None  # every parameter's value and gradient, once built
         first = next(layer for layer in layers if isinstance(layer, Dense))
         width = in_features if in_features is not None else first.in_features
         if width is not None:
@@ -78,36 +80,50 @@ class Sequential:
 
     @_on_device
     def build(self, in_features: int) -> None:
-        """Allocate every layer's parameters for inputs of width ``in_features``."""
+        """Make every layer's parameters for inputs of width ``in_features``, in one flat buffer.
+
+        Parameters are named ``layers.{i}.{key}`` (``layers.0.W``) and gathered, in layer order,
+        into :attr:`flat` (see :mod:`xpmlp.params`); the layers then read views of it.
+        """
         width = int(in_features)
         self.in_features = width
         for layer in self.layers:
             width = layer.build(width, self.backend, self.dtype, self._init_rng)
         self.out_features = width
+        for i, layer in enumerate(self.layers):
+            for key, p in layer.parameters.items():
+                p.name = f"layers.{i}.{key}"
+        self.flat = FlatParameters(self.backend, self.dtype, self.parameters())
 
-    def slots(self) -> list:
-        """Every trainable parameter as (layer.params, layer.grads, key), in a fixed order."""
-        return [(layer.params, layer.grads, key) for layer in self.layers for key in layer.params]
+    def parameters(self) -> list[Parameter]:
+        """Every trainable parameter, in a fixed order: layer by layer, then W before b."""
+        return [p for layer in self.layers for p in layer.parameters.values()]
 
     def get_weights(self) -> list[np.ndarray]:
-        """Copies of all parameters as NumPy arrays, in ``slots()`` order."""
-        return [to_numpy(pd[k]).copy() for pd, _, k in self.slots()]
+        """Copies of all parameters as NumPy arrays, in ``parameters()`` order."""
+        return [to_numpy(p.value).copy() for p in self.parameters()]
 
     @_on_device
     def set_weights(self, weights) -> None:
-        """Replace all parameters (NumPy or host arrays, in ``slots()`` order), checking shapes."""
-        slots = self.slots()
-        if len(weights) != len(slots):
-            raise ValueError(f"expected {len(slots)} arrays, got {len(weights)}")
-        for (pd, _, k), w in zip(slots, weights):
+        """Replace all parameters (NumPy or host arrays, in ``parameters()`` order), checking shapes.
+
+        Every array is checked and copied to the device before any parameter changes.
+        """
+        params = self.parameters()
+        if len(weights) != len(params):
+            raise ValueError(f"expected {len(params)} arrays, got {len(weights)}")
+        new = []
+        for p, w in zip(params, weights):
             w = np.asarray(w)
-            if tuple(w.shape) != tuple(pd[k].shape):
-                raise ValueError(f"weight {k!r} has shape {tuple(pd[k].shape)}, got {w.shape}")
-            pd[k] = self.backend.from_host(w.astype(self.dtype))
+            if tuple(w.shape) != p.shape:
+                raise ValueError(f"weight {p.name!r} has shape {p.shape}, got {w.shape}")
+            new.append(self.backend.from_host(w.astype(self.dtype)))
+        for p, w in zip(params, new):
+            p.value[...] = w
 
     @property
     def n_params(self) -> int:
-        return sum(int(np.prod(pd[k].shape)) for pd, _, k in self.slots())
+        return 0 if self.flat is None else self.flat.size
 
     # -- passes ------------------------------------------------------------------------------
     @_on_device
@@ -131,7 +147,7 @@ class Sequential:
         With ``input_grad=False`` (as in ``fit``) it stops at the first layer with parameters and
         returns None: dL/dx is one matrix product per step that training never uses.
         """
-        first = next((i for i, layer in enumerate(self.layers) if layer.params), 0)
+        first = next((i for i, layer in enumerate(self.layers) if layer.parameters), 0)
         stop = 0 if input_grad else first + 1
         for layer in reversed(self.layers[stop:]):
             grad = layer.backward(grad)
@@ -170,7 +186,7 @@ class Sequential:
         for layer in self.layers:
             if isinstance(layer, Dense):
                 width = layer.units
-            count = sum(int(np.prod(p.shape)) for p in layer.params.values())
+            count = sum(p.size for p in layer.parameters.values())
             extra = sum(int(np.prod(v.shape)) for v in getattr(layer, "state", {}).values())
             shown = f"{count:,}" + (f" (+{extra:,} statistics)" if extra else "")
             name = type(layer).__name__

@@ -148,6 +148,9 @@ class Optimizer:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"{type(self).__name__}.load_state_dict: this optimizer keeps the buffers {names}, "
                              f"the state dict has {got}")
+        if not names:  # an optimiser without buffers (plain SGD)
+            self.t, self.state = t, {}
+            return
         arrays = list(state.values())
         xp = namespace_of(*arrays)
         own = self._state

@@ -19,15 +19,16 @@ Why each call is one launch (CuPy 14.2's code, cupy/_core/_routines_linalg.pyx a
   because each element is read and written by the same thread.
 
 This module imports no array library: it gets the ``cupy`` module through the :class:`Kernels`
-object that :func:`xpmlp.backend.fast_kernels` returns.
+object that :func:`xpmlp.backend.fast_kernels` returns; ``step.make_train_step`` makes
+``CupyOps(kernels, dtype)`` once per fit, with the model's device current (kernels are probed
+and cached per device).
 """
 
 from __future__ import annotations
 
-from .backend import fast_kernels
-from .kernels_cupy import ACT_SCALARS, LOSSES, act_backward_spec, bias_act_spec, loss_spec
+from .kernels_cupy import ACT_SCALARS, LOSSES, STEP_DTYPES, act_backward_spec, bias_act_spec, loss_spec
 
-__all__ = ["CupyOps", "make_ops"]
+__all__ = ["CupyOps"]
 
 
 class CupyOps:
@@ -38,14 +39,21 @@ class CupyOps:
     kernels : xpmlp.kernels_cupy.Kernels
         The probed kernels of the model's device (``backend.fast_kernels(xp)``); its ``cupy``
         module does the GEMMs and reductions.
+    dtype : "float32" or "float64"
+        The model's dtype (of the workspaces :meth:`empty` makes).
 
-    All arrays are CuPy arrays of one floating dtype (float32 or float64; integer labels int64)
-    on the current device; outputs are C-contiguous and are written in place.
+    All arrays are CuPy arrays of the model's dtype (integer labels int64) on the current
+    device; outputs are C-contiguous and are written in place.
     """
 
-    def __init__(self, kernels):
+    name = "cupy"
+
+    def __init__(self, kernels, dtype: str):
+        if str(dtype) not in STEP_DTYPES:
+            raise ValueError(f"the fused CuPy step runs {' and '.join(STEP_DTYPES)}, not {dtype}")
         self.kernels = kernels
         self._cupy = kernels.cupy
+        self.dtype = str(dtype)
         self._memo: dict = {}  # (what, name, flags) -> ElementwiseKernel, or None where no kernel is needed
 
     def _kernel(self, key, make):
@@ -56,13 +64,18 @@ class CupyOps:
             kernel = self._memo[key] = None if spec is None else self.kernels.elementwise(spec)
             return kernel
 
+    def empty(self, shape):
+        """A workspace of the model's dtype on the current device (from CuPy's pool: no launch)."""
+        return self._cupy.empty(shape, dtype=self.dtype)
+
     def matmul(self, a, b, out) -> None:
         """out[...] = a @ b; a (n, k), b (k, m) (either may be a transposed view), out (n, m)."""
         self._cupy.matmul(a, b, out=out)
 
     def bias_act(self, z, b, act, h) -> None:
-        """z += b (b (k,) or None), then h[...] = act(z); z, h (n, k). For identity h is z (untouched)."""
-        name = act.name
+        """z += b (b (k,) or None), then h[...] = act(z); z, h (n, k). For no activation or the
+        identity, h is z (untouched)."""
+        name = "identity" if act is None else act.name
         kernel = self._kernel(("act", name, b is not None), lambda: bias_act_spec(name, b is not None))
         if kernel is None:  # identity without bias: nothing to compute
             return
@@ -75,7 +88,7 @@ class CupyOps:
 
     def act_backward(self, g, z, h, act) -> None:
         """g *= act'(.) in place, from the activation's input z and output h, as its reference backward."""
-        name = act.name
+        name = "identity" if act is None else act.name
         kernel = self._kernel(("grad", name, None), lambda: act_backward_spec(name))
         if kernel is None:  # identity
             return
@@ -84,6 +97,10 @@ class CupyOps:
     def bias_grad(self, g, out) -> None:
         """out[...] = sum(g, axis=0); g (n, k), out (k,)."""
         self._cupy.sum(g, axis=0, out=out)
+
+    def mul(self, a, b, out) -> None:
+        """out[...] = a * b (dropout masks); out may be a itself."""
+        self._cupy.multiply(a, b, out=out)
 
     def loss_grad(self, loss, z, b, y, w, grad, row_loss) -> None:
         """z += b, then grad[...] = dL/dz of the weighted batch mean and row_loss[...] = each row's loss * w.
@@ -106,18 +123,3 @@ class CupyOps:
             scalars = [float(n * k)]
         args = ([b] if b is not None else []) + [y] + ([w] if w is not None else [])
         kernel(*args, *scalars, z, grad, row_loss)
-
-    def mul_(self, a, b) -> None:
-        """a *= b in place (dropout masks); a, b of one shape."""
-        self._cupy.multiply(a, b, out=a)
-
-
-def make_ops(backend) -> CupyOps | None:
-    """The fused step's Ops for a CuPy backend, or None to use the reference step.
-
-    None when ``XPMLP_REFERENCE=1`` or when the fused kernels failed their probe on this GPU
-    (``backend.fast_kernels`` then warns once). Call it once per fit, with the backend's device
-    current (``with backend.activate():``): kernels are probed and cached per device.
-    """
-    kernels = fast_kernels(backend.xp)
-    return None if kernels is None else CupyOps(kernels)

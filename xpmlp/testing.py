@@ -96,25 +96,25 @@ def _gradcheck(backend, target, x, y, loss, eps, rtol, atol, training, seed):
 def _check(scalar, backward, params, x, eps, rtol, atol):
     scalar(x)
     analytic = {"input": to_numpy(backward())}
-    analytic.update({name: to_numpy(grads[key]) for name, (pd, grads, key) in params.items()})
+    analytic.update({name: to_numpy(p.grad).copy() for name, p in params.items()})
 
     errors = {"input": _compare("input", analytic["input"], _numeric_gradient(scalar, x, eps), rtol, atol)}
-    for name, (pd, _, key) in params.items():
-        original = pd[key]
+    for name, p in params.items():
+        original = p.value  # the view of the model's buffer: rebound to perturbed copies, then put back
 
-        def with_param(p, pd=pd, key=key):
-            pd[key] = p
+        def with_param(value, p=p):
+            p.value = value
             return scalar(x)
 
         try:
             errors[name] = _compare(name, analytic[name], _numeric_gradient(with_param, original, eps), rtol, atol)
         finally:
-            pd[key] = original
+            p.value = original
     return errors
 
 
 def _wire(target, x, y, loss, training, seed):
-    """(scalar(x) -> 0-d array, backward() -> d scalar/dx, {name: (params, grads, key)}, Dropout counters)."""
+    """(scalar(x) -> 0-d array, backward() -> d scalar/dx, {name: Parameter}, Dropout counters)."""
     if isinstance(target, Loss):
         return (lambda a: target.forward(a, y)), target.backward, {}, []
     if isinstance(target, Layer):
@@ -139,8 +139,7 @@ def _wire(target, x, y, loss, training, seed):
             g = layer.backward(g)
         return g
 
-    params = {(f"{i}.{k}" if prefix else k): (layer.params, layer.grads, k)
-              for i, layer in enumerate(layers) for k in layer.params}
+    params = {(f"{i}.{k}" if prefix else k): p for i, layer in enumerate(layers) for k, p in layer.parameters.items()}
     if loss is not None:
         fn = get_loss(loss)
         return (lambda a: fn.forward(forward(a), y)), (lambda: backward_from(fn.backward())), params, counters

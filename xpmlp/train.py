@@ -36,10 +36,10 @@ import numpy as np
 
 from .backend import to_numpy
 from .callbacks import Callback, TerminateOnNaN
-from .layers import Dropout
 from .losses import get_loss
 from .metrics import CallableMetric, get_metric
 from .optim import Adam, get_optimizer
+from .step import make_train_step
 
 __all__ = ["History", "DivergenceError", "fit", "predict", "evaluate"]
 
@@ -399,9 +399,14 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     model.loss, model.optimizer = loss, optimizer
     model.stop_training = False
     n = Xd.shape[0]
-    slots = model.slots()
+    step = make_train_step(model, loss, optimizer)
+    n_batches = math.ceil(n / batch_size)
+    # Each row's loss goes here, batch by batch; rows past n stay 0, so a reshape gives the
+    # per-batch sums, read once per epoch (the short last batch's size is in `sizes`).
+    row_loss = xp.zeros(n_batches * batch_size, dtype=model.backend.dtype(model.dtype), device=model.backend.device)
+    sizes = np.array([stop - start for start, stop in _batches(n, batch_size)], dtype=float)
     history = History()
-    progress = _Progress(verbose, epochs, math.ceil(n / batch_size))
+    progress = _Progress(verbose, epochs, n_batches)
     quiet_on_nan = any(isinstance(cb, TerminateOnNaN) for cb in callbacks)
     limit = _divergence_limit(model.dtype)
     begun = []  # callbacks whose on_train_begin ran: only they get on_train_end
@@ -414,13 +419,12 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
                 cb.on_epoch_begin(epoch)
             snapshot = None
             try:
-                snapshot = _snapshot(model, slots, optimizer)
+                snapshot = step.snapshot()
                 started = time.perf_counter()
                 progress.begin(epoch)
                 order = model.backend.from_host(rng.permutation(n)) if shuffle else None
-                total, sums = 0.0, [None] * len(streamed)
-                first_bad = model.backend.from_host(np.asarray(-1.0, dtype=model.dtype))  # batch index, on the device
-                for b, (start, stop) in enumerate(_batches(n, batch_size)):
+                sums = [None] * len(streamed)
+                for start, stop in _batches(n, batch_size):
                     if order is None:
                         xb, yb = Xd[start:stop, ...], yd[start:stop, ...]
                         wb = None if weights is None else weights[start:stop]
@@ -428,28 +432,25 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
                         idx = order[start:stop]
                         xb, yb = xp.take(Xd, idx, axis=0), xp.take(yd, idx, axis=0)
                         wb = None if weights is None else xp.take(weights, idx, axis=0)
-                    z = model.forward(xb, training=True)
-                    batch_loss = loss.forward(z, yb, wb)
-                    model.backward(loss.backward(), input_grad=False)
-                    optimizer.step(slots)
-                    total = total + batch_loss * float(stop - start)
-                    # NaN fails the comparison too: one test for "not finite or beyond the limit"
-                    first_bad = xp.where((batch_loss <= limit) | (first_bad >= 0), first_bad, float(b))
+                    z = step(xb, yb, wb, row_loss[start:stop])
                     if streamed:
                         p = loss.link(xp, z)
                         sums = [_add(acc, m.stats(xp, yb, p)) for m, acc in zip(streamed, sums)]
                     progress.step()
-                # The epoch's one host read: its loss, the first bad batch, and a check of the last
-                # update (never evaluated by the batches' losses, which come before each update):
-                # the loss of the updated weights on the last batch and their norm.
+                # The epoch's one host read: each batch's loss sum, and a check of the last update
+                # (never evaluated by the batches' losses, which come before each update): the
+                # loss of the updated weights on the last batch and their norm.
                 after = loss.forward(model.forward(xb), yb)
-                norm2 = sum(xp.sum(pd[k] * pd[k]) for pd, _, k in slots)  # inf beyond the limit
-                read = to_numpy(xp.stack([total, first_bad, after, norm2]))
-                epoch_loss, bad_batch, after = float(read[0]) / n, int(read[1]), float(read[2])
-                norm = math.sqrt(float(read[3]))
+                norm2 = xp.sum(step.flat.data * step.flat.data)  # inf beyond the limit
+                batch_sums = xp.sum(xp.reshape(row_loss, (n_batches, batch_size)), axis=1)
+                read = to_numpy(xp.concat([batch_sums, xp.stack([after, norm2])])).astype(float)
+                epoch_loss, after, norm = float(read[:-2].sum()) / n, float(read[-2]), math.sqrt(float(read[-1]))
+                # NaN fails the comparison too: one test for "not finite or beyond the limit"
+                bad = np.flatnonzero(~(read[:-2] / sizes <= limit))
+                bad_batch = int(bad[0]) if bad.size else -1
 
                 if bad_batch >= 0 or not (after <= limit and norm <= limit):
-                    _restore(model, slots, optimizer, snapshot)
+                    step.restore(snapshot)
                     progress.close()
                     message = _divergence_message(epoch, bad_batch, epoch_loss, after, norm, limit, model.dtype,
                                                   optimizer)
@@ -479,7 +480,7 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
                 # update, a failing metric) puts back its start: never a half-applied step.
                 # (Asked of the history, not of a flag: an interrupt may land just after append.)
                 if snapshot is not None and history.epoch[-1:] != [epoch]:
-                    _restore(model, slots, optimizer, snapshot)
+                    step.restore(snapshot)
                 raise
             progress.end(epoch, logs)
             for cb in callbacks:
@@ -494,26 +495,6 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     model.history = history
     _train_end(begun)
     return history
-
-
-def _snapshot(model, slots, optimizer):
-    """Copies of what one epoch changes: parameters, optimiser buffers and step count, Dropout counters.
-
-    Fast-path updates work in place, so these are copies (once per epoch: cheap).
-    """
-    xp = model.xp
-    state = None if optimizer.state is None else [{key: _copy(xp, a) for key, a in s.items()}
-                                                  for s in optimizer.state]
-    counters = [(layer, layer.counter) for layer in model.layers if isinstance(layer, Dropout)]
-    return [_copy(xp, pd[k]) for pd, _, k in slots], state, optimizer.t, counters
-
-
-def _restore(model, slots, optimizer, snapshot) -> None:
-    params, optimizer.state, optimizer.t, counters = snapshot
-    for (pd, _, k), p in zip(slots, params):
-        pd[k] = p
-    for layer, counter in counters:
-        layer.counter = counter
 
 
 def _train_end(callbacks, error=None) -> None:
@@ -533,10 +514,6 @@ def _train_end(callbacks, error=None) -> None:
                 first = e
     if first is not None:
         raise first
-
-
-def _copy(xp, a):
-    return xp.asarray(a, copy=True)
 
 
 def _divergence_limit(dtype: str) -> float:

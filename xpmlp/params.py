@@ -1,0 +1,120 @@
+"""Parameters: named views of one flat buffer of values and one of gradients.
+
+A layer makes a :class:`Parameter` for each weight tensor when it is built; on its own, a
+parameter holds its own array. A model then gathers every parameter of every layer into a
+:class:`FlatParameters`: one contiguous 1-D buffer ``data`` for all the values and one,
+``grad``, for all the gradients, of one dtype, on the model's device. Each parameter's
+``value`` and ``grad`` become reshaped slices of them, made once; the buffers are never
+replaced, only written in place, so the views stay valid for the model's life. So an
+optimiser updates every parameter in one pass over ``data`` (one kernel launch on CuPy), and a
+snapshot, a restore or a copy to the host is one copy of one buffer.
+
+In place means ``buffer[...] = new`` on the Array API reference path (a basic-index
+assignment, which NumPy, CuPy, torch and array-api-strict all apply to the buffer and so to its
+views) and ``out=`` or fused kernels on the fast paths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import to_numpy
+
+__all__ = ["Parameter", "FlatParameters"]
+
+
+class Parameter:
+    """One weight tensor of a layer.
+
+    Attributes
+    ----------
+    name : str
+        "W", "b" in a layer; "layers.{i}.W" once the model has gathered it.
+    shape : tuple of int
+    value : array of ``shape``
+        The current value: a view of the model's flat buffer once gathered.
+    grad : array of ``shape`` or None
+        The gradient of the last backward pass: a view of the model's flat gradient buffer
+        once gathered (written in place by ``set_grad``); None before any backward otherwise.
+    """
+
+    __slots__ = ("name", "shape", "value", "grad", "_in_buffer")
+
+    def __init__(self, name: str, value):
+        self.name = name
+        self.shape = tuple(int(d) for d in value.shape)
+        self.value = value
+        self.grad = None
+        self._in_buffer = False
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def set_grad(self, g) -> None:
+        """Store the gradient: into the flat gradient buffer when gathered, else as its own array."""
+        if self._in_buffer:
+            self.grad[...] = g
+        else:
+            self.grad = g
+
+    def __repr__(self):
+        return f"Parameter({self.name!r}, shape={self.shape})"
+
+
+class FlatParameters:
+    """The values and gradients of a list of parameters, in two flat buffers.
+
+    Parameters
+    ----------
+    backend : xpmlp.backend.Backend
+    dtype : str
+        "float32" or "float64": every parameter is stored in it.
+    parameters : list of Parameter
+        Their current values are copied in, in order; then each parameter's ``value`` and
+        ``grad`` are rebound to views of ``data`` and ``grad``.
+    """
+
+    def __init__(self, backend, dtype: str, parameters: list[Parameter]):
+        self.backend, self.xp, self.dtype, self.parameters = backend, backend.xp, dtype, list(parameters)
+        self.offsets, total = [], 0
+        for p in self.parameters:
+            self.offsets.append(total)
+            total += p.size
+        self.size = total
+        host = np.zeros(total, dtype=dtype)
+        for p, start in zip(self.parameters, self.offsets):
+            host[start:start + p.size] = to_numpy(p.value).reshape(-1)
+        self.data = backend.from_host(host)
+        self.grad = backend.from_host(np.zeros(total, dtype=dtype))
+        for p, start in zip(self.parameters, self.offsets):
+            p.value = self._view(self.data, start, p)
+            p.grad = self._view(self.grad, start, p)
+            p._in_buffer = True
+
+    def _view(self, buffer, start: int, p: Parameter):
+        return self.xp.reshape(buffer[start:start + p.size], p.shape)
+
+    def snapshot(self):
+        """A copy of every value (one device copy)."""
+        return self.xp.asarray(self.data, copy=True)
+
+    def restore(self, saved) -> None:
+        """Write back values from :meth:`snapshot` (one in-place copy: views stay valid)."""
+        self.data[...] = saved
+
+    def to_host(self) -> np.ndarray:
+        """Every value as one NumPy array (one device-to-host copy)."""
+        return to_numpy(self.data).copy()
+
+    def load_host(self, values: np.ndarray) -> None:
+        """Set every value from one NumPy array of ``size`` elements (one host-to-device copy)."""
+        values = np.asarray(values, dtype=self.dtype).reshape(-1)
+        if values.size != self.size:
+            raise ValueError(f"expected {self.size} values, got {values.size}")
+        self.data[...] = self.backend.from_host(values)
+
+    def __repr__(self):
+        return f"FlatParameters({len(self.parameters)} parameters, {self.size:,} values, {self.dtype})"
