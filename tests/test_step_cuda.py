@@ -410,3 +410,123 @@ def test_one_mnist_step_through_the_ops_is_16_launches_plus_one_update(gpu):
             d = np.matmul(d, ref[2 * i].T) * (zr[i - 1] > 0).astype(np.float32)
     flat_ref = np.concatenate([g.ravel() for g in grads_ref])
     np.testing.assert_allclose(grad.get(), flat_ref, rtol=1e-5, atol=1e-6 * float(np.abs(flat_ref).max()))
+
+
+# -- the whole fused step on the fake GPU, against the reference step ------------------------------------
+def _models(layers_fn, loss, dtype, opt_fn, k, d=6):
+    """(reference model and step, fused model and step) on the fake GPU, identical at the start."""
+    from xpmlp.backend import fast_kernels
+    from xpmlp.step import FusedStep, ReferenceStep, fused_plan
+
+    out = []
+    for fused in (False, True):
+        model = xpmlp.Sequential(layers_fn() + [Dense(k)], device="cuda", dtype=dtype, seed=3, in_features=d)
+        if not fused:
+            out.append((model, ReferenceStep(model, loss, opt_fn())))
+            continue
+        with model.backend.activate():
+            kernels = fast_kernels(model.xp)
+            step = FusedStep(model, loss, opt_fn(), kernels, CupyOps(kernels, dtype), fused_plan(model, loss))
+        out.append((model, step))
+    return out
+
+
+def _fit_steps(model, step, batches):
+    """Run the step on each (x, y, w) batch: ([(z, per-row losses)] per batch as NumPy arrays,
+    [(counts, launches by name)] of each step call alone)."""
+    outs, counts = [], []
+    with model.backend.activate():
+        for xb, yb, wb in batches:
+            y = step.loss.prepare_targets(yb, model.backend, model.dtype, model.out_features)
+            row = model.xp.zeros(xb.shape[0], dtype=model.backend.dtype(model.dtype))
+            w = None if wb is None else model.backend.from_host(wb.astype(model.dtype))
+            x = model.backend.from_host(xb.astype(model.dtype))
+            fake_cupy.COUNTS.reset()
+            z = step(x, y, w, row)
+            counts.append((fake_cupy.COUNTS.snapshot(), dict(fake_cupy.COUNTS.by_name)))
+            outs.append((xpmlp.to_numpy(z).copy(), xpmlp.to_numpy(row).copy()))
+    return outs, counts
+
+
+STEP_CASES = {  # activation, dropout, standardize, bias, loss, label smoothing, weighted
+    "relu": ("relu", 0.0, False, True, "softmax_cross_entropy", 0.0, False),
+    "gelu-dropout-standardize": ("gelu", 0.3, True, True, "softmax_cross_entropy", 0.1, False),
+    "elu-nobias-weighted": ("elu", 0.0, False, False, "softmax_cross_entropy", 0.0, True),
+    "leaky-probs": ("leaky_relu", 0.0, False, True, "softmax_cross_entropy_probs", 0.2, False),
+    "sigmoid-bce": ("sigmoid", 0.0, False, True, "sigmoid_binary_cross_entropy", 0.0, True),
+    "tanh-mse": ("tanh", 0.2, False, True, "mse", 0.0, False),
+    "softplus-mse": ("softplus", 0.0, False, True, "mse", 0.0, True),
+    "identity-none": ("identity", 0.0, False, True, "softmax_cross_entropy", 0.0, False),
+    "no-activation": (None, 0.0, False, True, "mse", 0.0, False),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(STEP_CASES))
+def test_fused_cupy_step_equals_the_reference_step(monkeypatch, case, dtype):
+    """Three steps (the last a short batch) of FusedStep(CupyOps) and of ReferenceStep on the fake GPU:
+    outputs, per-row losses, parameters and optimiser state agree to 1e-6 relative in float32 and
+    1e-12 in float64 (exp/log/tanh on the host's libm against NumPy's, see the module docstring);
+    Dropout counters advance alike. Launches per step: none but the ops', the gathers excepted."""
+    if find_compiler() is None:
+        _unavailable("g++ is not installed; tests/cuda_host.py needs it")
+    from xpmlp import backend as backend_module
+    from xpmlp.layers import Dropout, Standardize, get_activation
+
+    act, dropout, standardize, bias, loss_name, smoothing, weighted = STEP_CASES[case]
+    k, d = (1 if loss_name == "sigmoid_binary_cross_entropy" else 4), 6
+    rng = np.random.default_rng(0)
+
+    def layers():
+        out = [Standardize()] if standardize else []
+        for width in (7, 5):
+            out.append(Dense(width, bias=bias))
+            if act is not None:
+                out.append(get_activation(act))
+            if dropout:
+                out.append(Dropout(dropout))
+        return out
+
+    def loss():
+        if loss_name.startswith("softmax"):
+            return SoftmaxCrossEntropy(label_smoothing=smoothing)
+        return {"sigmoid_binary_cross_entropy": SigmoidBinaryCrossEntropy, "mse": MeanSquaredError}[loss_name]()
+
+    batches = []
+    for n in (8, 8, 3):
+        x = rng.normal(size=(n, d)) * 2
+        y = {"softmax_cross_entropy": lambda: rng.integers(0, k, n),
+             "softmax_cross_entropy_probs": lambda: _targets("probs", n, k, "float64", rng),
+             "sigmoid_binary_cross_entropy": lambda: rng.integers(0, 2, (n, k)).astype(float),
+             "mse": lambda: rng.normal(size=(n, k))}[loss_name]()
+        batches.append((x, y, rng.random(n) * 2 if weighted else None))
+    with fake_cupy.installed(device_count=1):
+        monkeypatch.setattr(backend_module, "_CUPY_KERNELS", {})
+        (m_ref, s_ref), (m_fast, s_fast) = _models(layers, loss(), dtype, lambda: xpmlp.Adam(lr=0.05), k, d)
+        if standardize:
+            x0 = rng.normal(size=(20, d)) * 3 + 1
+            for m in (m_ref, m_fast):
+                m.layers[0].adapt(m.backend.from_host(x0.astype(dtype)))
+        ref, _ = _fit_steps(m_ref, s_ref, batches)
+        fast, counts = _fit_steps(m_fast, s_fast, batches)
+        for (z1, r1), (z2, r2) in zip(ref, fast):
+            _close(z2, z1, dtype, False, "outputs")
+            _close(r2, r1, dtype, False, "row losses")
+        _close(m_fast.flat.to_host(), m_ref.flat.to_host(), dtype, False, "parameters")
+        sd_ref, sd_fast = s_ref.optimizer.state_dict(), s_fast.optimizer.state_dict()
+        assert sd_ref["t"] == sd_fast["t"] == 3
+        for key in sd_ref["state"]:
+            _close(xpmlp.to_numpy(sd_fast["state"][key]), xpmlp.to_numpy(sd_ref["state"][key]), dtype, False, key)
+        assert [l.counter for l in m_ref.layers if isinstance(l, Dropout)] == \
+               [l.counter for l in m_fast.layers if isinstance(l, Dropout)]
+    # each step: no sync, no copy; besides our kernels only GEMMs, bias sums, dropout products (and
+    # Standardize's reference forward, two ufuncs), and from the second step on no allocation
+    # (the first makes Adam's state: zeros_like)
+    for i, (snapshot, by_name) in enumerate(counts):
+        assert snapshot["syncs"] == 0 and snapshot["h2d"] == 0, (i, snapshot, by_name)
+        others = {name for name in by_name if not name.startswith("xpmlp_")}
+        allowed = {"matmul", "sum", "multiply", "subtract", "true_divide"} | ({"zeros_like"} if i == 0 else set())
+        assert others <= allowed, (i, by_name)
+    # three Dense layers: 3 forward + 3 weight-gradient + 2 input-gradient GEMMs; a bias sum each
+    # (the output layer always has its bias here)
+    assert counts[1][1]["matmul"] == 8 and counts[1][1]["sum"] == (3 if bias else 1), counts[1][1]
