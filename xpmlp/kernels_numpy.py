@@ -1,15 +1,16 @@
 """NumPy fast path for the optimiser updates: in place, in cache-sized chunks.
 
-The reference updates in :mod:`xpmlp.optim` build every intermediate as a new array the size of
-the parameter (13 for one Adam step), and on a CPU those allocations and passes over memory
-cost as much as the matrix products (bench/NOTES.md). These functions do the same operations
-in the same order, with the same scalars, so their results are bitwise equal to the reference
-(tests/test_optim.py checks it), but they write into the existing buffers, one chunk at a
-time, so that each chunk's seven passes stay in the CPU cache.
+The reference update (:meth:`xpmlp.update.Update.reference`) builds every intermediate as a new
+array the size of the parameter buffer (13 for one Adam step), and on a CPU those allocations
+and passes over memory cost as much as the matrix products (bench/NOTES.md). :func:`chunked`
+runs the same update's :attr:`~xpmlp.update.Update.program` instead: the same operations in the
+same order with the same scalars, so the results are bitwise equal to the reference
+(tests/test_update.py checks it), but written into the existing buffers and a few scratch
+buffers, one chunk at a time, so that each chunk's passes stay in the CPU cache.
 
-The parameter, gradient and state arrays must be C-contiguous, writable, of one float dtype;
-:func:`usable` says whether they are. :mod:`xpmlp.backend` hands this module to the optimisers
-for NumPy arrays only.
+The arrays must be C-contiguous, writable, of one float dtype and one shape; :func:`usable`
+says whether they are. :mod:`xpmlp.backend` hands this module to the optimisers for NumPy
+arrays only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import numpy as np
 
 CHUNK = 1 << 16  # elements: 256 KiB of float32 per array, so p, g, m, v and a scratch fit in L2
 
+_UFUNCS = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": np.divide,
+           "negative": np.negative, "sqrt": np.sqrt, "copy": lambda src, out: np.copyto(out, src)}
+
 
 def usable(*arrays) -> bool:
     first = arrays[0]
@@ -25,51 +29,38 @@ def usable(*arrays) -> bool:
                and a.shape == first.shape for a in arrays) and first.dtype.kind == "f"
 
 
-def _chunks(*arrays):
-    flat = [a.reshape(-1) for a in arrays]
-    n = flat[0].size
-    scratch = np.empty(min(n, CHUNK), dtype=flat[0].dtype)
-    for start in range(0, n, CHUNK):
-        stop = min(start + CHUNK, n)
-        yield (*(f[start:stop] for f in flat), scratch[: stop - start])
+def chunked(update):
+    """``run(arrays, values)``: ``update`` (an :class:`xpmlp.update.Update`) in place.
 
-
-def adam_(p, g, m, v, *, b1, b2, eps, step_size, root_bc2) -> None:
-    """One Adam step in place, as ``optim.Adam.update``: m, v and p are overwritten.
-
-    step_size and root_bc2 are the bias corrections from ``Adam._bias_corrections``.
+    ``arrays`` maps p, g and the state names to 1-D arrays of one size and dtype (:func:`usable`;
+    g is only read), ``values`` is ``update.host_values(...)``. The scratch buffers are made on
+    the first call for each dtype and size, then reused: no allocation per step.
     """
-    for pc, gc, mc, vc, tmp in _chunks(p, g, m, v):
-        np.multiply(gc, 1.0 - b1, out=tmp)  # m = b1 * m + (1 - b1) * g
-        mc *= b1
-        mc += tmp
-        np.multiply(gc, gc, out=tmp)  # v = b2 * v + (1 - b2) * (g * g)
-        tmp *= 1.0 - b2
-        vc *= b2
-        vc += tmp
-        np.sqrt(vc, out=tmp)  # denom = sqrt(v) / sqrt(1 - b2^t) + eps
-        tmp /= root_bc2
-        tmp += eps
-        np.divide(mc, tmp, out=tmp)  # p = p - step_size * (m / denom)
-        tmp *= step_size
-        pc -= tmp
+    names = update.arrays
+    n_arrays = len(names)
+    slot = {("array", n): k for k, n in enumerate(names)}
+    slot.update({("scratch", k): n_arrays + k for k in range(update.n_scratch)})
+    hosts = list(update.host_names)
+    first_scalar = n_arrays + update.n_scratch
+    slot.update({("scalar", h): first_scalar + k for k, h in enumerate(hosts)})
+    ops = [(_UFUNCS[op.fn], tuple(slot[a] for a in op.args), slot[op.out]) for op in update.program]
+    workspaces: dict = {}
 
+    def run(arrays: dict, values: dict) -> None:
+        bufs = [arrays[n] for n in names]
+        n = bufs[0].shape[0]
+        key = (bufs[0].dtype, min(n, CHUNK))
+        scratch = workspaces.get(key)
+        if scratch is None:
+            scratch = workspaces[key] = [np.empty(key[1], dtype=key[0]) for _ in range(update.n_scratch)]
+        scalars = [values[h] for h in hosts]
+        for start in range(0, n, CHUNK):
+            stop = min(start + CHUNK, n)
+            s = [b[start:stop] for b in bufs] + [w[: stop - start] for w in scratch] + scalars
+            for fn, args, out in ops:
+                if len(args) == 2:
+                    fn(s[args[0]], s[args[1]], s[out])
+                else:
+                    fn(s[args[0]], out=s[out])
 
-def sgd_(p, g, buf, *, lr, momentum, damp, nesterov) -> None:
-    """One SGD step in place, as ``optim.SGD.update``; buf (momentum buffer) may be None."""
-    if buf is None:
-        for pc, gc, tmp in _chunks(p, g):
-            np.multiply(gc, lr, out=tmp)
-            pc -= tmp
-        return
-    for pc, gc, bc, tmp in _chunks(p, g, buf):
-        np.multiply(gc, damp, out=tmp)  # buf = momentum * buf + damp * g
-        bc *= momentum
-        bc += tmp
-        if nesterov:  # step = g + momentum * buf
-            np.multiply(bc, momentum, out=tmp)
-            np.add(gc, tmp, out=tmp)
-        else:
-            tmp[...] = bc
-        tmp *= lr
-        pc -= tmp
+    return run

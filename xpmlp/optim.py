@@ -1,22 +1,31 @@
-"""Optimisers: each writes its update maths once, in ``update``, against the Array API.
+"""Optimisers over one flat parameter buffer, each update's maths written once.
 
-An optimiser updates ONE flat 1-D parameter buffer from ONE flat gradient buffer
-(``xpmlp.params.FlatParameters``), and keeps its state as flat buffers of the same shape. The
-base class does what every optimiser shares: weight decay (coupled or decoupled), clipping by
-global norm, the step count, and writing results back in place (``data[...] = new``: the
-standard allows ``p -= ...`` not to mutate, so results are assigned). A backend may offer fast kernels (NumPy: :mod:`xpmlp.kernels_numpy`)
-that do the same update in place, bitwise equal; ``update_fast`` uses them where they apply. Hyper-parameters, the step counter and bias
-corrections are Python floats on the host: no device scalar, no dtype promotion.
+An optimiser updates ONE flat 1-D parameter buffer ``data`` from ONE flat gradient buffer
+``grad`` (``xpmlp.params.FlatParameters``) and keeps its state as flat buffers of the same
+shape and dtype. Each optimiser states only its update as a few assignment statements (an
+:class:`xpmlp.update.Update`) and the host scalars of each step (Python floats: learning
+rate, bias corrections, dampening); the base class adds what all share (coupled or decoupled
+weight decay as one more statement, clipping by global norm, the step count and the learning
+rate checks) and runs the update with one of the executors made from the same description:
+
+- the Array API reference (any namespace; new arrays, written back with ``[...] =``);
+- NumPy: in place, in cache-sized chunks (:mod:`xpmlp.kernels_numpy`), bitwise equal to it;
+- CuPy: one fused ``ElementwiseKernel`` launch over the whole buffer (``Kernels.elementwise``
+  of :mod:`xpmlp.kernels_cupy`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import textwrap
 
-from .backend import fast_kernels, namespace_of
+from .backend import device_of, fast_kernels, namespace_of
+from .update import Update
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "OPTIMIZERS", "get_optimizer",
            "clip_by_global_norm"]
+
 
 
 def clip_by_global_norm(xp, grads: list, max_norm: float) -> list:
@@ -29,6 +38,15 @@ def clip_by_global_norm(xp, grads: list, max_norm: float) -> list:
     return [g * scale for g in grads]
 
 
+_DECAY = {"coupled": "g = g + wd * p", "decoupled": "p = p * (1 - lr * wd)"}
+
+
+@functools.lru_cache(maxsize=256)
+def _describe(rule: str, decay: str, state: tuple, name: str) -> Update:
+    text = textwrap.dedent(rule).strip()
+    return Update(_DECAY[decay] + "\n" + text if decay else text, state, name)
+
+
 def _check_lr(value, name: str) -> None:
     if not (math.isfinite(float(value)) and float(value) >= 0):
         raise ValueError(f"{name} (the learning rate) must be finite and non-negative, got {value!r}")
@@ -36,6 +54,10 @@ def _check_lr(value, name: str) -> None:
 
 class Optimizer:
     """Base class: one update of a flat parameter buffer from its flat gradient buffer.
+
+    A subclass states :meth:`rule` (or ``RULE``), :meth:`scalars` and :meth:`initial_state`;
+    :meth:`step` (a user's own loop) and :meth:`make_update` (a train step, made once per fit)
+    run it; :meth:`state_dict` / :meth:`load_state_dict` save and restore ``t`` and the buffers.
 
     Parameters
     ----------
@@ -58,7 +80,7 @@ class Optimizer:
     """
 
     decoupled_weight_decay = False
-    STATE: dict[str, str] = {}  # buffer name -> the config attribute holding its initial value ("" = 0)
+    RULE = ""  # the update's statements (see xpmlp.update), without weight decay
 
     def __init__(self, lr, weight_decay: float = 0.0, clipnorm: float | None = None):
         if not callable(lr):
@@ -73,6 +95,7 @@ class Optimizer:
         self._legacy_shapes: list | None = None  # TO BE REMOVED with step(slots)
         self._pending: list | None = None  # TO BE REMOVED: per-parameter dicts given to .state, joined at the next update
         self._updates: dict = {}  # namespace -> update made by make_update, for step()
+        self._adopt = False  # buffers from load_state_dict, moved to the parameters' device at the next update
 
     def current_lr(self) -> float:
         """The learning rate the next update uses (a schedule is evaluated at the step count)."""
@@ -91,15 +114,15 @@ class Optimizer:
 
     def state_names(self) -> list[str]:
         """The names of the buffers this optimiser keeps (with its configuration), sorted."""
-        return sorted(self._initial_values())
+        return sorted(self.initial_state())
 
-    def _initial_values(self) -> dict[str, float]:
-        """Buffer name -> the value it starts at; subclasses drop the buffers their options do not use."""
-        return {name: (float(getattr(self, attr)) if attr else 0.0) for name, attr in self.STATE.items()}
+    def initial_state(self) -> dict[str, float]:
+        """Buffer name -> the value its elements start at, for this configuration."""
+        return {}
 
     def _init_state(self, xp, data) -> dict:
         return {name: xp.full_like(data, init) if init else xp.zeros_like(data)
-                for name, init in self._initial_values().items()}
+                for name, init in self.initial_state().items()}
 
     @property
     def state(self):
@@ -112,6 +135,7 @@ class Optimizer:
     @state.setter
     def state(self, value):
         self._legacy_shapes = self._pending = None
+        self._adopt = False
         if isinstance(value, (list, tuple)):  # TO BE REMOVED: per-parameter dicts (train.py, io.py today)
             # joined at the next update, which runs on the arrays' device (CuPy: the current one)
             self._pending, value = list(value), None
@@ -131,7 +155,9 @@ class Optimizer:
         """Take the step count and buffers of ``sd`` (as :meth:`state_dict` gives), copying the arrays.
 
         With buffers already (after an update), they are written in place and must match in names,
-        shapes and dtype; before the first update, copies of the given arrays become the buffers.
+        shapes and dtype; before the first update, copies of the given arrays become the buffers,
+        moved at that update to the parameters' library and device if they are elsewhere (a file's
+        NumPy arrays for a model on a GPU).
         Raises ValueError naming what does not match.
         """
         if not isinstance(sd, dict) or set(sd) != {"t", "state"}:
@@ -148,21 +174,26 @@ class Optimizer:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"{type(self).__name__}.load_state_dict: this optimizer keeps the buffers {names}, "
                              f"the state dict has {got}")
-        if not names:  # an optimiser without buffers (plain SGD)
+        self._join_pending()
+        own = self._state
+        if not names:  # plain SGD: no buffers
             self.t, self.state = t, {}
             return
         arrays = list(state.values())
         xp = namespace_of(*arrays)
-        own = self._state
         for name in names:
             a, ref = state[name], (own[name] if own is not None else arrays[0])
-            if a.ndim != 1 or tuple(a.shape) != tuple(ref.shape) or a.dtype != ref.dtype:
-                want = (f"the shape {tuple(ref.shape)} and dtype {ref.dtype} of "
-                        + ("this optimizer's buffer" if own is not None else f"'{names[0]}'") + " (1-D)")
+            if a.ndim != 1:
                 raise ValueError(f"{type(self).__name__}.load_state_dict: buffer '{name}' has shape "
-                                 f"{tuple(a.shape)} and dtype {a.dtype}, expected {want}")
+                                 f"{tuple(a.shape)}; the buffers are 1-D")
+            if tuple(a.shape) != tuple(ref.shape) or a.dtype != ref.dtype:
+                whose = "this optimizer's buffer" if own is not None else f"the state dict's '{names[0]}'"
+                raise ValueError(f"{type(self).__name__}.load_state_dict: buffer '{name}' has shape "
+                                 f"{tuple(a.shape)} and dtype {a.dtype}, expected the shape {tuple(ref.shape)} "
+                                 f"and dtype {ref.dtype} of {whose}")
         if own is None:
             self.state = {name: xp.asarray(state[name], copy=True) for name in names}
+            self._adopt = True
         else:
             for name in names:
                 own[name][...] = state[name]
@@ -170,13 +201,22 @@ class Optimizer:
 
     # -- the update ----------------------------------------------------------------------------
 
-    def update(self, xp, p, g, state: dict, lr: float):
-        """Return the new value of parameter p from gradient g; may replace entries of state (functional)."""
-        raise NotImplementedError
+    def rule(self) -> str:
+        """The update's statements for this configuration (xpmlp.update), without weight decay."""
+        return self.RULE
 
-    def update_fast(self, kernels, p, g, state: dict, lr: float) -> bool:
-        """The same update in place with a backend's fast kernels; False where none applies."""
-        return False
+    def scalars(self, lr: float) -> dict:
+        """The host scalars of the rule for the step being taken (``self.t`` already counts it)."""
+        return {}
+
+    def description(self) -> Update:
+        """The whole update: weight decay (a first statement, when set), then :meth:`rule`.
+
+        Host scalars ``lr`` (the step's learning rate) and ``wd`` are always given. Parsed once per
+        distinct configuration (cached).
+        """
+        decay = "" if not self.weight_decay else "decoupled" if self.decoupled_weight_decay else "coupled"
+        return _describe(self.rule(), decay, tuple(self.initial_state()), type(self).__name__.lower())
 
     def make_update(self, xp, kernels=None):
         """``update(data, grad)``: one update of the flat buffer ``data`` in place, as :meth:`step`.
@@ -184,43 +224,62 @@ class Optimizer:
         Parameters
         ----------
         xp : the arrays' namespace
-        kernels : None (the Array API reference), :mod:`xpmlp.kernels_numpy` (NumPy, in place) or
-            the ``Kernels`` of :mod:`xpmlp.kernels_cupy` (CuPy).
+        kernels : None (the Array API reference), :mod:`xpmlp.kernels_numpy` (NumPy, in place and
+            chunked) or the ``Kernels`` of :mod:`xpmlp.kernels_cupy` (CuPy: one launch per update
+            through ``kernels.elementwise(spec)``). Arrays a fast path cannot take (its
+            ``kernels.usable(...)`` is False: not contiguous, read-only, a dtype it does not offer)
+            take the reference path.
+
+        The configuration is read at every update, as the learning rate is: changing
+        ``opt.momentum`` between updates takes effect (a new description, parsed once).
         """
+        chunked = getattr(kernels, "chunked", None)
+        elementwise = getattr(kernels, "elementwise", None)
+        executors: dict = {}  # Update -> its fast executor on this path
 
         def update(data, grad) -> None:
-            if tuple(grad.shape) != tuple(data.shape) or grad.dtype != data.dtype or data.ndim != 1:
-                raise ValueError(f"{type(self).__name__}: data and grad must be 1-D of one shape and dtype, "
-                                 f"got {tuple(data.shape)} {data.dtype} and {tuple(grad.shape)} {grad.dtype}")
-            self._join_pending()
-            state = self._state
-            if state is None:
-                state = self._state = self._init_state(xp, data)
-            elif any(tuple(s.shape) != tuple(data.shape) or s.dtype != data.dtype for s in state.values()):
-                s = next(iter(state.values()))
-                raise ValueError(f"this optimizer holds state of shape {tuple(s.shape)} and dtype {s.dtype} "
-                                 f"but was given parameters of shape {tuple(data.shape)} and dtype {data.dtype}; "
-                                 "use a new optimizer for a different model")
-            if self.clipnorm is not None:
+            state = self._prepare(xp, data, grad)
+            if self.clipnorm is not None:  # a separate pass: the norm needs the whole buffer first
                 grad = clip_by_global_norm(xp, [grad], self.clipnorm)[0]
-            lr, wd = self._applied_lr(), self.weight_decay
+            lr = self._applied_lr()
             self.t += 1
-            p, g = data, grad
-            if wd and self.decoupled_weight_decay:
-                p = p * (1.0 - lr * wd)
-            elif wd:
-                g = g + wd * p
-            if kernels is not None and p is not data and kernels.usable(data, p):
-                data[...] = p  # decoupled decay: the fast kernels below work on data in place
-                p = data
-            if kernels is not None and p is data and self.update_fast(kernels, data, g, state, lr):
-                return
-            new = dict(state)
-            data[...] = self.update(xp, p, g, new, lr)
-            for name, value in new.items():
-                state[name][...] = value
+            desc = self.description()
+            values = desc.host_values({**self.scalars(lr), "lr": lr, "wd": self.weight_decay})
+            arrays = {"p": data, "g": grad, **state}
+            if chunked is not None and kernels.usable(*arrays.values()):
+                if desc not in executors:
+                    executors[desc] = chunked(desc)
+                executors[desc](arrays, values)
+            elif elementwise is not None and kernels.usable(*arrays.values()):
+                if desc not in executors:  # the Kernels object caches the compiled kernel per spec
+                    executors[desc] = elementwise(desc.kernel_spec())
+                executors[desc](grad, *(values[h] for h in desc.host_names), data, *(state[n] for n in desc.state))
+            else:
+                desc.reference_inplace(xp, arrays, values)
 
         return update
+
+    def _prepare(self, xp, data, grad) -> dict:
+        """The state buffers for ``data`` (made at the first update); refuses mismatched buffers."""
+        if data.ndim != 1 or tuple(grad.shape) != tuple(data.shape) or grad.dtype != data.dtype:
+            raise ValueError(f"{type(self).__name__}: data and grad must be 1-D of one shape and dtype, "
+                             f"got {tuple(data.shape)} {data.dtype} and {tuple(grad.shape)} {grad.dtype}")
+        self._join_pending()
+        state = self._state
+        if state is None:
+            state = self._state = self._init_state(xp, data)
+        if self._adopt:
+            self._adopt = False
+            device = device_of(data)
+            if any(type(s) is not type(data) or device_of(s) != device for s in state.values()):
+                state = self._state = {k: xp.asarray(s, device=device, copy=True) for k, s in state.items()}
+        if sorted(state) != self.state_names() or any(
+                tuple(s.shape) != tuple(data.shape) or s.dtype != data.dtype for s in state.values()):
+            shown = {k: f"{tuple(s.shape)} {s.dtype}" for k, s in state.items()}
+            raise ValueError(f"this {type(self).__name__} holds the state {shown} but was given parameters of "
+                             f"shape {tuple(data.shape)} and dtype {data.dtype} and needs the buffers "
+                             f"{self.state_names()}; use a new optimizer for a different model")
+        return state
 
     def step(self, data, grad=None) -> None:
         """One update of the flat 1-D buffer ``data`` in place, from the 1-D ``grad`` (same shape, dtype,
@@ -231,12 +290,14 @@ class Optimizer:
         if grad is None:
             self._legacy_step(data)
             return
-        xp = namespace_of(data, grad)
+        self._update_for(namespace_of(data, grad))(data, grad)
+        self._legacy_shapes = None
+
+    def _update_for(self, xp):
         update = self._updates.get(xp)
         if update is None:
             update = self._updates[xp] = self.make_update(xp, fast_kernels(xp))
-        update(data, grad)
-        self._legacy_shapes = None
+        return update
 
     def _legacy_step(self, slots) -> None:
         """TO BE REMOVED once fit uses step(data, grad): gather into one flat buffer, update, scatter back
@@ -253,10 +314,7 @@ class Optimizer:
                              f"given {len(shapes)}; use a new optimizer for a different model")
         data = xp.concat([xp.reshape(p, (-1,)) for p in params])
         grad = xp.concat([xp.reshape(g, (-1,)) for g in grads])
-        update = self._updates.get(xp)
-        if update is None:
-            update = self._updates[xp] = self.make_update(xp, fast_kernels(xp))
-        update(data, grad)
+        self._update_for(xp)(data, grad)
         self._legacy_shapes = shapes
         for (pd, _, k), piece in zip(slots, _split({"p": data}, shapes)):
             pd[k] = piece["p"]
@@ -312,26 +370,18 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0 and dampening = 0")
         self.momentum, self.nesterov, self.dampening = float(momentum), bool(nesterov), float(dampening)
 
-    def _initial_values(self):
+    def initial_state(self):
         return {"momentum": 0.0} if self.momentum else {}
 
-    def _damp(self) -> float:
+    def rule(self):
+        if not self.momentum:
+            return "p = p - lr * g"
+        return ("momentum = mu * momentum + damp * g\n"
+                + ("p = p - lr * (g + mu * momentum)" if self.nesterov else "p = p - lr * momentum"))
+
+    def scalars(self, lr):
         # torch starts the buffer at g itself (no dampening on the first step)
-        return 1.0 if self.t == 1 else 1.0 - self.dampening
-
-    def update(self, xp, p, g, state, lr):
-        if self.momentum:
-            buf = self.momentum * state["momentum"] + self._damp() * g
-            state["momentum"] = buf
-            g = g + self.momentum * buf if self.nesterov else buf
-        return p - lr * g
-
-    def update_fast(self, kernels, p, g, state, lr):
-        buf = state.get("momentum")
-        if not kernels.usable(p, g, *([] if buf is None else [buf])):
-            return False
-        kernels.sgd_(p, g, buf, lr=lr, momentum=self.momentum, damp=self._damp(), nesterov=self.nesterov)
-        return True
+        return {"mu": self.momentum, "damp": 1.0 if self.t == 1 else 1.0 - self.dampening}
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov,
@@ -341,6 +391,12 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma and Ba), as torch.optim.Adam: bias-corrected first and second moments."""
 
+    RULE = """
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * (g * g)
+        p = p - step_size * (m / (sqrt(v) / root_bc2 + eps))
+    """
+
     def __init__(self, lr: float = 1e-3, beta_1: float = 0.9, beta_2: float = 0.999, eps: float = 1e-8,
                  weight_decay: float = 0.0, clipnorm: float | None = None):
         super().__init__(lr, weight_decay, clipnorm)
@@ -349,28 +405,13 @@ class Adam(Optimizer):
                 raise ValueError(f"{name} must be in [0, 1), got {b!r}")
         self.beta_1, self.beta_2, self.eps = float(beta_1), float(beta_2), float(eps)
 
-    STATE = {"m": "", "v": ""}
+    def initial_state(self):
+        return {"m": 0.0, "v": 0.0}
 
-    def update(self, xp, p, g, state, lr):
-        b1, b2 = self.beta_1, self.beta_2
-        m = b1 * state["m"] + (1.0 - b1) * g
-        v = b2 * state["v"] + (1.0 - b2) * (g * g)
-        state["m"], state["v"] = m, v
-        step_size, root_bc2 = self._bias_corrections(lr)
-        denom = xp.sqrt(v) / root_bc2 + self.eps
-        return p - step_size * (m / denom)
-
-    def _bias_corrections(self, lr: float) -> tuple[float, float]:
-        """(lr / (1 - beta_1^t), sqrt(1 - beta_2^t)): host scalars shared with the fast kernels."""
-        return lr / (1.0 - self.beta_1 ** self.t), math.sqrt(1.0 - self.beta_2 ** self.t)
-
-    def update_fast(self, kernels, p, g, state, lr):
-        if not kernels.usable(p, g, state["m"], state["v"]):
-            return False
-        step_size, root_bc2 = self._bias_corrections(lr)
-        kernels.adam_(p, g, state["m"], state["v"], b1=self.beta_1, b2=self.beta_2, eps=self.eps,
-                      step_size=step_size, root_bc2=root_bc2)
-        return True
+    def scalars(self, lr):
+        # the bias corrections: step_size = lr / (1 - beta_1^t), root_bc2 = sqrt(1 - beta_2^t)
+        return {"b1": self.beta_1, "b2": self.beta_2, "eps": self.eps,
+                "step_size": lr / (1.0 - self.beta_1 ** self.t), "root_bc2": math.sqrt(1.0 - self.beta_2 ** self.t)}
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "eps": self.eps}
@@ -394,7 +435,7 @@ class RMSprop(Optimizer):
         super().__init__(lr, weight_decay, clipnorm)
         self.alpha, self.eps, self.momentum, self.centered = float(alpha), float(eps), float(momentum), bool(centered)
 
-    def _initial_values(self):
+    def initial_state(self):
         state = {"square_avg": 0.0}
         if self.momentum:
             state["momentum"] = 0.0
@@ -402,19 +443,21 @@ class RMSprop(Optimizer):
             state["grad_avg"] = 0.0
         return state
 
-    def update(self, xp, p, g, state, lr):
-        a = self.alpha
-        sq = a * state["square_avg"] + (1.0 - a) * (g * g)
-        state["square_avg"] = sq
-        if self.centered:
-            ga = a * state["grad_avg"] + (1.0 - a) * g
-            state["grad_avg"] = ga
-            sq = sq - ga * ga
-        step = g / (xp.sqrt(sq) + self.eps)
+    def rule(self):
+        lines = ["square_avg = alpha * square_avg + (1 - alpha) * (g * g)"]
+        if self.centered:  # the variance estimate: E[g^2] - E[g]^2
+            lines += ["grad_avg = alpha * grad_avg + (1 - alpha) * g",
+                      "step = g / (sqrt(square_avg - grad_avg * grad_avg) + eps)"]
+        else:
+            lines += ["step = g / (sqrt(square_avg) + eps)"]
         if self.momentum:
-            step = self.momentum * state["momentum"] + step
-            state["momentum"] = step
-        return p - lr * step
+            lines += ["momentum = mu * momentum + step", "p = p - lr * momentum"]
+        else:
+            lines += ["p = p - lr * step"]
+        return "\n".join(lines)
+
+    def scalars(self, lr):
+        return {"alpha": self.alpha, "eps": self.eps, "mu": self.momentum}
 
     def get_config(self):
         return {**super().get_config(), "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum,
@@ -423,6 +466,11 @@ class RMSprop(Optimizer):
 
 class Adagrad(Optimizer):
     """Adagrad, as torch.optim.Adagrad: divide by the root of the summed squared gradients."""
+
+    RULE = """
+        sum = sum + g * g
+        p = p - clr * (g / (sqrt(sum) + eps))
+    """
 
     def __init__(self, lr: float = 0.01, lr_decay: float = 0.0, eps: float = 1e-10,
                  initial_accumulator_value: float = 0.0, weight_decay: float = 0.0,
@@ -435,13 +483,11 @@ class Adagrad(Optimizer):
         self.lr_decay, self.eps = float(lr_decay), float(eps)
         self.initial_accumulator_value = float(initial_accumulator_value)
 
-    STATE = {"sum": "initial_accumulator_value"}
+    def initial_state(self):
+        return {"sum": self.initial_accumulator_value}
 
-    def update(self, xp, p, g, state, lr):
-        acc = state["sum"] + g * g
-        state["sum"] = acc
-        clr = lr / (1.0 + (self.t - 1) * self.lr_decay)
-        return p - clr * (g / (xp.sqrt(acc) + self.eps))
+    def scalars(self, lr):
+        return {"eps": self.eps, "clr": lr / (1.0 + (self.t - 1) * self.lr_decay)}
 
     def get_config(self):
         return {**super().get_config(), "lr_decay": self.lr_decay, "eps": self.eps,

@@ -20,6 +20,16 @@ class Schedule:
     def get_config(self) -> dict:
         return dict(vars(self))
 
+    def state_dict(self) -> dict:
+        """The schedule's state: none. Its value is a function of the optimiser's step count, which
+        the optimiser's state dict holds; its settings are :meth:`get_config`."""
+        return {}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Accept :meth:`state_dict`'s ``{}``; anything else is a ValueError (a file from elsewhere)."""
+        if not isinstance(sd, dict) or sd:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: a schedule has no state; expected {{}}, got {sd!r}")
+
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
 
