@@ -206,19 +206,59 @@ extern "C" void {name}(void *const *_args, const ptrdiff_t *_meta, ptrdiff_t _n)
 _lock = threading.Lock()
 _libraries: dict[str, ctypes.CDLL] = {}  # source hash -> loaded library
 _workdir: str | None = None
+_compiler_id: str | None = None
+
+CACHE_ENV = "XPMLP_CUDA_HOST_CACHE"
+"""A directory where compiled kernels are kept between runs (default: a per-user directory in the
+system's temporary directory); ``0`` keeps them for the process only."""
+
+
+def _cache_dir() -> str | None:
+    """The directory of compiled kernels kept between runs, or None: only one that this user alone
+    can write, since the libraries in it are loaded and run."""
+    path = os.environ.get(CACHE_ENV, "")
+    if path == "0":
+        return None
+    path = path or os.path.join(tempfile.gettempdir(), f"xpmlp-cuda-host-{os.getuid()}")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path if st.st_uid == os.getuid() and not st.st_mode & 0o022 else None
+
+
+def _key(cxx: str, flags, source: str, include: str | None) -> str:
+    """What the library depends on: the compiler's identity, the flags, the source and, for raw
+    parameters, CuPy's carray.cuh."""
+    global _compiler_id
+    if _compiler_id is None:
+        done = subprocess.run([cxx, "--version"], capture_output=True, text=True)
+        _compiler_id = f"{os.path.realpath(cxx)}\n{done.stdout}"
+    header = ""
+    if include is not None:
+        with open(os.path.join(include, "cupy", "carray.cuh"), "rb") as f:
+            header = hashlib.sha256(f.read()).hexdigest()
+    return hashlib.sha256("\0".join((_compiler_id, *flags, header, source)).encode()).hexdigest()[:32]
 
 
 def _compile(source: str, include: str | None = None) -> ctypes.CDLL:
-    """Compile ``source`` into a shared library (once per process per source) and load it."""
+    """Compile ``source`` into a shared library and load it: once per process per source, and kept
+    between runs in :func:`_cache_dir` (written under a temporary name, then renamed, so
+    concurrent runs never load a half-written file)."""
     global _workdir
     cxx = find_compiler()
     if cxx is None:
         raise HostCompileError("g++ was not found on PATH; HostElementwiseKernel needs it")
     flags = CXXFLAGS if include is None else (*CXXFLAGS, f"-I{include}")
-    key = hashlib.sha256("\0".join((*flags, source)).encode()).hexdigest()[:24]
     with _lock:
+        key = _key(cxx, flags, source, include)
         lib = _libraries.get(key)
         if lib is not None:
+            return lib
+        cache = _cache_dir()
+        if cache is not None and os.path.isfile(os.path.join(cache, f"k{key}.so")):
+            lib = _libraries[key] = ctypes.CDLL(os.path.join(cache, f"k{key}.so"))
             return lib
         if _workdir is None:
             _workdir = tempfile.mkdtemp(prefix="xpmlp-cuda-host-")
@@ -231,6 +271,15 @@ def _compile(source: str, include: str | None = None) -> ctypes.CDLL:
             numbered = "\n".join(f"{n:4d}  {line}" for n, line in enumerate(source.splitlines(), 1))
             raise HostCompileError(f"g++ failed to compile the kernel (exit {done.returncode}):\n"
                                    f"{done.stderr.strip()}\n--- source ---\n{numbered}")
+        if cache is not None:
+            kept = os.path.join(cache, f"k{key}.so")
+            try:
+                tmp = os.path.join(cache, f".k{key}.{os.getpid()}.so")
+                shutil.copyfile(so, tmp)
+                os.replace(tmp, kept)
+                so = kept
+            except OSError:
+                pass  # the process's own copy will do
         lib = _libraries[key] = ctypes.CDLL(so)
         return lib
 

@@ -463,3 +463,20 @@ def test_host_dropout_kernel_gives_the_reference_bits(host_compiler, dtype, rate
         k0, k1 = round_keys(key, counter)
         kernel(k0, k1, keep_threshold(rate), 1.0 / (1.0 - rate), out)
         np.testing.assert_array_equal(out, dropout_mask(np, shape, rate, key, counter, dtype))
+
+
+def test_host_kernel_cache_is_private(tmp_path, monkeypatch):
+    """Compiled host kernels are kept between runs only in a directory that this user alone can
+    write (they are loaded and run); XPMLP_CUDA_HOST_CACHE=0 keeps them for the process only."""
+    import cuda_host
+
+    monkeypatch.setenv(cuda_host.CACHE_ENV, "0")
+    assert cuda_host._cache_dir() is None
+    private = tmp_path / "private"
+    monkeypatch.setenv(cuda_host.CACHE_ENV, str(private))
+    assert cuda_host._cache_dir() == str(private) and (private.stat().st_mode & 0o777) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv(cuda_host.CACHE_ENV, str(shared))
+    assert cuda_host._cache_dir() is None
