@@ -71,9 +71,9 @@ class KernelSpec(NamedTuple):
     name: str
 
 
-# The optimiser kernels (adam, sgd_momentum, sgd) serve xpmlp.optim's current fast path
-# (Kernels.usable/adam_/sgd_); they go once optim generates its updates through
-# Kernels.elementwise.
+# The former optimiser kernels (adam, sgd_momentum, sgd; Kernels.adam_/sgd_): xpmlp.optim no longer
+# calls them (xpmlp.update generates every update and runs it through Kernels.elementwise); kept
+# until their removal is agreed, with their NVRTC and host tests.
 SPECS: dict[str, KernelSpec] = {
     # m = b1 * m + (1 - b1) * g;  v = b2 * v + (1 - b2) * (g * g)
     # p = p - step_size * (m / (sqrt(v) / root_bc2 + eps)); step_size and root_bc2 are
