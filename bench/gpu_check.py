@@ -475,11 +475,11 @@ def internal_probe() -> dict:
                 if reference:
                     os.environ["XPMLP_REFERENCE"] = "1"
                 try:
-                    params, grads = {"w": cupy.asarray(p0)}, {"w": cupy.asarray(g0)}
+                    p, g = cupy.asarray(p0.reshape(-1)), cupy.asarray(g0.reshape(-1))  # flat, as a model's
                     opt = xpmlp.Adam(lr=1e-2)
                     for _ in range(3):
-                        opt.step([(params, grads, "w")])
-                    return cupy.asnumpy(params["w"])
+                        opt.step(p, g)
+                    return cupy.asnumpy(p)
                 finally:
                     os.environ.pop("XPMLP_REFERENCE", None)
 

@@ -470,22 +470,3 @@ def test_schedules_have_an_empty_state_dict(schedule):
     schedule.load_state_dict({})
     with pytest.raises(ValueError, match="a schedule has no state"):
         schedule.load_state_dict({"step": 3})
-
-
-# -- the old interface, kept until fit and io use the flat one (TO BE REMOVED with it) ------------
-
-def test_legacy_slots_step_equals_the_flat_update():
-    rng = np.random.default_rng(0)
-    shapes = [(3, 4), (4,)]
-    params = {f"w{i}": rng.normal(size=s) for i, s in enumerate(shapes)}
-    flat = np.concatenate([v.reshape(-1) for v in params.values()])
-    legacy, new = Adam(lr=0.1), Adam(lr=0.1)
-    for _ in range(3):
-        grads = {k: rng.normal(size=v.shape) for k, v in params.items()}
-        legacy.step([(params, grads, k) for k in params])
-        new.step(flat, np.concatenate([g.reshape(-1) for g in grads.values()]))
-    np.testing.assert_array_equal(np.concatenate([v.reshape(-1) for v in params.values()]), flat)
-    assert [sorted(s) for s in legacy.state] == [["m", "v"], ["m", "v"]]  # per-parameter views
-    assert legacy.state[0]["m"].shape == (3, 4)
-    legacy.state = [{k: x.copy() for k, x in s.items()} for s in legacy.state]  # as fit's restore does
-    np.testing.assert_array_equal(legacy.state_dict()["state"]["m"], new.state["m"])

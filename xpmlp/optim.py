@@ -92,8 +92,6 @@ class Optimizer:
         self.clipnorm = None if clipnorm is None else float(clipnorm)
         self.t = 0  # steps taken
         self._state: dict | None = None
-        self._legacy_shapes: list | None = None  # TO BE REMOVED with step(slots)
-        self._pending: list | None = None  # TO BE REMOVED: per-parameter dicts given to .state, joined at the next update
         self._updates: dict = {}  # namespace -> update made by make_update, for step()
         self._adopt = False  # buffers from load_state_dict, moved to the parameters' device at the next update
 
@@ -125,30 +123,17 @@ class Optimizer:
                 for name, init in self.initial_state().items()}
 
     @property
-    def state(self):
-        if self._pending is not None:  # TO BE REMOVED with step(slots)
-            return self._pending
-        if self._state is not None and self._legacy_shapes is not None:  # TO BE REMOVED with step(slots)
-            return _split(self._state, self._legacy_shapes)
+    def state(self) -> dict | None:
+        """None before the first update, then {name: flat 1-D buffer} (as :meth:`state_names`)."""
         return self._state
 
     @state.setter
     def state(self, value):
-        self._legacy_shapes = self._pending = None
         self._adopt = False
-        if isinstance(value, (list, tuple)):  # TO BE REMOVED: per-parameter dicts (train.py, io.py today)
-            # joined at the next update, which runs on the arrays' device (CuPy: the current one)
-            self._pending, value = list(value), None
         self._state = None if value is None else dict(value)
-
-    def _join_pending(self) -> None:  # TO BE REMOVED with step(slots)
-        if self._pending is not None:
-            self._state, self._legacy_shapes = _join(self._pending)
-            self._pending = None
 
     def state_dict(self) -> dict:
         """``{"t": int, "state": {name: 1-D array} or None}``; the arrays are the live buffers (no copy)."""
-        self._join_pending()
         return {"t": self.t, "state": None if self._state is None else dict(self._state)}
 
     def load_state_dict(self, sd: dict) -> None:
@@ -174,7 +159,6 @@ class Optimizer:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"{type(self).__name__}.load_state_dict: this optimizer keeps the buffers {names}, "
                              f"the state dict has {got}")
-        self._join_pending()
         own = self._state
         if not names:  # plain SGD: no buffers
             self.t, self.state = t, {}
@@ -264,7 +248,6 @@ class Optimizer:
         if data.ndim != 1 or tuple(grad.shape) != tuple(data.shape) or grad.dtype != data.dtype:
             raise ValueError(f"{type(self).__name__}: data and grad must be 1-D of one shape and dtype, "
                              f"got {tuple(data.shape)} {data.dtype} and {tuple(grad.shape)} {grad.dtype}")
-        self._join_pending()
         state = self._state
         if state is None:
             state = self._state = self._init_state(xp, data)
@@ -281,47 +264,20 @@ class Optimizer:
                              f"{self.state_names()}; use a new optimizer for a different model")
         return state
 
-    def step(self, data, grad=None) -> None:
+    def step(self, data, grad) -> None:
         """One update of the flat 1-D buffer ``data`` in place, from the 1-D ``grad`` (same shape, dtype,
         namespace and device); the implementation is chosen from the arrays' namespace, once.
 
-        ``step(slots)`` (a list of ``(params, grads, key)``) is the old interface, TO BE REMOVED.
+        ``fit`` makes its update once with :meth:`make_update` instead; this is for loops of one's own
+        (``opt.step(model.flat.data, model.flat.grad)`` after ``model.backward``).
         """
-        if grad is None:
-            self._legacy_step(data)
-            return
         self._update_for(namespace_of(data, grad))(data, grad)
-        self._legacy_shapes = None
 
     def _update_for(self, xp):
         update = self._updates.get(xp)
         if update is None:
             update = self._updates[xp] = self.make_update(xp, fast_kernels(xp))
         return update
-
-    def _legacy_step(self, slots) -> None:
-        """TO BE REMOVED once fit uses step(data, grad): gather into one flat buffer, update, scatter back
-        (each ``params[key]`` becomes a view of the new buffer)."""
-        if not slots:
-            return
-        params = [pd[k] for pd, _, k in slots]
-        grads = [gd[k] for _, gd, k in slots]
-        xp = namespace_of(*params)
-        shapes = [tuple(p.shape) for p in params]
-        held = self.state
-        if isinstance(held, list) and len(held) != len(shapes):
-            raise ValueError(f"this optimizer holds state for {len(held)} parameters but was "
-                             f"given {len(shapes)}; use a new optimizer for a different model")
-        data = xp.concat([xp.reshape(p, (-1,)) for p in params])
-        grad = xp.concat([xp.reshape(g, (-1,)) for g in grads])
-        self._update_for(xp)(data, grad)
-        self._legacy_shapes = shapes
-        for (pd, _, k), piece in zip(slots, _split({"p": data}, shapes)):
-            pd[k] = piece["p"]
-
-    def init_state(self, xp, p) -> dict:
-        """TO BE REMOVED (io.py): the buffers for one parameter p, as :meth:`state_names` gives them."""
-        return self._init_state(xp, p)
 
     def get_config(self) -> dict:
         return {"lr": self.lr, "weight_decay": self.weight_decay, "clipnorm": self.clipnorm}
@@ -332,29 +288,6 @@ class Optimizer:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
-
-
-def _split(state: dict, shapes: list) -> list[dict]:
-    """TO BE REMOVED with step(slots): per-parameter dicts of views of the flat buffers."""
-    if not state:
-        return [{} for _ in shapes]
-    out, offset = [], 0
-    for shape in shapes:
-        size = math.prod(shape)
-        xp = namespace_of(*state.values())
-        out.append({k: xp.reshape(v[offset:offset + size], shape) for k, v in state.items()})
-        offset += size
-    return out
-
-
-def _join(states) -> tuple[dict | None, list | None]:
-    """TO BE REMOVED with step(slots): the flat buffers and shapes of per-parameter dicts."""
-    states = list(states)
-    if not states or not states[0]:  # no buffers (plain SGD): the shapes do not matter
-        return {}, [None] * len(states)
-    xp = namespace_of(*states[0].values())
-    shapes = [tuple(next(iter(s.values())).shape) for s in states]
-    return {k: xp.concat([xp.reshape(s[k], (-1,)) for s in states]) for k in states[0]}, shapes
 
 
 class SGD(Optimizer):
