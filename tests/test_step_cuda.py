@@ -11,8 +11,8 @@ Equality, per result (the kernels keep the reference's operations and their orde
 compiles them without FMA contraction):
 
 - bitwise: bias add, ReLU and LeakyReLU forward; every backward that uses no transcendental
-  function (ReLU, LeakyReLU, ELU, Sigmoid, Tanh); loss gradients and values of MSE for rows of
-  fewer than 8 entries (NumPy sums those left to right, as the kernel does); the GEMMs and
+  function (ReLU, LeakyReLU, ELU, Sigmoid, Tanh); MSE gradients, and MSE row values for rows
+  of fewer than 8 entries (NumPy sums those left to right, as the kernel does); the GEMMs and
   reductions (the stand-in runs NumPy's, so this checks the arguments, not cuBLAS);
 - 1e-6 relative in float32 and 1e-12 in float64 (absolute: the same times the largest reference
   value) where the kernel calls ``exp``/``log``/``tanh``/``expm1``/``log1p`` (the host's libm,
