@@ -128,9 +128,14 @@ class XpmlpContender:
 
     def info(self) -> dict:
         from xpmlp.backend import fast_kernels
+        from xpmlp.losses import get_loss
+        from xpmlp.step import make_train_step
 
         kernels = fast_kernels(self.backend.xp)
-        return {"backend": str(self.backend), "fast_kernels": getattr(kernels, "__name__", repr(kernels))}
+        with self.backend.activate():  # the step fit makes: fused (numpy, cupy) or reference
+            step = make_train_step(self.model, get_loss("softmax_cross_entropy"), self.opt)
+        return {"backend": str(self.backend), "fast_kernels": getattr(kernels, "__name__", repr(kernels)),
+                "train_step": step.variant}
 
 
 class TorchContender:

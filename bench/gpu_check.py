@@ -346,7 +346,8 @@ def step_bench(runner: Runner, timeout: float) -> dict:
                                ratio_to_torch_eager=r.get("ratio_to_torch_eager"),
                                first_epoch_s=round(r["first_epoch_s"], 2), final_accuracy=r["final_accuracy"],
                                peak_gpu_mb=round(r["memory"]["bytes"] / MIB, 1) if r.get("memory") else None,
-                               fast_kernels=r.get("info", {}).get("fast_kernels"))
+                               fast_kernels=r.get("info", {}).get("fast_kernels"),
+                               train_step=r.get("info", {}).get("train_step"))
                 if r.get("info", {}).get("warnings"):
                     row["warnings"] = r["info"]["warnings"]
                 if "error" in r:

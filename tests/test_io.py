@@ -1,9 +1,11 @@
+import json
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,3 +316,49 @@ def test_a_model_saved_before_its_statistics_were_learned_loads(tmp_path):
     assert not loaded.layers[0].adapted
     for a, b in zip(loaded.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+# -- files of the last release ------------------------------------------------------------------
+RELEASE = Path(__file__).parent / "data" / "release-c1454b0"  # made by tests/data/make_release_fixture.py
+
+
+def _release_data():
+    """The rows the release fixture was trained on (the recipe of make_release_fixture.py)."""
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(24, 4)) * 3.0 + 1.0, rng.integers(0, 3, size=24)
+
+
+def test_release_files_still_load():
+    """A model file and a weights file written by release c1454b0 load here to what that release
+    itself read back from them (tests/data/release-c1454b0.expected.json, written by that release)."""
+    expected = json.loads(RELEASE.with_suffix(".expected.json").read_text())
+    probe = np.array(expected["probe"])
+    model = xpmlp.load(RELEASE.with_suffix(".safetensors"), device="cpu")
+    # the same weights through the same float32 forward pass
+    np.testing.assert_allclose(model.predict(probe), expected["predictions"], rtol=1e-6, atol=1e-7)
+    opt = model.optimizer
+    assert type(opt).__name__ == expected["optimizer"]["class"] and opt.t == expected["optimizer"]["t"] == 6
+    assert opt.current_lr() == expected["optimizer"]["lr"]
+    state = opt.state_dict()["state"]
+    for key in ("m", "v"):  # the release kept one buffer per parameter; here one flat buffer each
+        flat = np.concatenate([np.array(s[key], dtype=np.float32) for s in expected["optimizer"]["state"]])
+        np.testing.assert_array_equal(to_numpy(state[key]), flat)
+    assert [[i, layer.key, layer.counter] for i, layer in enumerate(model.layers)
+            if isinstance(layer, xpmlp.Dropout)] == expected["dropout"]
+    generators = {name: np.random.default_rng(0) for name in ("init", "shuffle")}
+    for name, generator in generators.items():
+        generator.bit_generator.state = model.get_rng_state()[name]
+    assert int(generators["shuffle"].integers(2**63)) == expected["rng"]["shuffle_next"]
+    assert int(generators["init"].integers(2**63)) == expected["rng"]["init_next"]
+
+    # training resumed from the file continues as the release continued it (schedule, Adam
+    # moments, shuffles and dropout masks all from the file)
+    X, y = _release_data()
+    model.fit(X, y, epochs=1, batch_size=8)
+    np.testing.assert_allclose(model.predict(probe), expected["resumed_predictions"], rtol=1e-5, atol=1e-6)
+
+    fresh = xpmlp.MLP([4, 8, 3], dropout=0.1, standardize=True, seed=1, device="cpu")
+    fresh.load_weights(RELEASE.with_suffix(".weights.safetensors"))
+    with pytest.warns(UserWarning, match="no loss"):  # as the release's run: a weights file has no loss
+        got = fresh.predict(probe)
+    np.testing.assert_allclose(got, expected["weights_only_predictions"], rtol=1e-6, atol=1e-7)

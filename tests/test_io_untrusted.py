@@ -38,7 +38,7 @@ def _trained():
 
 
 MODEL = _trained()
-GOOD = xpmlp.io.to_bytes(MODEL)
+GOOD = MODEL.to_bytes()
 
 
 # -- file surgery ----------------------------------------------------------------------------
@@ -351,7 +351,7 @@ def test_malformed_file_is_refused_naming_the_problem(tmp_path, make, message):
 def test_the_good_file_and_its_rebuilt_copy_load():
     """The corpus's surgery keeps a file valid unless a case breaks it on purpose."""
     for data in (GOOD, _rebuild(*_split(GOOD)), tensors(lambda a: None)(GOOD)):
-        model = xpmlp.io.from_bytes(data, device="cpu")
+        model = xpmlp.Sequential.from_bytes(data, device="cpu")
         for a, b in zip(model.get_weights(), MODEL.get_weights()):
             np.testing.assert_array_equal(a, b)
 
@@ -374,8 +374,8 @@ def test_non_finite_values_load_only_when_asked(tmp_path):
     target = xpmlp.MLP([5, 8, 3], activation="tanh", dropout=0.1, standardize=True, seed=2, device="cpu")
     target.fit(X, Y, loss="softmax_cross_entropy", epochs=1)
     with pytest.raises(ModelFileError, match="layers.1.W holds NaN"):
-        xpmlp.io.load_weights(target, path)
-    xpmlp.io.load_weights(target, path, allow_nonfinite=True)
+        target.load_weights(path)
+    target.load_weights(path, allow_nonfinite=True)
     assert np.isnan(target.get_weights()[0][0, 0])
 
 
@@ -383,7 +383,7 @@ def test_a_scaled_schedule_saves_and_loads():
     """ReduceLROnPlateau scales a schedule; the scaled schedule is checked and rebuilt from the file."""
     schedule = CosineDecay(0.01, total_steps=100)
     data = meta("optimizer", _set(["config", "lr"], _scaled(json.dumps(schedule.get_config()), factor=0.25)))(GOOD)
-    model = xpmlp.io.from_bytes(data, device="cpu")
+    model = xpmlp.Sequential.from_bytes(data, device="cpu")
     assert [model.optimizer.lr(s) for s in (0, 50)] == [0.25 * schedule(s) for s in (0, 50)]
 
 
@@ -453,7 +453,7 @@ def test_a_failed_load_weights_leaves_the_model_unchanged(tmp_path):
     with pytest.raises(ModelFileError, match=r"layers.3.W has shape \(8, 4\), the model expects \(8, 3\)"):
         model.load_weights(tmp_path / "w.safetensors")
     nan = tmp_path / "nan.safetensors"
-    nan.write_bytes(tensors(_nan_in("layers.4.b"))(xpmlp.io.to_bytes(MODEL)))
+    nan.write_bytes(tensors(_nan_in("layers.4.b"))(MODEL.to_bytes()))
     target = xpmlp.MLP([5, 8, 3], activation="tanh", dropout=0.1, standardize=True, seed=1, device="cpu")
     target.fit(X, Y, loss="softmax_cross_entropy", epochs=1)
     target_before = target.get_weights()
@@ -468,9 +468,9 @@ def test_a_failed_load_weights_leaves_the_model_unchanged(tmp_path):
 def test_from_bytes_refuses_corrupted_bytes():
     """Estimators unpickle through from_bytes: their model bytes are checked the same way."""
     with pytest.raises(ModelFileError, match="model bytes: .*SHA-256"):
-        xpmlp.io.from_bytes(_flip(7)(GOOD), device="cpu")
+        xpmlp.Sequential.from_bytes(_flip(7)(GOOD), device="cpu")
     with pytest.raises(ModelFileError, match="model bytes: not a valid safetensors file"):
-        xpmlp.io.from_bytes(GOOD[:100], device="cpu")
+        xpmlp.Sequential.from_bytes(GOOD[:100], device="cpu")
 
 
 # -- sweeps: every key of every metadata entry, deleted or given a value of the wrong type ----
@@ -490,7 +490,7 @@ def _paths(value, prefix=()):
 def _loads_or_refuses(data):
     """Loading either works or raises ModelFileError: no other exception may escape."""
     try:
-        return xpmlp.io.from_bytes(data, device="cpu")
+        return xpmlp.Sequential.from_bytes(data, device="cpu")
     except ModelFileError:
         return None
 

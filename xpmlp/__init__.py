@@ -9,10 +9,10 @@ from .layers import (ACTIVATIONS, ELU, GELU, Activation, Dense, Dropout, Identit
                      ReLU, Sigmoid, Softmax, Softplus, Standardize, Tanh)
 from .losses import (LOSSES, Huber, Loss, MeanAbsoluteError, MeanSquaredError, SigmoidBinaryCrossEntropy,
                      SoftmaxCrossEntropy)
-from .model import MLP, Sequential
+from .model import MLP, Sequential, load
 from .optim import OPTIMIZERS, SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from . import callbacks, datasets, metrics, schedules
-from .io import ModelFileError, load
+from .io import ModelFileError
 from .train import DivergenceError, History
 
 __version__ = "0.1.0"

@@ -1,9 +1,14 @@
-"""Callbacks: hooks that ``fit`` calls at the start and end of training and of each epoch.
+"""Callbacks: hooks that ``fit`` calls at the start and end of training, of each epoch and of each batch.
 
 Subclass :class:`Callback` and override what you need. ``logs`` is the epoch's record: ``loss``,
 ``val_loss`` (with validation data), each metric (``accuracy``, ``val_accuracy``, ...), ``lr``,
 ``epoch_time`` and ``samples_per_s``, all Python floats. Set ``self.model.stop_training = True``
 to end training after the current epoch.
+
+``fit`` itself records and shows training with two callbacks of this module: :class:`History`
+(always; ``fit`` returns it) and :class:`ProgbarLogger` (when ``verbose`` is not 0). They come
+first, so each epoch is recorded and shown before your callbacks see it; apart from that they
+get the same calls as yours.
 
 ``fit`` calls ``on_train_end`` of every callback whose ``on_train_begin`` ran, however training
 ends (divergence, ``KeyboardInterrupt``, an exception in another callback). A callback with
@@ -16,15 +21,36 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 
 from .schedules import scaled
 
-__all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "ReduceLROnPlateau",
-           "TerminateOnNaN", "CSVLogger"]
+__all__ = ["Callback", "History", "ProgbarLogger", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler",
+           "ReduceLROnPlateau", "TerminateOnNaN", "CSVLogger"]
 
 
 class Callback:
+    """Base class: every hook does nothing.
+
+    Before training ``fit`` sets ``self.model`` (the model being trained) and ``self.params``
+    (``{"verbose": ..., "epochs": ..., "steps": batches per epoch}``), then calls ``check``.
+    Then, in this order: ``on_train_begin()``; for each epoch ``on_epoch_begin(epoch)``,
+    ``on_batch_end(batch)`` after each batch's update (``batch`` counts from 0 in each epoch) and
+    ``on_epoch_end(epoch, logs)``; ``on_train_end()``. Epochs count from 0.
+
+    ``on_batch_end`` gets no loss: a batch's loss stays on the device until the end of the epoch,
+    so that training never waits for the device between batches.
+
+    ``on_divergence(epoch, message)`` is called, on every callback, when an epoch diverges (see
+    :func:`xpmlp.train.fit`), after the weights from the start of that epoch have been put back;
+    ``message`` says what diverged and what was kept. Return True to handle it: training then
+    ends quietly (no exception, no warning; ``on_train_end`` still runs), as
+    :class:`TerminateOnNaN` does. If no callback returns True, ``fit`` raises
+    :class:`xpmlp.train.DivergenceError` (or warns, with ``on_divergence="warn"``).
+    """
+
     model = None
+    params = None
 
     def check(self, log_keys: list[str]) -> None:
         """Called before training with the names the logs will hold; raise on a bad option."""
@@ -35,11 +61,134 @@ class Callback:
     def on_epoch_begin(self, epoch: int, logs=None):
         pass
 
+    def on_batch_end(self, batch: int, logs=None):
+        pass
+
     def on_epoch_end(self, epoch: int, logs=None):
         pass
 
+    def on_divergence(self, epoch: int, message: str) -> bool:
+        return False
+
     def on_train_end(self, logs=None):
         pass
+
+
+class History(Callback):
+    """What ``fit`` records, one entry per epoch: ``history["loss"][i]`` and so on.
+
+    Keys: ``loss``, each metric, ``val_loss`` and ``val_<metric>`` with validation data,
+    ``lr`` (at the end of the epoch), ``epoch_time`` (s) and ``samples_per_s``. ``fit`` makes one
+    per call, returns it and keeps it as ``model.history``; as a callback of your own it records
+    the same (starting afresh at each fit).
+    """
+
+    def __init__(self):
+        self.epoch: list[int] = []
+        self.history: dict[str, list[float]] = {}
+
+    def on_train_begin(self, logs=None):
+        self.epoch, self.history = [], {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.append(epoch, logs)
+
+    def append(self, epoch: int, logs: dict) -> None:
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def to_frame(self):
+        """The history as a pandas DataFrame, one row per epoch."""
+        import pandas as pd
+
+        return pd.DataFrame(self.history, index=pd.Index(self.epoch, name="epoch"))
+
+    def plot(self, path=None):
+        """Loss and metric curves (train and validation) as a matplotlib Figure; saved as PNG if ``path``.
+
+        Needs matplotlib (``pip install 'xpmlp[plot]'``).
+        """
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError:
+            raise ImportError("History.plot needs matplotlib: pip install 'xpmlp[plot]' "
+                              "(or pip install matplotlib)") from None
+        names = ["loss"] + [k for k in self.history if k not in ("loss", "lr", "epoch_time", "samples_per_s")
+                            and not k.startswith("val_")]
+        fig = Figure(figsize=(4.5 * len(names), 3.2))
+        FigureCanvasAgg(fig)
+        epochs = [e + 1 for e in self.epoch]
+        for i, name in enumerate(names):
+            ax = fig.add_subplot(1, len(names), i + 1)
+            for key, label in ((name, "train"), ("val_" + name, "validation")):
+                if key in self.history:
+                    ax.plot(epochs, self.history[key], marker="o", ms=3, label=label)
+            ax.set_xlabel("epoch")
+            ax.set_title(name)
+            if name == "loss" and all(v > 0 for v in self.history["loss"] if math.isfinite(v)):
+                ax.set_yscale("log")
+            ax.legend()
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=100)
+        return fig
+
+    def __repr__(self):
+        last = {k: v[-1] for k, v in self.history.items() if v}
+        return f"History(epochs={len(self.epoch)}, last={last})"
+
+
+class ProgbarLogger(Callback):
+    """Shows training as ``fit``'s ``verbose`` asks (``fit`` adds one when it is not 0).
+
+    verbose=1: a tqdm bar per epoch on a terminal, one line per epoch otherwise; 2: one line per
+    epoch; 0: nothing. The bar only counts batches: reading the loss would wait for the device.
+    """
+
+    def __init__(self):
+        self.bar = None
+
+    def on_train_begin(self, logs=None):
+        verbose = self.params["verbose"]
+        self.mode = 0 if not verbose else (1 if verbose == 1 and sys.stdout.isatty() else 2)
+        self._close()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.mode == 1:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.params["steps"], desc=f"epoch {epoch + 1}/{self.params['epochs']}",
+                            unit="batch", leave=True, file=sys.stdout)
+
+    def on_batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        text = " - ".join(f"{k} {v:.4g}" for k, v in logs.items() if k not in ("epoch_time", "samples_per_s"))
+        timing = f"{logs['epoch_time']:.1f}s, {logs['samples_per_s']:,.0f} samples/s"
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{text} - {timing}")
+            self._close()
+        elif self.mode == 2:
+            print(f"epoch {epoch + 1}/{self.params['epochs']} - {text} - {timing}", flush=True)
+
+    def on_divergence(self, epoch, message):
+        self._close()  # before anyone prints the message
+        return False
+
+    def on_train_end(self, logs=None):
+        self._close()
+
+    def _close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class _Monitor(Callback):
@@ -108,7 +257,7 @@ class ModelCheckpoint(_Monitor):
     """Save the model after each epoch, or only when ``monitor`` improves (``save_best_only``).
 
     ``path`` may hold ``{epoch}`` (1-based) and log names, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.safetensors"``.
-    Every write is atomic (see :func:`xpmlp.io.save`).
+    Every write is atomic (see :meth:`xpmlp.Sequential.save`).
     """
 
     def __init__(self, path, monitor: str = "val_loss", mode: str = "auto", save_best_only: bool = False,
@@ -193,7 +342,13 @@ class TerminateOnNaN(Callback):
 
     ``fit`` keeps the weights from the end of the last good epoch either way; without this
     callback it raises :class:`xpmlp.train.DivergenceError` (or warns, with ``on_divergence="warn"``).
+    With ``verbose`` it prints the reason.
     """
+
+    def on_divergence(self, epoch, message):
+        if self.params and self.params["verbose"]:
+            print(message)
+        return True
 
 
 class CSVLogger(Callback):

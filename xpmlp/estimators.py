@@ -22,11 +22,10 @@ import inspect
 
 import numpy as np
 
-from . import io as _io
 from .backend import check_missing, host_array, is_device_library_array, resolve, to_numpy
 from .callbacks import EarlyStopping, LearningRateScheduler, ReduceLROnPlateau
 from .metrics import r2_from_sums
-from .model import MLP
+from .model import MLP, Sequential
 from .optim import SGD, Adam, AdamW, RMSprop
 
 __all__ = ["MLPClassifier", "MLPRegressor", "NotFittedError"]
@@ -174,12 +173,12 @@ class _BaseMLP(_Base):
         # The model holds array-library modules, which do not pickle: store its safetensors bytes.
         state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
         if "model_" in state:
-            state["model_"] = _io.to_bytes(state["model_"])
+            state["model_"] = state["model_"].to_bytes()
         return state
 
     def __setstate__(self, state):
         if isinstance(state.get("model_"), bytes):
-            state = {**state, "model_": _io.from_bytes(state["model_"], device=state.get("device"))}
+            state = {**state, "model_": Sequential.from_bytes(state["model_"], device=state.get("device"))}
         self.__dict__.update(state)
 
     def _sample_weight(self, sample_weight, X):

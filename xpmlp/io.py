@@ -1,12 +1,19 @@
-"""Saving and loading models: safetensors for the arrays, JSON metadata for the rest; never pickle.
+"""Model files: state dicts to safetensors (the arrays) and JSON metadata (the rest), and back; never pickle.
 
-A model file holds every parameter (``layers.{i}.{key}``), layer state such as Standardize's
-mean and std (``layers.{i}.state.{key}``), the optimiser's buffers (``optimizer.{j}.{key}``),
-and as metadata the format version, the architecture (layer classes and their configs), the
-model's dtype, loss and optimiser configuration, the host RNG states and each Dropout layer's
-key and counter (``rng.dropout``), so that training resumed from a file continues exactly as
-if it had not stopped. Arrays are stored as NumPy on the host, so a file written from a GPU
-loads on a CPU-only machine and back.
+This module only turns state dicts into the file format and back; it never imports the model,
+and reads no object's private fields. ``Sequential.to_bytes`` / ``save`` give it
+``get_config()``, ``state_dict()``, ``get_rng_state()``, the loss and the optimiser
+(:func:`encode_model`); ``Sequential.load`` builds a model from what :func:`read_model` returns,
+a checked :class:`SavedModel` of NumPy state dicts (``xpmlp.load`` is ``Sequential.load``).
+
+A model file (format 3) holds every parameter (``layers.{i}.{key}``), layer state such as
+Standardize's mean and std (``layers.{i}.state.{key}``), the optimiser's buffers, each stored
+parameter by parameter (``optimizer.{j}.{key}``: the slice of the flat buffer that belongs to the
+j-th parameter), and as metadata the format version, the architecture (layer classes and their
+configs), the model's dtype, loss and optimiser configuration, the host RNG states and each
+Dropout layer's key and counter (its extra state, under ``rng.dropout``), so that training
+resumed from a file continues exactly as if it had not stopped. Arrays are stored as NumPy on
+the host, so a file written from a GPU loads on a CPU-only machine and back.
 
 What saving guarantees
 ----------------------
@@ -63,17 +70,17 @@ from typing import NamedTuple
 import numpy as np
 
 from .backend import FLOAT_DTYPES, to_numpy
-from .layers import ACTIVATIONS, Dense, Dropout, Standardize
+from .layers import LAYERS, Dense, Dropout, Standardize
 from .losses import LOSSES
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES, Schedule
 
-__all__ = ["save", "load", "save_weights", "load_weights", "ModelFileError", "FORMAT_VERSION"]
+__all__ = ["encode_model", "encode_weights", "write", "read_model", "decode_model", "read_weights", "SavedModel",
+           "ModelFileError", "FORMAT_VERSION"]
 
 # 3: SHA-256 of the tensor bytes in metadata "sha256"; 2: dropout state is (key, counter) of the
 # device generator; 1: a NumPy generator state per Dropout layer. All three load.
 FORMAT_VERSION = 3
-_LAYERS = {cls.__name__: cls for cls in (Dense, Dropout, Standardize, *ACTIVATIONS.values())}
 _LOSSES = {cls.__name__: cls for cls in LOSSES.values()}
 _OPTIMIZERS = {cls.__name__: cls for cls in OPTIMIZERS.values()}
 # Bytes per element of every safetensors dtype, so that any safetensors file is checked; an
@@ -192,16 +199,6 @@ def _atomic_write(path, data: bytes) -> None:
         raise
 
 
-def _layer_tensors(model) -> dict:
-    tensors = {}
-    for i, layer in enumerate(model.layers):
-        for key, value in layer.params.items():
-            tensors[f"layers.{i}.{key}"] = to_numpy(value)
-        for key, value in getattr(layer, "state", {}).items():
-            tensors[f"layers.{i}.state.{key}"] = to_numpy(value)
-    return tensors
-
-
 def _tensor_digest(chunks) -> str:
     """SHA-256 of the tensors' bytes, given in the order of their sorted names."""
     digest = hashlib.sha256()
@@ -219,50 +216,81 @@ def _encode(tensors: dict, metadata: dict) -> bytes:
     return safetensors.numpy.save(tensors, metadata={**metadata, "sha256": checksum})
 
 
-def _require_built(model):
-    if not model.built:
-        raise ValueError("the model has no weights yet: fit it (or give in_features) before saving")
+def _is_extra(name: str) -> bool:
+    return name.endswith(".extra_state")
 
 
-def save(model, path) -> None:
-    """Write the whole model - architecture, weights, loss, optimiser state, RNG states - to ``path``.
+def _is_parameter(name: str) -> bool:
+    return not _is_extra(name) and ".state." not in name
 
-    The write is atomic; ``path`` may be a new file, a regular file (which keeps its permission
-    bits) or a symlink to one (the link's target is replaced); see the module docstring.
+
+def _arrays(state: dict) -> dict:
+    """The arrays of a model's state dict, on the host (extra states left out)."""
+    return {name: to_numpy(value) for name, value in state.items() if not _is_extra(name)}
+
+
+def encode_model(config: dict, state: dict, rng: dict, loss=None, optimizer=None) -> bytes:
+    """The bytes of a model file (format :data:`FORMAT_VERSION`) from the model's state dicts.
+
+    Parameters
+    ----------
+    config : dict
+        ``Sequential.get_config()``: ``{"layers": [{"class", "config"}, ...], "dtype", "seed",
+        "in_features"}``.
+    state : dict
+        ``Sequential.state_dict()``: ``layers.{i}.{key}`` parameters in parameter order (the
+        order of the flat buffer), ``layers.{i}.state.{key}`` buffers, arrays of any library and
+        device; ``layers.{i}.extra_state`` JSON-able dicts (Dropout's key and counter).
+    rng : dict
+        ``Sequential.get_rng_state()``: ``{"init": ..., "shuffle": ...}`` NumPy generator states.
+    loss : Loss, optional
+        Stored as its class name and ``get_config()``.
+    optimizer : Optimizer, optional
+        Stored as its class name, ``get_config()`` (a schedule as its own class and config) and
+        ``state_dict()``; each flat buffer is stored parameter by parameter as
+        ``optimizer.{j}.{key}`` (j: the parameter's position), as format 3 has it.
     """
-    _atomic_write(path, to_bytes(model))
-
-
-def to_bytes(model) -> bytes:
-    """The file :func:`save` writes, as bytes (used to pickle scikit-learn estimators)."""
-    _require_built(model)
-    tensors = _layer_tensors(model)
-    optimizer = None
-    if model.optimizer is not None:
-        opt = model.optimizer
-        state = opt.state_dict()
-        optimizer = {"class": type(opt).__name__, "config": {**opt.get_config(), "lr": _lr_config(opt)},
-                     "t": state["t"], "has_state": state["state"] is not None}
-        # one flat buffer per kind of state, stored parameter by parameter (optimizer.{j}.{key})
-        for key, buffer in (state["state"] or {}).items():
-            host = to_numpy(buffer)
-            for j, (p, start) in enumerate(zip(model.parameters(), model.flat.offsets)):
-                tensors[f"optimizer.{j}.{key}"] = host[start:start + p.size].reshape(p.shape)
+    tensors = _arrays(state)
+    section = None
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        section = {"class": type(optimizer).__name__,
+                   "config": {**optimizer.get_config(), "lr": _lr_config(optimizer)},
+                   "t": sd["t"], "has_state": sd["state"] is not None}
+        shapes = [tensors[name].shape for name in tensors if _is_parameter(name)]
+        for key, buffer in (sd["state"] or {}).items():
+            host, start = to_numpy(buffer), 0
+            if host.size != sum(math.prod(shape) for shape in shapes):
+                raise ValueError(f"the optimizer's buffer {key!r} has {host.size} values, the parameters "
+                                 f"{sum(math.prod(shape) for shape in shapes)}: it belongs to another model")
+            for j, shape in enumerate(shapes):
+                size = math.prod(shape)
+                tensors[f"optimizer.{j}.{key}"] = host[start:start + size].reshape(shape)
+                start += size
+    dropout = {name.split(".")[1]: value for name, value in state.items() if _is_extra(name)}
     metadata = {
         "format": "xpmlp",
         "format_version": str(FORMAT_VERSION),
-        "architecture": json.dumps([{"class": type(layer).__name__, "config": layer.get_config()}
-                                    for layer in model.layers]),
-        "model": json.dumps({"dtype": model.dtype, "seed": model.seed, "in_features": model.in_features}),
-        "loss": json.dumps(None if model.loss is None else
-                           {"class": type(model.loss).__name__, "config": model.loss.get_config()}),
-        "optimizer": json.dumps(optimizer),
-        "rng": json.dumps({"init": model._init_rng.bit_generator.state,
-                           "shuffle": model.shuffle_rng.bit_generator.state,
-                           "dropout": {str(i): {"key": layer.key, "counter": layer.counter}
-                                       for i, layer in enumerate(model.layers) if isinstance(layer, Dropout)}}),
+        "architecture": json.dumps(config["layers"]),
+        "model": json.dumps({key: config[key] for key in ("dtype", "seed", "in_features")}),
+        "loss": json.dumps(None if loss is None else {"class": type(loss).__name__, "config": loss.get_config()}),
+        "optimizer": json.dumps(section),
+        # format 3 keeps the layers' extra states (only Dropout has one) beside the generators
+        "rng": json.dumps({"init": rng["init"], "shuffle": rng["shuffle"], "dropout": dropout}),
     }
     return _encode(tensors, metadata)
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_level() -> int:
+    """The ``stacklevel`` of the first caller outside xpmlp, for a warning issued by the function
+    that calls this (so the warning names the user's line, however deep in xpmlp it was raised)."""
+    frame, level = inspect.currentframe().f_back, 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _lr_config(opt):
@@ -272,16 +300,19 @@ def _lr_config(opt):
     if callable(opt.lr):
         warnings.warn("the learning rate is a plain function, which cannot be saved; the file stores its "
                       f"current value {opt.current_lr():g} (use a schedule from xpmlp.schedules to keep it)",
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=_user_level())
         return opt.current_lr()
     return opt.lr
 
 
-def save_weights(model, path) -> None:
-    """Write only the weights (and layer state such as Standardize statistics), atomically."""
-    _require_built(model)
-    _atomic_write(path, _encode(_layer_tensors(model), {"format": "xpmlp-weights",
-                                                        "format_version": str(FORMAT_VERSION)}))
+def encode_weights(state: dict) -> bytes:
+    """The bytes of a weights file: the arrays of a model's state dict (extra states left out)."""
+    return _encode(_arrays(state), {"format": "xpmlp-weights", "format_version": str(FORMAT_VERSION)})
+
+
+def write(path, data: bytes) -> None:
+    """Write a model file's bytes to ``path`` atomically (see the module docstring)."""
+    _atomic_write(path, data)
 
 
 # -- reading: the container -------------------------------------------------------------------
@@ -551,7 +582,7 @@ def _check_architecture(metadata, where) -> list:
     layers = []
     for i, entry in enumerate(spec):
         what = f"architecture entry {i}"
-        layers.append(_construct(_check_class(entry, _LAYERS, "layer", what, where), entry["config"], what, where))
+        layers.append(_construct(_check_class(entry, LAYERS, "layer", what, where), entry["config"], what, where))
     if not any(isinstance(layer, Dense) for layer in layers):
         raise ModelFileError(f"{where}: metadata 'architecture' has no Dense layer")
     return layers
@@ -590,11 +621,11 @@ def _check_schedule(spec, what: str, where) -> Schedule:
 
 
 def _check_optimizer(metadata, where):
-    """(optimizer or None, the keys of each parameter's state or None when it has none)."""
+    """(optimizer or None, its step count, the keys of each parameter's state or None when it has none)."""
     what = "metadata 'optimizer'"
     spec = _json(metadata, "optimizer", where)
     if spec is None:
-        return None, None
+        return None, 0, None
     cls = _check_class(spec, _OPTIMIZERS, "optimizer", what, where)
     t, has_state = spec.get("t"), spec.get("has_state")
     if not (_is_int(t) and t >= 0):
@@ -610,10 +641,8 @@ def _check_optimizer(metadata, where):
     elif not (_fits(lr, "float") and lr >= 0):
         raise ModelFileError(f"{where}: {what} has lr={_show(lr)}, not a non-negative number or a schedule")
     optimizer = _construct(cls, config, what, where, lr=lr)
-    optimizer.t = t
-    # which buffers each parameter has (Adam: m and v; SGD: momentum or none), asked of the
-    # optimiser itself on a one-element array
-    return optimizer, (optimizer.state_names() if has_state else None)
+    # which buffers each parameter has (Adam: m and v; SGD: momentum or none), asked of the optimiser
+    return optimizer, t, (optimizer.state_names() if has_state else None)
 
 
 def _generator_problem(state) -> str | None:
@@ -683,7 +712,7 @@ def _check_rng(metadata, layers, where) -> tuple[dict, dict]:
         warnings.warn(f"{where} was written by an older xpmlp that drew dropout masks on the host; masks are "
                       "now made on the device, so each Dropout layer continues from a key derived from its "
                       "saved generator: resumed training is reproducible but will not repeat the older "
-                      "version's masks", UserWarning, stacklevel=4)
+                      "version's masks", UserWarning, stacklevel=_user_level())
     return rng, keys
 
 
@@ -710,103 +739,82 @@ def _has_statistics(file: _File, i: int) -> bool:
     return f"layers.{i}.state.mean" in file.tensors or f"layers.{i}.state.std" in file.tensors
 
 
-def _model_shapes(model, file: _File) -> dict:
-    """{array name: shape} of a built model's parameters (and Standardize statistics, see above)."""
-    shapes, width = {}, model.in_features
-    for i, layer in enumerate(model.layers):
-        shapes.update({f"layers.{i}.{key}": tuple(value.shape) for key, value in layer.params.items()})
-        if isinstance(layer, Dense):
-            width = layer.units
-        elif isinstance(layer, Standardize) and _has_statistics(file, i):
-            shapes[f"layers.{i}.state.mean"] = shapes[f"layers.{i}.state.std"] = (width,)
-    return shapes
-
-
 # -- loading -----------------------------------------------------------------------------------
-def _assign_layers(model, arrays: dict) -> None:
-    """Copy checked arrays into the model's layers: every copy is made before any layer changes."""
-    def to_device(name):
-        return model.backend.from_host(arrays[name].astype(model.dtype))
+class SavedModel(NamedTuple):
+    """A model file, checked whole and turned into state dicts (see :func:`read_model`).
 
-    params = [{key: to_device(f"layers.{i}.{key}") for key in layer.parameters} for i, layer in enumerate(model.layers)]
-    states = [{key: to_device(f"layers.{i}.state.{key}") for key in ("mean", "std")}
-              if f"layers.{i}.state.mean" in arrays else {} for i in range(len(model.layers))]
-    for layer, new_params, new_state in zip(model.layers, params, states):
-        for key, value in new_params.items():
-            layer.parameters[key].value[...] = value  # into the model's flat buffer
-        if isinstance(layer, Standardize):
-            layer.state = new_state
+    Nothing here is on a device: arrays are NumPy, of the model's dtype.
+    """
+    layers: list  # constructed from the architecture, not built (nothing allocated)
+    dtype: str
+    seed: int | None
+    in_features: int
+    loss: object  # a Loss, or None
+    state: dict  # the model's state dict: layers.{i}.{key}, layers.{i}.state.{key}, layers.{i}.extra_state
+    optimizer: object  # an Optimizer, or None
+    optimizer_state: dict | None  # its state dict {"t", "state": {name: flat array} or None}; None without one
+    rng: dict  # {"init": ..., "shuffle": ...} NumPy generator states
 
 
-def _load(file: _File, device, xp, allow_nonfinite: bool):
-    from .model import Sequential
-
+def _saved_model(file: _File, allow_nonfinite: bool) -> SavedModel:
     where = file.where
     layers = _check_architecture(file.metadata, where)
     config = _check_model(file.metadata, where)
     loss = _check_loss(file.metadata, where)
-    optimizer, state_keys = _check_optimizer(file.metadata, where)
+    optimizer, t, state_keys = _check_optimizer(file.metadata, where)
     rng, dropout = _check_rng(file.metadata, layers, where)
     expected = _architecture_shapes(layers, config["in_features"], file)
-    slots = [(name, shape) for name, shape in expected.items() if ".state." not in name]
-    for j, (_, shape) in enumerate(slots if state_keys is not None else []):
+    params = [(name, shape) for name, shape in expected.items() if _is_parameter(name)]
+    for j, (_, shape) in enumerate(params if state_keys is not None else []):
         expected.update({f"optimizer.{j}.{key}": shape for key in state_keys})
     _match(file, expected, "the architecture in its metadata", "the architecture")
     arrays = _decode(file, list(expected), allow_nonfinite)
 
-    # Everything is checked: the model built now has the shapes the file's data fills.
-    model = Sequential(layers, device=device, xp=xp, dtype=config["dtype"], seed=config["seed"],
-                       in_features=config["in_features"])
-    model.loss = loss
-    with model.backend.activate():  # CuPy writes and copies on the current device: the model's
-        _assign_layers(model, arrays)
-        if optimizer is not None:
-            state = None
-            if state_keys is not None:  # per-parameter arrays in the file, one flat buffer each here
-                state = {key: model.backend.from_host(np.concatenate(
-                    [arrays[f"optimizer.{j}.{key}"].astype(model.dtype).reshape(-1) for j in range(len(slots))]))
-                    for key in state_keys}
-            optimizer.load_state_dict({"t": optimizer.t, "state": state})
-            model.optimizer = optimizer
-    model._init_rng.bit_generator.state = rng["init"]
-    model.shuffle_rng.bit_generator.state = rng["shuffle"]
-    for i, (key, counter) in dropout.items():
-        model.layers[i].key, model.layers[i].counter = key, counter
-    return model
+    dtype = config["dtype"]
+    state = {name: arrays[name].astype(dtype) for name in expected if not name.startswith("optimizer.")}
+    state.update({f"layers.{i}.extra_state": {"key": key, "counter": counter}
+                  for i, (key, counter) in dropout.items()})
+    optimizer_state = None
+    if optimizer is not None:  # per-parameter arrays in the file, one flat buffer each in the state dict
+        optimizer_state = {"t": t, "state": None if state_keys is None else {
+            key: np.concatenate([arrays[f"optimizer.{j}.{key}"].astype(dtype).reshape(-1)
+                                 for j in range(len(params))])
+            for key in state_keys}}
+    return SavedModel(layers, dtype, config["seed"], config["in_features"], loss, state, optimizer,
+                      optimizer_state, {"init": rng["init"], "shuffle": rng["shuffle"]})
 
 
-def load(path, device=None, xp=None, *, allow_nonfinite: bool = False):
-    """Rebuild a model saved with :func:`save` on ``device`` (or namespace ``xp``).
+def read_model(path, *, allow_nonfinite: bool = False) -> SavedModel:
+    """The model file at ``path`` (written by ``Sequential.save``), checked whole before anything
+    is allocated (see the module docstring); any defect raises :class:`ModelFileError`.
 
-    The file is checked whole before anything is allocated (see the module docstring); any
-    defect raises :class:`ModelFileError` saying what is wrong.
+    ``allow_nonfinite``: accept weights, optimiser state or statistics holding NaN or infinity.
+    """
+    return _saved_model(_read(path, ("xpmlp",)), allow_nonfinite)
+
+
+def decode_model(data: bytes, *, allow_nonfinite: bool = False) -> SavedModel:
+    """:func:`read_model` of bytes (as ``Sequential.to_bytes`` gives)."""
+    return _saved_model(_check_file(data, "model bytes", ("xpmlp",)), allow_nonfinite)
+
+
+def read_weights(path, shapes: dict, dtype: str, *, allow_nonfinite: bool = False) -> dict:
+    """The arrays of a weights file (or of a model file, its optimiser aside), checked whole.
 
     Parameters
     ----------
-    allow_nonfinite : bool, default False
-        Load weights, optimiser state or statistics holding NaN or infinity instead of refusing.
-
-    Returns
-    -------
-    Sequential, with its loss, optimiser (and its state) and RNG states restored.
+    shapes : dict
+        {name: shape} the model needs (``layers.{i}.{key}``, and ``layers.{i}.state.{key}`` for
+        every Standardize layer); a layer's statistics are required only when the file holds
+        either of them (a model saved before it was adapted has none).
+    dtype : str
+        The arrays are returned as NumPy arrays of this dtype.
     """
-    return _load(_read(path, ("xpmlp",)), device, xp, allow_nonfinite)
-
-
-def from_bytes(data: bytes, device=None, xp=None, *, allow_nonfinite: bool = False):
-    """The model that :func:`to_bytes` gave, rebuilt on ``device``, checked as :func:`load` checks a file."""
-    return _load(_check_file(data, "model bytes", ("xpmlp",)), device, xp, allow_nonfinite)
-
-
-def load_weights(model, path, *, allow_nonfinite: bool = False) -> None:
-    """Load weights written by :func:`save_weights` (or :func:`save`) into a model of the same architecture.
-
-    The whole file is checked before any layer changes: on an error the model is left as it was.
-    """
-    _require_built(model)
     file = _read(path, ("xpmlp-weights", "xpmlp"))
-    expected = _model_shapes(model, file)
+    expected = {}
+    for name, shape in shapes.items():
+        layer = name.split(".state.")[0] if ".state." in name else None
+        if layer is None or any(k.startswith(f"{layer}.state.") for k in file.tensors):
+            expected[name] = tuple(shape)
     _match(file, expected, "this model's architecture", "the model", ignore=("optimizer.",))
-    arrays = _decode(file, list(expected), allow_nonfinite)
-    with model.backend.activate():
-        _assign_layers(model, arrays)
+    return {name: array.astype(dtype) for name, array in _decode(file, list(expected), allow_nonfinite).items()}

@@ -16,6 +16,14 @@ Every layer follows one protocol:
   input, from the last forward pass, which must have been a training pass (a clear error
   otherwise). ``params`` and ``grads`` are read-only dicts of the current arrays.
 
+State dicts (PyTorch's convention): ``state_dict()`` gives ``{name: array}`` - the parameters
+(the live views, no copy), then buffers that are state but not trained (Standardize's ``mean``
+and ``std``) - plus, for a layer with state that is not an array (Dropout's ``key`` and
+``counter``, Python ints), an ``"extra_state"`` entry: a JSON-able dict from
+``get_extra_state()``, given back to ``set_extra_state()`` (PyTorch's extra state).
+``load_state_dict(sd)`` checks names, shapes and dtypes (``check_state_dict``) before it writes
+anything, then writes in place (parameters into the model's flat buffer).
+
 Layers never touch optimiser state, and never import an array library.
 """
 
@@ -32,7 +40,7 @@ from .params import Parameter
 from .rng import dropout_mask, word_dtype
 
 __all__ = [
-    "Layer", "Dense", "Dropout", "Standardize", "Activation", "ACTIVATIONS", "get_activation",
+    "LAYERS", "Layer", "Dense", "Dropout", "Standardize", "Activation", "ACTIVATIONS", "get_activation",
     "Identity", "ReLU", "LeakyReLU", "ELU", "GELU", "Sigmoid", "Tanh", "Softplus", "Softmax",
 ]
 
@@ -80,6 +88,72 @@ class Layer:
     def get_config(self) -> dict:
         """Constructor arguments that rebuild this layer (used for saving and repr)."""
         return {}
+
+    # -- state dicts ---------------------------------------------------------------------------
+    def buffers(self) -> dict:
+        """{name: array} of state that is not trained (none here; Standardize's statistics)."""
+        return {}
+
+    def get_extra_state(self) -> dict | None:
+        """State that is not an array, as a JSON-able dict (Python ints, floats, strings), or None."""
+        return None
+
+    def set_extra_state(self, state) -> None:
+        """Take back what :meth:`get_extra_state` gave (ValueError if malformed)."""
+        self._check_extra_state(state)
+
+    def state_dict(self) -> dict:
+        """{name: array}: parameters (live views of the model's buffer), then buffers, then
+        ``"extra_state"`` if :meth:`get_extra_state` gives one."""
+        sd = {**self.params, **self.buffers()}
+        extra = self.get_extra_state()
+        if extra is not None:
+            sd["extra_state"] = extra
+        return sd
+
+    def check_state_dict(self, sd) -> None:
+        """Raise ValueError naming the first problem if ``sd`` cannot be loaded: other names than
+        :meth:`state_dict`'s, or an array of another shape or dtype. Changes nothing."""
+        name = type(self).__name__
+        if not isinstance(sd, dict):
+            raise ValueError(f"{name}.load_state_dict: expected a dict, got {type(sd).__name__}")
+        expected = {k: (p.shape, p.value.dtype) for k, p in self.parameters.items()}
+        arrays = {k: v for k, v in sd.items() if k != "extra_state"}
+        if set(arrays) != set(expected):
+            raise ValueError(f"{name}.load_state_dict: expected the arrays {sorted(expected)}, got {sorted(arrays)} "
+                             f"(missing {sorted(set(expected) - set(arrays))}, unexpected "
+                             f"{sorted(set(arrays) - set(expected))})")
+        for key, (shape, dtype) in expected.items():
+            a = arrays[key]
+            if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+                raise ValueError(f"{name}.load_state_dict: {key!r} is a {type(a).__name__}, not an array")
+            if tuple(a.shape) != tuple(shape):
+                raise ValueError(f"{name}.load_state_dict: {key!r} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+            if a.dtype != dtype:
+                raise ValueError(f"{name}.load_state_dict: {key!r} has dtype {a.dtype}, expected {dtype}")
+        if (self.get_extra_state() is None) != ("extra_state" not in sd):
+            raise ValueError(f"{name}.load_state_dict: " + ("unexpected 'extra_state'" if "extra_state" in sd
+                                                             else "missing 'extra_state'"))
+        if "extra_state" in sd:
+            self._check_extra_state(sd["extra_state"])
+
+    def _check_extra_state(self, state) -> None:
+        """Raise ValueError if ``state`` is not what :meth:`set_extra_state` takes."""
+        if state is not None:
+            raise ValueError(f"{type(self).__name__} has no extra state, got {state!r}")
+
+    def load_state_dict(self, sd) -> None:
+        """Load what :meth:`state_dict` gives (arrays of this layer's namespace and device),
+        checked whole first (:meth:`check_state_dict`); parameters are written in place."""
+        self.check_state_dict(sd)
+        for key, p in self.parameters.items():
+            p.value[...] = sd[key]
+        self._load_buffers({k: v for k, v in sd.items() if k not in self.parameters and k != "extra_state"})
+        if "extra_state" in sd:
+            self.set_extra_state(sd["extra_state"])
+
+    def _load_buffers(self, buffers: dict) -> None:
+        pass
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -207,6 +281,22 @@ class Dropout(Layer):
     def get_config(self):
         return {"rate": self.rate}
 
+    def get_extra_state(self) -> dict:
+        """``{"key": int, "counter": int}``: where the masks continue from (None key: not built)."""
+        return {"key": self.key, "counter": self.counter}
+
+    def _check_extra_state(self, state) -> None:
+        def is_int(v):
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        if (not isinstance(state, dict) or set(state) != {"key", "counter"} or not is_int(state["key"])
+                or not is_int(state["counter"]) or state["counter"] < 0):
+            raise ValueError(f"Dropout extra state must be {{'key': int, 'counter': int >= 0}}, got {state!r}")
+
+    def set_extra_state(self, state) -> None:
+        self._check_extra_state(state)
+        self.key, self.counter = int(state["key"]), int(state["counter"])
+
 
 class Standardize(Layer):
     """Per-feature ``(x - mean) / std``, with mean and std learned from the training data.
@@ -222,10 +312,46 @@ class Standardize(Layer):
     def __init__(self):
         super().__init__()
         self.state: dict = {}
+        self.features: int | None = None  # width and dtype, known once built
+        self.dtype = None
+
+    def build(self, in_features, backend, dtype, rng):
+        self.features, self.dtype = in_features, backend.dtype(dtype)
+        return super().build(in_features, backend, dtype, rng)
 
     @property
     def adapted(self) -> bool:
         return bool(self.state)
+
+    def buffers(self) -> dict:
+        """``{"mean", "std"}`` (each (d,)) once adapted, else {}."""
+        return dict(self.state)
+
+    def check_state_dict(self, sd) -> None:
+        """Both statistics ``mean`` and ``std`` of shape (d,) and the model's dtype, or none (not adapted)."""
+        if isinstance(sd, dict) and set(sd) == {"mean", "std"} and self.features is not None:
+            for key in ("mean", "std"):
+                a = sd[key]
+                if not hasattr(a, "shape") or tuple(a.shape) != (self.features,) or a.dtype != self.dtype:
+                    raise ValueError(f"Standardize.load_state_dict: {key!r} must have shape ({self.features},) and "
+                                     f"dtype {self.dtype}, got " + (f"shape {tuple(a.shape)} and dtype {a.dtype}"
+                                                                    if hasattr(a, "shape") else type(a).__name__))
+            return
+        if isinstance(sd, dict) and set(sd) == {"mean", "std"}:
+            raise ValueError("Standardize.load_state_dict: the layer is not built yet (its width is unknown)")
+        if not isinstance(sd, dict) or sd:
+            raise ValueError(f"Standardize.load_state_dict: expected 'mean' and 'std', or nothing, got "
+                             f"{sorted(sd) if isinstance(sd, dict) else type(sd).__name__}")
+
+    def _load_buffers(self, buffers):
+        # statistics are not in the flat buffer: written in place when there, else copies
+        if not buffers:
+            self.state = {}
+        elif self.state:
+            for key in ("mean", "std"):
+                self.state[key][...] = buffers[key]
+        else:
+            self.state = {key: self.xp.asarray(buffers[key], copy=True) for key in ("mean", "std")}
 
     def adapt(self, x) -> None:
         """Learn mean and std from x (n, d), an array on the model's device."""
@@ -401,6 +527,8 @@ class Softmax(Activation):
 
 ACTIVATIONS = {cls.name: cls for cls in (Identity, ReLU, LeakyReLU, ELU, GELU, Sigmoid, Tanh, Softplus, Softmax)}
 ACTIVATIONS["linear"] = Identity
+# Every layer class by its class name, as configs and files name them.
+LAYERS = {cls.__name__: cls for cls in (Dense, Dropout, Standardize, *ACTIVATIONS.values())}
 
 
 def get_activation(spec) -> Activation:

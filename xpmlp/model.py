@@ -6,13 +6,13 @@ import functools
 
 import numpy as np
 
-from . import io as _io
+from . import io as _io  # one way: io turns state dicts into files and never imports the model
 from .backend import resolve, to_numpy
-from .layers import Dense, Dropout, Layer, Standardize, activation_name, dense_for, get_activation
+from .layers import LAYERS, Dense, Dropout, Layer, Standardize, activation_name, dense_for, get_activation
 from .params import FlatParameters, Parameter
 from .train import History, evaluate, fit, predict
 
-__all__ = ["Sequential", "MLP"]
+__all__ = ["Sequential", "MLP", "load"]
 
 
 def _on_device(method):
@@ -161,21 +161,170 @@ class Sequential:
     predict = _on_device(predict)
     evaluate = _on_device(evaluate)
 
+    # -- configuration and state ---------------------------------------------------------------
+    def get_config(self) -> dict:
+        """What rebuilds this model's architecture (Keras style), JSON-able.
+
+        Returns
+        -------
+        ``{"layers": [{"class": name, "config": layer.get_config()}, ...], "dtype": str,
+        "seed": int or None, "in_features": int or None}``
+        """
+        return {"layers": [{"class": type(layer).__name__, "config": layer.get_config()} for layer in self.layers],
+                "dtype": self.dtype, "seed": self.seed, "in_features": self.in_features}
+
+    @staticmethod
+    def from_config(config: dict, *, device=None, xp=None) -> Sequential:
+        """A new Sequential from :meth:`get_config`'s dict (fresh weights from its seed), on ``device``."""
+        layers = []
+        for entry in config["layers"]:
+            if entry["class"] not in LAYERS:
+                raise ValueError(f"unknown layer class {entry['class']!r} (known: {', '.join(LAYERS)})")
+            layers.append(LAYERS[entry["class"]](**entry["config"]))
+        return Sequential(layers, device=device, xp=xp, dtype=config["dtype"], seed=config["seed"],
+                          in_features=config["in_features"])
+
+    def state_dict(self) -> dict:
+        """Every layer's state, by flat names (PyTorch's convention); no copy.
+
+        Returns
+        -------
+        dict
+            ``layers.{i}.{key}`` parameters (``layers.0.W``: views of :attr:`flat`, in
+            :meth:`parameters` order), ``layers.{i}.state.{key}`` buffers (Standardize's
+            ``mean`` and ``std``), and ``layers.{i}.extra_state`` dicts of Python ints (each
+            Dropout layer's ``key`` and ``counter``). The optimiser and the host generators
+            have their own (``optimizer.state_dict()``, :meth:`get_rng_state`).
+        """
+        self._require_built("take its state dict")
+        sd = {}
+        for i, layer in enumerate(self.layers):
+            for key, value in layer.state_dict().items():
+                kind = "" if key in layer.parameters or key == "extra_state" else "state."
+                sd[f"layers.{i}.{kind}{key}"] = value
+        return sd
+
+    def _split_state_dict(self, sd: dict) -> list[dict]:
+        """``sd`` as one state dict per layer, with every host (NumPy) array moved to the device."""
+        if not isinstance(sd, dict):
+            raise ValueError(f"Sequential.load_state_dict: expected a dict, got {type(sd).__name__}")
+        per_layer = [{} for _ in self.layers]
+        for name, value in sd.items():
+            parts = name.split(".") if isinstance(name, str) else []
+            if (len(parts) < 3 or parts[0] != "layers" or not parts[1].isdigit() or int(parts[1]) >= len(self.layers)
+                    or (parts[2] == "state") != (len(parts) == 4) or len(parts) > 4):
+                raise ValueError(f"Sequential.load_state_dict: unexpected name {name!r} (this model has "
+                                 f"{len(self.layers)} layers; names are layers.{{i}}.{{key}}, "
+                                 "layers.{i}.state.{key} or layers.{i}.extra_state)")
+            if isinstance(value, np.ndarray):
+                if value.dtype != np.dtype(self.dtype):
+                    raise ValueError(f"Sequential.load_state_dict: {name!r} has dtype {value.dtype}, "
+                                     f"expected {self.dtype}")
+                value = self.backend.from_host(value)
+            per_layer[int(parts[1])][parts[-1]] = value
+        return per_layer
+
+    @_on_device
+    def load_state_dict(self, sd: dict) -> None:
+        """Load :meth:`state_dict`'s entries (arrays of the model's library, or NumPy arrays),
+        all checked (names, shapes, dtypes) before any layer changes; parameters are written
+        into :attr:`flat` in place. Raises ValueError naming what does not match.
+        """
+        self._require_built("load a state dict")
+        per_layer = self._split_state_dict(sd)
+        for i, (layer, part) in enumerate(zip(self.layers, per_layer)):
+            try:
+                layer.check_state_dict(part)
+            except ValueError as e:
+                raise ValueError(f"layers.{i}: {e}") from None
+        for layer, part in zip(self.layers, per_layer):
+            layer.load_state_dict(part)
+
+    def get_rng_state(self) -> dict:
+        """``{"init": ..., "shuffle": ...}``: the states of the host generators for initial weights
+        and shuffles (NumPy ``bit_generator.state`` dicts, JSON-able)."""
+        return {"init": self._init_rng.bit_generator.state, "shuffle": self.shuffle_rng.bit_generator.state}
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore :meth:`get_rng_state`'s generator states."""
+        self._init_rng.bit_generator.state = state["init"]
+        self.shuffle_rng.bit_generator.state = state["shuffle"]
+
+    def _require_built(self, what: str) -> None:
+        if not self.built:
+            raise ValueError(f"the model has no weights yet: fit it (or give in_features) before you {what}")
+
+    def _file_shapes(self) -> dict:
+        """{name: shape} of the arrays a weights file may give: parameters and every
+        Standardize layer's statistics (adapted or not)."""
+        shapes = {p.name: p.shape for p in self.parameters()}
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Standardize):
+                shapes[f"layers.{i}.state.mean"] = shapes[f"layers.{i}.state.std"] = (layer.features,)
+        return shapes
+
     # -- files ---------------------------------------------------------------------------------
     @_on_device
+    def to_bytes(self) -> bytes:
+        """The file :meth:`save` writes, as bytes (scikit-learn estimators pickle these)."""
+        self._require_built("save it")
+        return _io.encode_model(self.get_config(), self.state_dict(), self.get_rng_state(), self.loss, self.optimizer)
+
     def save(self, path) -> None:
-        """Save architecture, weights, loss, optimiser state and RNG states (see :mod:`xpmlp.io`)."""
-        _io.save(self, path)
+        """Save architecture, weights, loss, optimiser state and RNG states, atomically (see :mod:`xpmlp.io`)."""
+        _io.write(path, self.to_bytes())
 
     @_on_device
     def save_weights(self, path) -> None:
-        """Save only the weights (and Standardize statistics)."""
-        _io.save_weights(self, path)
+        """Save only the weights (and Standardize statistics), atomically."""
+        self._require_built("save it")
+        _io.write(path, _io.encode_weights(self.state_dict()))
 
     @_on_device
     def load_weights(self, path, *, allow_nonfinite: bool = False) -> None:
-        """Load weights saved from a model of the same architecture (NaN or inf refused unless allowed)."""
-        _io.load_weights(self, path, allow_nonfinite=allow_nonfinite)
+        """Load weights saved from a model of the same architecture (NaN or inf refused unless allowed).
+
+        The whole file is checked before any layer changes: on an error the model is left as it was.
+        """
+        self._require_built("load weights")
+        arrays = _io.read_weights(path, self._file_shapes(), self.dtype, allow_nonfinite=allow_nonfinite)
+        extra = {name: value for name, value in self.state_dict().items() if name.endswith(".extra_state")}
+        self.load_state_dict({**arrays, **extra})
+
+    @staticmethod
+    def load(path, device=None, xp=None, *, allow_nonfinite: bool = False) -> Sequential:
+        """Rebuild a model saved with :meth:`save` on ``device`` (or namespace ``xp``).
+
+        The file is checked whole before anything is allocated (see :mod:`xpmlp.io`); any defect
+        raises :class:`xpmlp.io.ModelFileError` saying what is wrong. ``allow_nonfinite``: load
+        weights, optimiser state or statistics holding NaN or infinity instead of refusing.
+
+        Returns
+        -------
+        Sequential, with its loss, optimiser (and its state) and RNG states restored.
+        """
+        return Sequential._from_saved(_io.read_model(path, allow_nonfinite=allow_nonfinite), device, xp)
+
+    @staticmethod
+    def from_bytes(data: bytes, device=None, xp=None, *, allow_nonfinite: bool = False) -> Sequential:
+        """The model :meth:`to_bytes` gave, rebuilt on ``device``, checked as :meth:`load` checks a file."""
+        return Sequential._from_saved(_io.decode_model(data, allow_nonfinite=allow_nonfinite), device, xp)
+
+    @staticmethod
+    def _from_saved(saved, device, xp) -> Sequential:
+        # Everything is checked: the model built now has the shapes the file's data fills.
+        model = Sequential(saved.layers, device=device, xp=xp, dtype=saved.dtype, seed=saved.seed,
+                           in_features=saved.in_features)
+        model.loss = saved.loss
+        model.load_state_dict(saved.state)
+        if saved.optimizer is not None:
+            with model.backend.activate():  # CuPy copies onto the current device: the model's
+                state = saved.optimizer_state["state"]
+                saved.optimizer.load_state_dict({"t": saved.optimizer_state["t"], "state": None if state is None else
+                                                 {k: model.backend.from_host(v) for k, v in state.items()}})
+            model.optimizer = saved.optimizer
+        model.set_rng_state(saved.rng)
+        return model
 
     def summary(self, print_fn=print) -> str:
         """Print (and return) a table of layers, output shapes and parameter counts, like Keras."""
@@ -187,7 +336,7 @@ class Sequential:
             if isinstance(layer, Dense):
                 width = layer.units
             count = sum(p.size for p in layer.parameters.values())
-            extra = sum(int(np.prod(v.shape)) for v in getattr(layer, "state", {}).values())
+            extra = sum(int(np.prod(v.shape)) for v in layer.buffers().values())
             shown = f"{count:,}" + (f" (+{extra:,} statistics)" if extra else "")
             name = type(layer).__name__
             arg = layer.units if isinstance(layer, Dense) else getattr(layer, "rate", None)
@@ -253,3 +402,10 @@ class MLP(Sequential):
         self.sizes = sizes
         self.activations = [activation_name(a) for a in acts]
         super().__init__(layers, **kwargs)
+
+
+def load(path, device=None, xp=None, *, allow_nonfinite: bool = False) -> Sequential:
+    """:meth:`Sequential.load`: rebuild a model saved with ``save`` on ``device`` (or namespace ``xp``)."""
+    return Sequential.load(path, device, xp, allow_nonfinite=allow_nonfinite)
+
+

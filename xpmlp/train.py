@@ -10,10 +10,17 @@ batches).
 Divergence. A batch diverges when its loss is NaN, infinite or above ``sqrt(finfo(dtype).max)``
 (1.3e154 in float64, 1.8e19 in float32; see :func:`_divergence_limit`). Each batch's loss is
 taken before its update, so the epoch's last update is checked on its own: the updated weights'
-loss on the last batch (an inference pass) and their norm must stay within the same limit. Either failure stops training and restores the snapshot taken at the start of the
-epoch. That snapshot is "verified": it is the start of training, or weights that passed the
-previous epoch's check (finite, a norm within the limit, a loss within the limit on a
-training batch), so the model kept never holds NaN, infinite or overflowing weights.
+loss on the last batch (an inference pass) and their norm must stay within the same limit.
+Either failure stops training and restores the snapshot taken at the start of the epoch. That
+snapshot is "verified": it is the start of training, or weights that passed the previous
+epoch's check (finite, a norm within the limit, a loss within the limit on a training batch),
+so the model kept never holds NaN, infinite or overflowing weights. Then every callback's
+``on_divergence`` is told; if one returns True (as ``TerminateOnNaN`` does) training ends
+quietly, else fit raises :class:`DivergenceError` (or warns, with ``on_divergence="warn"``).
+
+Callbacks. ``fit`` records each epoch with a :class:`~xpmlp.callbacks.History` and shows progress
+with a :class:`~xpmlp.callbacks.ProgbarLogger` (when ``verbose``): ordinary callbacks, called
+before the user's, in the same way.
 
 Early ends. Until an epoch is recorded in the history, an exception (``KeyboardInterrupt``
 inside an update, a failing metric) restores that same snapshot: the model is left at the end
@@ -28,87 +35,25 @@ from __future__ import annotations
 
 import inspect
 import math
-import sys
 import time
 import warnings
 
 import numpy as np
 
 from .backend import to_numpy
-from .callbacks import Callback, TerminateOnNaN
+from .callbacks import Callback, History, ProgbarLogger
 from .losses import get_loss
 from .metrics import CallableMetric, get_metric
 from .optim import Adam, get_optimizer
 from .step import make_train_step
 
-__all__ = ["History", "DivergenceError", "fit", "predict", "evaluate"]
+__all__ = ["History", "DivergenceError", "fit", "predict", "evaluate"]  # History lives in callbacks
 
 EVAL_BATCH = 4096  # rows per inference batch: bounds memory, does not change results
 
 
 class DivergenceError(FloatingPointError):
     """The training loss became NaN or infinite."""
-
-
-class History:
-    """What ``fit`` records, one entry per epoch: ``history["loss"][i]`` and so on.
-
-    Keys: ``loss``, each metric, ``val_loss`` and ``val_<metric>`` with validation data,
-    ``lr`` (at the end of the epoch), ``epoch_time`` (s) and ``samples_per_s``.
-    """
-
-    def __init__(self):
-        self.epoch: list[int] = []
-        self.history: dict[str, list[float]] = {}
-
-    def append(self, epoch: int, logs: dict) -> None:
-        self.epoch.append(epoch)
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
-
-    def __getitem__(self, key):
-        return self.history[key]
-
-    def to_frame(self):
-        """The history as a pandas DataFrame, one row per epoch."""
-        import pandas as pd
-
-        return pd.DataFrame(self.history, index=pd.Index(self.epoch, name="epoch"))
-
-    def plot(self, path=None):
-        """Loss and metric curves (train and validation) as a matplotlib Figure; saved as PNG if ``path``.
-
-        Needs matplotlib (``pip install 'xpmlp[plot]'``).
-        """
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-        except ImportError:
-            raise ImportError("History.plot needs matplotlib: pip install 'xpmlp[plot]' "
-                              "(or pip install matplotlib)") from None
-        names = ["loss"] + [k for k in self.history if k not in ("loss", "lr", "epoch_time", "samples_per_s")
-                            and not k.startswith("val_")]
-        fig = Figure(figsize=(4.5 * len(names), 3.2))
-        FigureCanvasAgg(fig)
-        epochs = [e + 1 for e in self.epoch]
-        for i, name in enumerate(names):
-            ax = fig.add_subplot(1, len(names), i + 1)
-            for key, label in ((name, "train"), ("val_" + name, "validation")):
-                if key in self.history:
-                    ax.plot(epochs, self.history[key], marker="o", ms=3, label=label)
-            ax.set_xlabel("epoch")
-            ax.set_title(name)
-            if name == "loss" and all(v > 0 for v in self.history["loss"] if math.isfinite(v)):
-                ax.set_yscale("log")
-            ax.legend()
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=100)
-        return fig
-
-    def __repr__(self):
-        last = {k: v[-1] for k, v in self.history.items() if v}
-        return f"History(epochs={len(self.epoch)}, last={last})"
 
 
 # -- input checks ---------------------------------------------------------------------------------
@@ -147,7 +92,7 @@ def _prepare_X(model, X, what="X", *, stats=False):
 RAW_INPUT_LIMIT = 100.0  # fit warns above this largest |x| when no Standardize layer scales the inputs
 
 
-def _warn_if_unscaled(model, high: float, low: float, what="X") -> None:
+def _warn_if_unscaled(model, high: float, low: float, what="X", stacklevel=4) -> None:
     """Warn when inputs look unscaled: largest |x| above RAW_INPUT_LIMIT and no Standardize layer.
 
     The default initialisers assume inputs of about unit scale; inputs a hundred times larger
@@ -167,7 +112,7 @@ def _warn_if_unscaled(model, high: float, low: float, what="X") -> None:
     warnings.warn(f"{what} looks unscaled: its largest absolute value is {largest:g}. Networks train best "
                   f"on inputs of about unit scale: {hint}, or build the model with "
                   "MLP(..., standardize=True), which learns the scaling from the training data.",
-                  UserWarning, stacklevel=4)
+                  UserWarning, stacklevel=stacklevel)
 
 
 def _prepare_y(model, loss, y, n_samples, what="y"):
@@ -257,40 +202,6 @@ def _result(metric, acc) -> float:
     return metric.result([s if isinstance(s, float) else to_numpy(s) for s in acc])
 
 
-class _Progress:
-    """verbose=1: a tqdm bar per epoch on a terminal (one line per epoch otherwise); 2: one line; 0: quiet."""
-
-    def __init__(self, verbose, epochs, n_batches):
-        self.mode = 0 if not verbose else (1 if verbose == 1 and sys.stdout.isatty() else 2)
-        self.epochs, self.n_batches, self.bar = epochs, n_batches, None
-
-    def begin(self, epoch):
-        if self.mode == 1:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=self.n_batches, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
-                            leave=True, file=sys.stdout)
-
-    def step(self):
-        if self.bar is not None:
-            self.bar.update(1)  # counts only: reading the loss here would wait for the device
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def end(self, epoch, logs):
-        text = " - ".join(f"{k} {v:.4g}" for k, v in logs.items() if k not in ("epoch_time", "samples_per_s"))
-        timing = f"{logs['epoch_time']:.1f}s, {logs['samples_per_s']:,.0f} samples/s"
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{text} - {timing}")
-            self.bar.close()
-            self.bar = None
-        elif self.mode == 2:
-            print(f"epoch {epoch + 1}/{self.epochs} - {text} - {timing}", flush=True)
-
-
 # -- fit ------------------------------------------------------------------------------------------
 def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: int = 32,
         shuffle: bool = True, seed: int | None = None, verbose: int = 0, validation_data=None,
@@ -316,7 +227,7 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     seed : int, optional
         Seeds this call's shuffles and validation split; by default they come from the model's seed.
     verbose : 0 quiet; 1 a progress bar per epoch (one line per epoch when not on a terminal);
-        2 one line per epoch.
+        2 one line per epoch (shown by a :class:`xpmlp.callbacks.ProgbarLogger`).
     validation_data : (X_val, y_val), optional
     validation_split : float in (0, 1), optional
         Hold out this fraction of (X, y), shuffled and (for classification) stratified by class,
@@ -328,9 +239,11 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     sample_weight : array (n,), optional
         Each row's loss is multiplied by its weight (and by its class's weight).
     callbacks : list of :class:`xpmlp.callbacks.Callback`
+        Called after fit's own History (and ProgbarLogger), with the same hooks.
     on_divergence : "raise" (default) or "warn"
         What to do when training diverges (a loss NaN, infinite or beyond the dtype's limit, or a
-        last update that makes the weights overflow; see the module notes): raise
+        last update that makes the weights overflow; see the module notes) and no callback's
+        ``on_divergence`` handles it (``TerminateOnNaN`` ends training quietly): raise
         :class:`DivergenceError`, or warn and stop. Either way the weights from the end of the last
         good epoch (or those fit started from) are kept.
 
@@ -342,9 +255,87 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     -------
     History, also kept as ``model.history``.
     """
-    # Every option is checked before the first update.
-    epochs = _positive_int(epochs, "epochs")
-    batch_size = _positive_int(batch_size, "batch_size")
+    epochs, batch_size = _positive_int(epochs, "epochs"), _positive_int(batch_size, "batch_size")
+    loss, optimizer, metrics, callbacks = _check_options(model, loss, optimizer, metrics, callbacks, on_divergence,
+                                                         validation_data, validation_split)
+    Xd, yd, weights, Xv, yv, rng = _prepare_data(model, loss, X, y, seed, validation_data, validation_split,
+                                                 class_weight, sample_weight)
+    xp, n, n_batches = model.xp, Xd.shape[0], math.ceil(Xd.shape[0] / batch_size)
+    streamed = [m for m in metrics if not isinstance(m, CallableMetric)]
+    called = [m for m in metrics if isinstance(m, CallableMetric)]
+    history = History()
+    callbacks = [history, *([ProgbarLogger()] if verbose else []), *callbacks]
+    params, log_keys = {"verbose": verbose, "epochs": epochs, "steps": n_batches}, _log_keys(metrics, Xv is not None)
+    for cb in callbacks:
+        cb.model, cb.params = model, params
+        cb.check(log_keys)
+    # per batch, only the callbacks that define on_batch_end: the others' calls would do nothing
+    batch_hooks = [cb for cb in callbacks if type(cb).on_batch_end is not Callback.on_batch_end]
+
+    _adapt(model, Xd)
+    model.loss, model.optimizer, model.stop_training, model.history = loss, optimizer, False, history
+    step = make_train_step(model, loss, optimizer)
+    # Each row's loss goes here, batch by batch; rows past n stay 0, so a reshape gives the
+    # per-batch sums, read once per epoch (the short last batch's size is in `sizes`).
+    row_loss = xp.zeros(n_batches * batch_size, dtype=model.backend.dtype(model.dtype), device=model.backend.device)
+    sizes = np.array([stop - start for start, stop in _batches(n, batch_size)], dtype=float)
+    begun = []  # callbacks whose on_train_begin ran: only they get on_train_end
+    try:
+        for cb in callbacks:
+            cb.on_train_begin()
+            begun.append(cb)
+        for epoch in range(epochs):
+            for cb in callbacks:
+                cb.on_epoch_begin(epoch)
+            saved = step.snapshot()
+            try:
+                started = time.perf_counter()
+                order = model.backend.from_host(rng.permutation(n)) if shuffle else None
+                sums = [None] * len(streamed)
+                for batch, (start, stop) in enumerate(_batches(n, batch_size)):
+                    xb, yb, wb = _rows(xp, (Xd, yd, weights), order, start, stop)
+                    z = step(xb, yb, wb, row_loss[start:stop])
+                    if streamed:
+                        p = loss.link(xp, z)
+                        sums = [_add(acc, m.stats(xp, yb, p)) for m, acc in zip(streamed, sums)]
+                    for cb in batch_hooks:
+                        cb.on_batch_end(batch)  # counts only: reading the loss would wait for the device
+                epoch_loss, message = _read_epoch(model, loss, step, row_loss, sizes, xb, yb, epoch)
+                if message is not None:
+                    step.restore(saved)
+                    _diverged(callbacks, on_divergence, epoch, message)  # raises, unless told to stop
+                    break
+
+                logs = {"loss": epoch_loss, **{m.name: _result(m, acc) for m, acc in zip(streamed, sums)}}
+                if Xv is not None:
+                    logs.update({"val_" + k: v for k, v in _evaluate(model, loss, metrics, Xv, yv).items()})
+                elif called:
+                    p = to_numpy(loss.link(xp, _outputs(model, Xd, EVAL_BATCH)))
+                    logs.update({m.name: float(m.fn(to_numpy(yd), p)) for m in called})
+                seconds = time.perf_counter() - started
+                logs.update({"lr": optimizer.current_lr(), "epoch_time": seconds, "samples_per_s": n / seconds})
+                for cb in callbacks:  # History first: from there on the epoch is recorded
+                    cb.on_epoch_end(epoch, logs)
+            except DivergenceError:
+                raise  # its epoch is already put back
+            except BaseException:
+                # Until the epoch is recorded, any exit (KeyboardInterrupt in the middle of an
+                # update, a failing metric) puts back its start: never a half-applied step.
+                # (Asked of the history, not of a flag: an interrupt may land just after append.)
+                if history.epoch[-1:] != [epoch]:
+                    step.restore(saved)
+                raise
+            if model.stop_training:
+                break
+    except BaseException as error:
+        _train_end(begun, error)
+        raise
+    _train_end(begun)
+    return history
+
+
+def _check_options(model, loss, optimizer, metrics, callbacks, on_divergence, validation_data, validation_split):
+    """fit's options, each checked before the first update: (loss, optimizer, metrics, callbacks) as objects."""
     if loss is None and model.loss is None:
         raise ValueError("fit needs a loss on its first call, e.g. loss='softmax_cross_entropy' "
                          "for classes or loss='mse' for regression")
@@ -364,11 +355,18 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
         raise ValueError("give validation_data or validation_split, not both")
     if validation_data is not None and (not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
         raise ValueError("validation_data must be a pair (X_val, y_val)")
+    return loss, optimizer, metrics, callbacks
 
+
+def _prepare_data(model, loss, X, y, seed, validation_data, validation_split, class_weight, sample_weight):
+    """Check the data, build the model if needed, and copy the data to the device.
+
+    Returns (X, y, sample weights or None, X_val or None, y_val or None, the shuffling rng).
+    """
     Xd, high, low = _prepare_X(model, X, stats=True)
     if not model.built:
         model.build(Xd.shape[1])
-    _warn_if_unscaled(model, high, low)
+    _warn_if_unscaled(model, high, low, stacklevel=5)
     yd = _prepare_y(model, loss, y, Xd.shape[0])
     weights = _sample_weights(model, loss, yd, class_weight, sample_weight)
     xp = model.xp
@@ -383,118 +381,58 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     elif validation_data is not None:
         Xv = _prepare_X(model, validation_data[0], what="X_val")
         yv = _prepare_y(model, loss, validation_data[1], Xv.shape[0], what="y_val")
+    return Xd, yd, weights, Xv, yv, rng
 
-    streamed = [m for m in metrics if not isinstance(m, CallableMetric)]
-    called = [m for m in metrics if isinstance(m, CallableMetric)]
-    log_keys = ["loss", *(m.name for m in streamed)]
-    log_keys += [m.name for m in called] if Xv is None else []
-    if Xv is not None:
-        log_keys += ["val_loss", *("val_" + m.name for m in metrics)]
-    log_keys += ["lr", "epoch_time", "samples_per_s"]
-    for cb in callbacks:
-        cb.model = model
-        cb.check(log_keys)
 
-    _adapt(model, Xd)
-    model.loss, model.optimizer = loss, optimizer
-    model.stop_training = False
-    n = Xd.shape[0]
-    step = make_train_step(model, loss, optimizer)
-    n_batches = math.ceil(n / batch_size)
-    # Each row's loss goes here, batch by batch; rows past n stay 0, so a reshape gives the
-    # per-batch sums, read once per epoch (the short last batch's size is in `sizes`).
-    row_loss = xp.zeros(n_batches * batch_size, dtype=model.backend.dtype(model.dtype), device=model.backend.device)
-    sizes = np.array([stop - start for start, stop in _batches(n, batch_size)], dtype=float)
-    history = History()
-    progress = _Progress(verbose, epochs, n_batches)
-    quiet_on_nan = any(isinstance(cb, TerminateOnNaN) for cb in callbacks)
-    limit = _divergence_limit(model.dtype)
-    begun = []  # callbacks whose on_train_begin ran: only they get on_train_end
-    try:
-        for cb in callbacks:
-            cb.on_train_begin()
-            begun.append(cb)
-        for epoch in range(epochs):
-            for cb in callbacks:
-                cb.on_epoch_begin(epoch)
-            snapshot = None
-            try:
-                snapshot = step.snapshot()
-                started = time.perf_counter()
-                progress.begin(epoch)
-                order = model.backend.from_host(rng.permutation(n)) if shuffle else None
-                sums = [None] * len(streamed)
-                for start, stop in _batches(n, batch_size):
-                    if order is None:
-                        xb, yb = Xd[start:stop, ...], yd[start:stop, ...]
-                        wb = None if weights is None else weights[start:stop]
-                    else:
-                        idx = order[start:stop]
-                        xb, yb = xp.take(Xd, idx, axis=0), xp.take(yd, idx, axis=0)
-                        wb = None if weights is None else xp.take(weights, idx, axis=0)
-                    z = step(xb, yb, wb, row_loss[start:stop])
-                    if streamed:
-                        p = loss.link(xp, z)
-                        sums = [_add(acc, m.stats(xp, yb, p)) for m, acc in zip(streamed, sums)]
-                    progress.step()
-                # The epoch's one host read: each batch's loss sum, and a check of the last update
-                # (never evaluated by the batches' losses, which come before each update): the
-                # loss of the updated weights on the last batch and their norm.
-                after = loss.forward(model.forward(xb), yb)
-                norm2 = xp.sum(step.flat.data * step.flat.data)  # inf beyond the limit
-                batch_sums = xp.sum(xp.reshape(row_loss, (n_batches, batch_size)), axis=1)
-                read = to_numpy(xp.concat([batch_sums, xp.stack([after, norm2])])).astype(float)
-                epoch_loss, after, norm = float(read[:-2].sum()) / n, float(read[-2]), math.sqrt(float(read[-1]))
-                # NaN fails the comparison too: one test for "not finite or beyond the limit"
-                bad = np.flatnonzero(~(read[:-2] / sizes <= limit))
-                bad_batch = int(bad[0]) if bad.size else -1
+def _log_keys(metrics, validation: bool) -> list[str]:
+    """The names each epoch's logs hold, in order (what callbacks may monitor)."""
+    streamed = [m.name for m in metrics if not isinstance(m, CallableMetric)]
+    keys = ["loss", *streamed]
+    if validation:
+        keys += ["val_loss", *("val_" + m.name for m in metrics)]
+    else:
+        keys += [m.name for m in metrics if isinstance(m, CallableMetric)]
+    return keys + ["lr", "epoch_time", "samples_per_s"]
 
-                if bad_batch >= 0 or not (after <= limit and norm <= limit):
-                    step.restore(snapshot)
-                    progress.close()
-                    message = _divergence_message(epoch, bad_batch, epoch_loss, after, norm, limit, model.dtype,
-                                                  optimizer)
-                    if quiet_on_nan:
-                        if verbose:
-                            print(message)
-                        break
-                    if on_divergence == "warn":
-                        warnings.warn(message, RuntimeWarning, stacklevel=3)
-                        break
-                    raise DivergenceError(message)
 
-                logs = {"loss": epoch_loss}
-                logs.update({m.name: _result(m, acc) for m, acc in zip(streamed, sums)})
-                if Xv is not None:
-                    logs.update({"val_" + k: v for k, v in _evaluate(model, loss, metrics, Xv, yv).items()})
-                elif called:
-                    p = to_numpy(loss.link(xp, _outputs(model, Xd, EVAL_BATCH)))
-                    logs.update({m.name: float(m.fn(to_numpy(yd), p)) for m in called})
-                seconds = time.perf_counter() - started
-                logs.update({"lr": optimizer.current_lr(), "epoch_time": seconds, "samples_per_s": n / seconds})
-                history.append(epoch, logs)
-            except DivergenceError:
-                raise
-            except BaseException:
-                # Until the epoch is recorded, any exit (KeyboardInterrupt in the middle of an
-                # update, a failing metric) puts back its start: never a half-applied step.
-                # (Asked of the history, not of a flag: an interrupt may land just after append.)
-                if snapshot is not None and history.epoch[-1:] != [epoch]:
-                    step.restore(snapshot)
-                raise
-            progress.end(epoch, logs)
-            for cb in callbacks:
-                cb.on_epoch_end(epoch, logs)
-            if model.stop_training:
-                break
-    except BaseException as error:
-        progress.close()
-        model.history = history
-        _train_end(begun, error)
-        raise
-    model.history = history
-    _train_end(begun)
-    return history
+def _rows(xp, arrays, order, start, stop):
+    """Rows start:stop of each array (None stays None): of the epoch's device permutation ``order``
+    when shuffling, gathered on the device, else a slice."""
+    if order is None:
+        return [None if a is None else a[start:stop, ...] for a in arrays]
+    idx = order[start:stop]
+    return [None if a is None else xp.take(a, idx, axis=0) for a in arrays]
+
+
+def _read_epoch(model, loss, step, row_loss, sizes, xb, yb, epoch):
+    """The epoch's one host read: (mean training loss, None, or why the epoch diverged).
+
+    It reads each batch's loss sum and a check of the last update (never evaluated by the
+    batches' losses, which come before each update): the loss of the updated weights on the last
+    batch ``xb, yb`` and their norm.
+    """
+    xp, limit = model.xp, _divergence_limit(model.dtype)
+    after = loss.forward(model.forward(xb), yb)
+    norm2 = xp.sum(step.flat.data * step.flat.data)  # inf beyond the limit
+    batch_sums = xp.sum(xp.reshape(row_loss, (sizes.shape[0], row_loss.shape[0] // sizes.shape[0])), axis=1)
+    read = to_numpy(xp.concat([batch_sums, xp.stack([after, norm2])])).astype(float)
+    epoch_loss, after, norm = float(read[:-2].sum()) / float(sizes.sum()), float(read[-2]), math.sqrt(float(read[-1]))
+    # NaN fails the comparison too: one test for "not finite or beyond the limit"
+    bad = np.flatnonzero(~(read[:-2] / sizes <= limit))
+    bad_batch = int(bad[0]) if bad.size else -1
+    if bad_batch < 0 and after <= limit and norm <= limit:
+        return epoch_loss, None
+    return epoch_loss, _divergence_message(epoch, bad_batch, epoch_loss, after, norm, limit, model.dtype,
+                                           step.optimizer)
+
+
+def _diverged(callbacks, on_divergence: str, epoch: int, message: str) -> None:
+    """Tell every callback; unless one of them handles it (returns True), warn or raise as fit was asked."""
+    if any([cb.on_divergence(epoch, message) for cb in callbacks]):  # a list: every callback hears of it
+        return
+    if on_divergence == "raise":
+        raise DivergenceError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def _train_end(callbacks, error=None) -> None:
