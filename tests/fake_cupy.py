@@ -492,6 +492,11 @@ class ufunc:
         _check_same_device(arrays, self.__name__)
         _compile(self.__name__)
         if out is not None:
+            # _kernel.pyx _copy_in_args_if_needed: an input that may share memory with the output,
+            # other than the output array object itself, is copied first (one more launch)
+            for a in args:
+                if isinstance(a, ndarray) and a is not out and np.may_share_memory(a._a, out._a):
+                    COUNTS.launch("copy")
             self._np(*inputs, out=out._a, **kwargs)
             COUNTS.launch(self.__name__)
             return out
@@ -512,11 +517,45 @@ _UFUNCS["abs"] = ufunc("absolute", np.absolute)
 
 def matmul(*args, axes=None, axis=None, keepdims=False, casting="same_kind", dtype=None, signature=None,
            order="K", out=None):
-    if builtins.any(v is not None for v in (axes, axis, signature, out)) or keepdims:
-        raise NotImplementedError("fake cupy: matmul's axes/axis/signature/out are not modelled")
+    """CuPy 14.2's matmul for 2-D operands (linalg/_product.py ``_try_fastcall_matmul`` ->
+    _core/_routines_linalg.pyx ``matmul`` -> ``dot`` -> ``tensordot_core``).
+
+    One cuBLAS GEMM. ``out=`` (same dtype as both operands) is written directly when it is
+    C-contiguous and overlaps neither operand; otherwise CuPy computes into a temporary and copies
+    (one more launch). An operand that is neither C- nor F-contiguous is copied before the GEMM
+    (``_mat_to_cublas_contiguous``); a transposed view of a C-contiguous array is F-contiguous
+    and is not.
+    """
+    if builtins.any(v is not None for v in (axes, axis, signature)) or keepdims:
+        raise NotImplementedError("fake cupy: matmul's axes/axis/signature/keepdims are not modelled")
     if len(args) != 2:
         raise TypeError("matmul takes two arrays")
-    return _compute("matmul", np.matmul, args, {"dtype": dtype, "casting": casting}, compiled=False)  # cuBLAS
+    if out is None:
+        return _compute("matmul", np.matmul, args, {"dtype": dtype, "casting": casting}, compiled=False)  # cuBLAS
+    a, b = args
+    if not builtins.all(isinstance(x, ndarray) for x in (a, b, out)):
+        raise NotImplementedError("fake cupy: matmul(out=) with a non-array operand is not modelled")
+    if dtype is not None or order != "K" or casting != "same_kind" or not (out.dtype == a.dtype == b.dtype):
+        raise NotImplementedError("fake cupy: matmul(out=) other than the fast call (one dtype, no dtype/order/"
+                                  "casting) is not modelled")
+    if a.ndim != 2 or b.ndim != 2:
+        raise NotImplementedError("fake cupy: matmul(out=) of other than 2-D operands is not modelled")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError("Axis dimension mismatch")
+    if out.size != a.shape[0] * b.shape[1]:
+        raise ValueError("Output array has an invalid size")
+    if out.shape != (a.shape[0], b.shape[1]):
+        raise NotImplementedError("fake cupy: matmul(out=) of another shape but the same size is not modelled")
+    _check_same_device([a, b, out], "matmul")
+    for x in (a, b):
+        if x.size and not (x.flags.c_contiguous or x.flags.f_contiguous):
+            COUNTS.launch("copy")  # _mat_to_cublas_contiguous
+    direct = out.flags.c_contiguous and not builtins.any(np.may_share_memory(out._a, x._a) for x in (a, b))
+    np.matmul(a._a, b._a, out=out._a)
+    COUNTS.launch("matmul")
+    if not direct:
+        COUNTS.launch("copy")  # into a temporary, then elementwise_copy into out
+    return out
 
 
 _UFUNCS["matmul"] = matmul
@@ -654,7 +693,26 @@ def where(condition, x=None, y=None):
     return _compute("where", np.where, [condition, x, y], {})
 
 
-def _reduction(name, fn, with_dtype=True, with_ddof=False):
+def _reduce_into(name, fn, a, axis, dtype, out, keepdims, **extra):
+    """A reduction written into ``out`` (one launch), as CuPy's reduction kernels take ``out``:
+    modelled for an output of exactly the result's shape and dtype (other casts are not)."""
+    if not isinstance(out, ndarray):
+        raise TypeError("Output argument type must be cupy.ndarray")
+    if not isinstance(a, ndarray):
+        raise NotImplementedError(f"fake cupy: {name}(out=) of a non-array is not modelled")
+    _check_same_device([a, out], name)
+    _compile(name)
+    result = fn(a._a, axis=axis, keepdims=keepdims, **({} if dtype is None else {"dtype": dtype}), **extra)
+    if np.shape(result) != out.shape:
+        raise ValueError(f"Out shape is mismatched: {out.shape}, expected {np.shape(result)}")
+    if np.asarray(result).dtype != out.dtype:
+        raise NotImplementedError(f"fake cupy: {name}(out=) with a cast to another dtype is not modelled")
+    fn(a._a, axis=axis, keepdims=keepdims, out=out._a, **({} if dtype is None else {"dtype": dtype}), **extra)
+    COUNTS.launch(name)
+    return out
+
+
+def _reduction(name, fn, with_dtype=True, with_ddof=False, with_out=False):
     if with_ddof:
         def reduce(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
             if out is not None:
@@ -663,7 +721,9 @@ def _reduction(name, fn, with_dtype=True, with_ddof=False):
     elif with_dtype:
         def reduce(a, axis=None, dtype=None, out=None, keepdims=False):
             if out is not None:
-                raise NotImplementedError(f"fake cupy: {name}(out=) is not modelled")
+                if not with_out:
+                    raise NotImplementedError(f"fake cupy: {name}(out=) is not modelled")
+                return _reduce_into(name, fn, a, axis, dtype, out, keepdims)
             return _compute(name, fn, [a], {"axis": axis, "dtype": dtype, "keepdims": keepdims})
     else:
         def reduce(a, axis=None, out=None, keepdims=False):
@@ -674,7 +734,7 @@ def _reduction(name, fn, with_dtype=True, with_ddof=False):
     return reduce
 
 
-sum = _reduction("sum", np.sum)
+sum = _reduction("sum", np.sum, with_out=True)
 mean = _reduction("mean", np.mean)
 prod = _reduction("prod", np.prod)
 std = _reduction("std", np.std, with_ddof=True)
@@ -792,18 +852,31 @@ def issubdtype(arg1, arg2):
 
 
 class ElementwiseKernel:
-    """``cupy.ElementwiseKernel``: runs the kernel's own CUDA C body, compiled for the host."""
+    """``cupy.ElementwiseKernel``: runs the kernel's own CUDA C body, compiled for the host.
+
+    As CuPy's ``__call__`` (cupy/_core/_kernel.pyx): keywords ``size``, ``stream`` and
+    ``block_size`` only (others: ``TypeError('Wrong arguments ...')``), inputs then outputs, the
+    loop size from the non-raw arrays or ``size=`` when all are raw; one launch per call.
+    """
 
     def __init__(self, in_params, out_params, operation, name="kernel", reduce_dims=True, preamble="",
                  no_return=False, return_tuple=False, loop_prep="", after_loop="", options=()):
-        if preamble or loop_prep or after_loop or options:
-            raise NotImplementedError("fake cupy: ElementwiseKernel preamble/loop_prep/after_loop/options")
+        if preamble or loop_prep or after_loop or options or no_return or return_tuple:
+            raise NotImplementedError("fake cupy: ElementwiseKernel preamble/loop_prep/after_loop/options/"
+                                      "no_return/return_tuple")
         self.in_params, self.out_params, self.operation, self.name = in_params, out_params, operation, name
         self.nin = len([p for p in in_params.split(",") if p.strip()])
         self.nout = len([p for p in out_params.split(",") if p.strip()])
         self._host = None
 
-    def __call__(self, *args, size=None, block_size=None):
+    def __call__(self, *args, **kwargs):
+        size = kwargs.pop("size", None)
+        kwargs.pop("stream", None)
+        block_size = kwargs.pop("block_size", 128)
+        if kwargs:
+            raise TypeError(f"Wrong arguments {kwargs}")
+        if block_size <= 0:
+            raise ValueError("block_size must be greater than zero")
         if len(args) != self.nin + self.nout:
             raise NotImplementedError("fake cupy: kernels here must be given their output arrays")
         arrays = []
@@ -814,7 +887,7 @@ class ElementwiseKernel:
             from cuda_host import HostElementwiseKernel
 
             self._host = HostElementwiseKernel(self.in_params, self.out_params, self.operation, self.name)
-        self._host(*host_args)
+        self._host(*host_args, size=size)
         COUNTS.launch(self.name)
         return args[self.nin] if self.nout == 1 else tuple(args[self.nin:])
 

@@ -1,8 +1,10 @@
-"""The CuPy optimiser kernels (xpmlp.kernels_cupy) without a GPU.
+"""The CuPy kernels (xpmlp.kernels_cupy) without a GPU.
 
 - NVRTC: each kernel's source, generated as CuPy 14.2's ElementwiseKernel generates it (checked
   against CuPy's own generator where its private API allows), compiles for sm_80 and sm_90 for
-  every dtype the kernels are offered for, with CuPy's headers and compile options.
+  every dtype the kernels are offered for, with CuPy's headers and compile options: the
+  optimiser and dropout kernels, and the fused step's kernels (``raw`` parameters included, as
+  ``CArray``s of the arrays' own ndim), which tests/test_step_cuda.py runs on the host.
 - Host: the same kernel bodies, compiled by g++ (tests/cuda_host.py) and driven by the real
   optimisers through ``kernels_cupy.build(fake_cupy)``, match the Array API reference path.
 - ``import xpmlp.kernels_cupy`` does not import CuPy.
@@ -24,7 +26,17 @@ import pytest
 import xpmlp.optim
 from cuda_host import CTYPES, HostCompileError, HostElementwiseKernel, find_compiler, parse_params
 from xpmlp import SGD, Adam, AdamW
-from xpmlp.kernels_cupy import DTYPES, SPECS, KernelSpec, build
+from xpmlp.kernels_cupy import DTYPES, SPECS, STEP_DTYPES, KernelSpec, build, step_specs
+
+STEP_SPECS = step_specs()
+# The ndim of each raw parameter of the step kernels, as xpmlp.step_cuda passes them: the bias
+# vector (k,), and (n, k) logits, gradients and target rows.
+RAW_NDIM = {"b": 1, "z": 2, "grad": 2, "y": 2}
+STEP_ARRAYS = ("y",)  # the int64 labels: an array, not a scalar
+
+
+def step_kernel_source(spec: KernelSpec, dtype: str, **kwargs) -> str:
+    return cupy_kernel_source(spec, dtype, raw_ndim=RAW_NDIM, arrays=STEP_ARRAYS, **kwargs)
 
 ARCHS = ("sm_80", "sm_90")
 
@@ -46,16 +58,22 @@ _CUPY_HEADERS = ("cupy/complex.cuh", "cupy/carray.cuh", "cupy/atomics.cuh", "cup
 _TYPE_DECLS = {"float16": '#include "cupy/float16.cuh"'}
 
 
-def cupy_kernel_source(spec: KernelSpec, dtype: str, *, ndim: int = 1, index_32_bits: bool = True) -> str:
+def cupy_kernel_source(spec: KernelSpec, dtype: str, *, ndim: int = 1, index_32_bits: bool = True,
+                       raw_ndim=None, arrays=(), header: bool = True) -> str:
     """The source CuPy 14.2 compiles when ``ElementwiseKernel(*spec)`` is called as
-    :mod:`xpmlp.kernels_cupy` calls it: placeholder (``T``) parameters are arrays of ``dtype``,
-    fixed-type inputs are Python scalars.
+    :mod:`xpmlp.kernels_cupy` and :mod:`xpmlp.step_cuda` call it: placeholder (``T``) parameters
+    are arrays of ``dtype``, other non-raw inputs of a fixed type are Python scalars unless named
+    in ``arrays`` (the ``int64`` labels of the loss kernels), and each raw parameter is a
+    C-contiguous array of ``raw_ndim[name]`` dimensions.
 
     Mirrors cupy/_core/_kernel.pyx (``_get_elementwise_kernel_code``,
-    ``_get_simple_elementwise_kernel_code``, ``_ArgInfo.get_c_type``, ``_TypeMap``) and the
-    header prepended by ``core.compile_with_cache``. C-contiguous arguments are reshaped to one
-    dimension by ``_reduce_dims``, hence ``ndim=1`` and ``CArray<..., 1, 1, idx32>``;
-    ``index_32_bits`` is False for arrays of more than 2**31 elements.
+    ``_get_simple_elementwise_kernel_code``, ``_ArgInfo.get_c_type``, ``_ArgInfo.get_c_var_name``,
+    ``_TypeMap``) and the header prepended by ``core.compile_with_cache``. C-contiguous non-raw
+    arguments of one shape are reshaped to one dimension by ``_reduce_dims``, hence ``ndim=1`` and
+    ``CArray<..., 1, 1, idx32>`` named ``_raw_<name>`` with a reference line per element; raw
+    arguments keep their ndim, are passed as ``CArray<ctype, ndim, c_contiguous, idx32>`` under
+    their own name and get no reference line. ``index_32_bits`` is False for arrays of more than
+    2**31 elements. ``header=False`` leaves out the ``#include`` lines.
     """
     ins, outs = parse_params(spec.in_params), parse_params(spec.out_params)
     type_decls: set[str] = set()
@@ -69,9 +87,11 @@ def cupy_kernel_source(spec: KernelSpec, dtype: str, *, ndim: int = 1, index_32_
     params, refs = [], []
     for k, p in enumerate(ins + outs):
         const = "const " if k < len(ins) else ""
-        if p.is_placeholder or k >= len(ins):  # an array
-            params.append(f"{const}CArray<{typename(dtype if p.is_placeholder else p.type)}, {ndim}, 1, {idx}> "
-                          f"_raw_{p.name}")
+        elem = dtype if p.is_placeholder else p.type
+        if p.raw:
+            params.append(f"{const}CArray<{typename(elem)}, {raw_ndim[p.name]}, 1, {idx}> {p.name}")
+        elif p.is_placeholder or k >= len(ins) or p.name in arrays:  # an array
+            params.append(f"{const}CArray<{typename(elem)}, {ndim}, 1, {idx}> _raw_{p.name}")
             ctype = p.type if p.is_placeholder else CTYPES[p.type]
             refs.append(f"{const}{ctype} &{p.name} = _raw_{p.name}[_ind.get()];")
         else:  # a scalar
@@ -94,7 +114,7 @@ def cupy_kernel_source(spec: KernelSpec, dtype: str, *, ndim: int = 1, index_32_
       ;
     }}
     '''
-    return "".join(f"#include <{h}>\n" for h in _CUPY_HEADERS) + code
+    return ("".join(f"#include <{h}>\n" for h in _CUPY_HEADERS) if header else "") + code
 
 
 @pytest.fixture(scope="module")
@@ -155,39 +175,104 @@ def test_kernel_compiles_with_nvrtc(nvrtc_setup, kernel, dtype, arch, index_32_b
     assert cubin, f"NVRTC failed to compile {kernel} for {dtype}, {arch}:\n{log}\n--- source ---\n{_numbered(source)}"
 
 
-def test_source_mirrors_cupys_own_code_generation():
-    """Our mirror equals what CuPy's (private) generator returns for the same arguments."""
-    try:
-        import cupy
-        from cupy._core import _carray, _kernel, _scalar
-    except Exception as e:
-        _unavailable(f"CuPy is not importable: {e}")
+def _cupy_generated(cupy, spec, dtype, idx, raw_ndim=None, arrays=()):
+    """What CuPy's own (private) generator returns for these arguments, header included."""
+    from cupy._core import _carray, _kernel, _scalar
+
     try:
         from cupy._core.core import _cupy_header_list
     except ImportError:
-        _cupy_header_list = None
-    for spec in SPECS.values():
-        kern = cupy.ElementwiseKernel(*spec)  # no compilation until called
-        for dtype in DTYPES:
-            for idx in (True, False):
-                arginfos = []
-                for k, p in enumerate(parse_params(spec.in_params) + parse_params(spec.out_params)):
-                    if p.is_placeholder or k >= kern.nin:  # ARG_KIND_NDARRAY = 1
-                        arginfos.append(_kernel._ArgInfo(1, cupy.ndarray, np.dtype(dtype if p.is_placeholder
-                                                                                    else p.type), 1, True, idx))
-                    else:  # ARG_KIND_SCALAR = 3
-                        arginfos.append(_kernel._ArgInfo(3, _scalar.CScalar, np.dtype(p.type), 0, True, True))
-                arginfos.append(_kernel._ArgInfo(2, _carray.Indexer, None, 1, True, idx))  # ARG_KIND_INDEXER
-                try:
-                    code = _kernel._get_elementwise_kernel_code(
-                        tuple(arginfos), _kernel._TypeMap((("T", np.dtype(dtype)),)), kern.params,
-                        kern.operation, kern.name, kern.preamble)
-                except Exception as e:  # private API: changed in this CuPy version
-                    _unavailable(f"CuPy's private code generator is not callable as in 14.2 ({e}); "
-                                "re-check cupy_kernel_source against this CuPy's _kernel.pyx")
-                header = ("".join(f"#include <{h}>\n" for h in _cupy_header_list) if _cupy_header_list is not None
-                          else "".join(f"#include <{h}>\n" for h in _CUPY_HEADERS))
-                assert header + code == cupy_kernel_source(spec, dtype, index_32_bits=idx), (spec.name, dtype, idx)
+        _cupy_header_list = _CUPY_HEADERS
+    kern = cupy.ElementwiseKernel(*spec)  # no compilation until called
+    arginfos = []
+    for k, p in enumerate(parse_params(spec.in_params) + parse_params(spec.out_params)):
+        elem = np.dtype(dtype if p.is_placeholder else p.type)
+        if p.raw:  # ARG_KIND_NDARRAY = 1, of the raw array's own ndim
+            arginfos.append(_kernel._ArgInfo(1, cupy.ndarray, elem, raw_ndim[p.name], True, idx))
+        elif p.is_placeholder or k >= kern.nin or p.name in arrays:
+            arginfos.append(_kernel._ArgInfo(1, cupy.ndarray, elem, 1, True, idx))
+        else:  # ARG_KIND_SCALAR = 3
+            arginfos.append(_kernel._ArgInfo(3, _scalar.CScalar, elem, 0, True, True))
+    arginfos.append(_kernel._ArgInfo(2, _carray.Indexer, None, 1, True, idx))  # ARG_KIND_INDEXER
+    try:
+        code = _kernel._get_elementwise_kernel_code(
+            tuple(arginfos), _kernel._TypeMap((("T", np.dtype(dtype)),)), kern.params,
+            kern.operation, kern.name, kern.preamble)
+    except Exception as e:  # private API: changed in this CuPy version
+        _unavailable(f"CuPy's private code generator is not callable as in 14.2 ({e}); "
+                     "re-check cupy_kernel_source against this CuPy's _kernel.pyx")
+    return "".join(f"#include <{h}>\n" for h in _cupy_header_list) + code
+
+
+def test_source_mirrors_cupys_own_code_generation():
+    """Our mirror equals what CuPy's (private) generator returns for the same arguments: the
+    optimiser and dropout kernels, and every step kernel (raw parameters, int64 labels)."""
+    try:
+        import cupy
+        from cupy._core import _kernel  # noqa: F401
+    except Exception as e:
+        _unavailable(f"CuPy is not importable: {e}")
+    for idx in (True, False):
+        for spec in SPECS.values():
+            for dtype in DTYPES:
+                assert _cupy_generated(cupy, spec, dtype, idx) == cupy_kernel_source(spec, dtype, index_32_bits=idx), \
+                    (spec.name, dtype, idx)
+        for spec in STEP_SPECS.values():
+            for dtype in STEP_DTYPES:
+                want = _cupy_generated(cupy, spec, dtype, idx, RAW_NDIM, STEP_ARRAYS)
+                assert want == step_kernel_source(spec, dtype, index_32_bits=idx), (spec.name, dtype, idx)
+
+
+def test_cupy_parses_the_step_kernels_parameters_as_the_host_does():
+    """CuPy's own ParameterInfo (names, types, raw) for every step kernel equals cuda_host's parse."""
+    try:
+        import cupy
+    except Exception as e:
+        _unavailable(f"CuPy is not importable: {e}")
+    for spec in STEP_SPECS.values():
+        kern = cupy.ElementwiseKernel(*spec)
+        ours = parse_params(spec.in_params) + parse_params(spec.out_params)
+        theirs = kern.params[:-1]  # the last is CuPy's own "CIndexer _ind"
+        assert [(p.name, p.ctype if p.dtype is None else str(p.dtype), p.raw) for p in theirs] == \
+            [(p.name, p.type, p.raw) for p in ours], spec.name
+        assert (kern.nin, kern.nout) == (len(parse_params(spec.in_params)), len(parse_params(spec.out_params)))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", STEP_DTYPES)
+def test_step_kernels_compile_with_nvrtc(nvrtc_setup, dtype, arch):
+    """Every step kernel, as CuPy generates it, in one NVRTC program per dtype and architecture
+    (CuPy compiles each alone: the slow test below does that too; together they compile in seconds)."""
+    nvrtc, options = nvrtc_setup
+    source = "".join(f"#include <{h}>\n" for h in _CUPY_HEADERS) + "".join(
+        step_kernel_source(spec, dtype, header=False) for spec in STEP_SPECS.values())
+    cubin, log = _nvrtc_compile(nvrtc, source, (*options, f"-arch={arch}"))
+    assert cubin, f"NVRTC failed to compile the step kernels for {dtype}, {arch}:\n{log}\n--- source ---\n{_numbered(source)}"
+    for name in STEP_SPECS:
+        assert name.encode() + b"\0" in cubin, f"{name} is missing from the cubin"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index_32_bits", [True, False], ids=["idx32", "idx64"])
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", STEP_DTYPES)
+@pytest.mark.parametrize("kernel", list(STEP_SPECS))
+def test_each_step_kernel_compiles_alone_with_nvrtc(nvrtc_setup, kernel, dtype, arch, index_32_bits):
+    nvrtc, options = nvrtc_setup
+    source = step_kernel_source(STEP_SPECS[kernel], dtype, index_32_bits=index_32_bits)
+    cubin, log = _nvrtc_compile(nvrtc, source, (*options, f"-arch={arch}"))
+    assert cubin, f"NVRTC failed to compile {kernel} for {dtype}, {arch}:\n{log}\n--- source ---\n{_numbered(source)}"
+
+
+def test_nvrtc_harness_rejects_writes_to_raw_inputs(nvrtc_setup):
+    """The harness is sensitive: a raw input is a const CArray in CuPy's source, so writing it fails
+    under NVRTC (and under g++ on the host, which compiles the same declaration)."""
+    nvrtc, options = nvrtc_setup
+    spec = KernelSpec("raw T b", "T z", "b[0] = z;", "xpmlp_bad")
+    cubin, log = _nvrtc_compile(nvrtc, step_kernel_source(spec, "float32"), (*options, "-arch=sm_90"))
+    assert cubin is None and "modifiable lvalue" in log, log
+    with pytest.raises(HostCompileError, match="read-only"):
+        HostElementwiseKernel(*spec)(np.zeros(2, np.float32), np.zeros(3, np.float32))
 
 
 def test_nvrtc_harness_rejects_the_old_float16_ternary(nvrtc_setup):
@@ -246,21 +331,22 @@ OPTIMIZERS = {
     "sgd-momentum": lambda eps: SGD(lr=0.1, momentum=0.9, dampening=0.1),
     "sgd-nesterov": lambda eps: SGD(lr=0.1, momentum=0.9, nesterov=True),
 }
-EXPECTED_KERNEL = {"adam": "xpmlp_adam", "adamw": "xpmlp_adam", "adam-l2-clip": "xpmlp_adam", "sgd": "xpmlp_sgd",
-                   "sgd-momentum": "xpmlp_sgd_momentum", "sgd-nesterov": "xpmlp_sgd_momentum"}
+# the kernels xpmlp.update generates: one per optimiser class, named after it
+EXPECTED_KERNEL = {"adam": "xpmlp_adam", "adamw": "xpmlp_adamw", "adam-l2-clip": "xpmlp_adam", "sgd": "xpmlp_sgd",
+                   "sgd-momentum": "xpmlp_sgd", "sgd-nesterov": "xpmlp_sgd"}
 SHAPES = [(37, 11), (13,)]
 N_STEPS = 6
 
 
 def _run(make, dtype):
+    """The flat parameter buffer and the optimiser's flat state after N_STEPS updates."""
     rng = np.random.default_rng(0)
-    params = {f"p{i}": rng.normal(size=s).astype(dtype) for i, s in enumerate(SHAPES)}
-    grads_seq = [{k: rng.normal(size=v.shape).astype(dtype) for k, v in params.items()} for _ in range(N_STEPS)]
-    opt, grads = make(1e-3 if dtype == "float16" else 1e-8), {}
-    for step_grads in grads_seq:
-        grads.update(step_grads)
-        opt.step([(params, grads, k) for k in params])
-    return params, opt.state
+    size = sum(int(np.prod(s)) for s in SHAPES)
+    data = rng.normal(size=size).astype(dtype)
+    opt = make(1e-3 if dtype == "float16" else 1e-8)
+    for _ in range(N_STEPS):
+        opt.step(data, rng.normal(size=size).astype(dtype))
+    return data, opt.state
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -269,27 +355,26 @@ def test_host_kernels_match_reference(host_compiler, monkeypatch, name, dtype):
     """The optimisers with ``build(fake_cupy)`` as their fast kernels, against the reference.
 
     The optimiser computes and passes the host scalars itself (bias corrections, dampening),
-    exactly as it would to the GPU kernels. Tolerances, relative and absolute (the values are
-    of order 1): float64 1e-12 and float32 1e-6, which the GPU (FMA contraction, float32
-    denormals flushed) must also meet; on the host, compiled without contraction, the results
-    are moreover bitwise equal to the reference's, which checks that the kernels keep its
-    operations and their order. float16: CuPy's float16 computes each expression in float32 and
-    rounds once where it stores, the reference rounds after every operation, so they agree to a
-    few half-precision ulps (1e-2 relative, 1e-2 of each array's largest value absolute).
+    exactly as it would to the GPU kernels, and updates the whole flat buffer in one launch per
+    step. Tolerances, relative and absolute (the values are of order 1): float64 1e-12 and float32
+    1e-6, which the GPU (FMA contraction, float32 denormals flushed) must also meet; on the host,
+    compiled without contraction, the results are moreover bitwise equal to the reference's,
+    which checks that the kernels keep its operations and their order. float16: CuPy's float16
+    computes each expression in float32 and rounds once where it stores, the reference rounds
+    after every operation, so they agree to a few half-precision ulps (1e-2 relative, 1e-2 of
+    each array's largest value absolute).
     """
     _CountingKernel.calls.clear()
     kernels = build(_fake_cupy(_CountingKernel))
     with monkeypatch.context() as mp:
         mp.setattr(xpmlp.optim, "fast_kernels", lambda xp: kernels)
-        fast_params, fast_state = _run(OPTIMIZERS[name], dtype)
-    assert _CountingKernel.calls == {EXPECTED_KERNEL[name]: N_STEPS}  # one update of the flat buffer per step, no fallback
+        fast_data, fast_state = _run(OPTIMIZERS[name], dtype)
+    assert _CountingKernel.calls == {EXPECTED_KERNEL[name]: N_STEPS}  # one launch per step, no fallback
     monkeypatch.setenv("XPMLP_REFERENCE", "1")
-    ref_params, ref_state = _run(OPTIMIZERS[name], dtype)
+    ref_data, ref_state = _run(OPTIMIZERS[name], dtype)
 
-    pairs = [(fast_params[k], ref_params[k], k) for k in ref_params]
-    for fs, rs in zip(fast_state, ref_state):
-        assert fs.keys() == rs.keys()
-        pairs += [(fs[key], rs[key], key) for key in rs]
+    assert fast_state.keys() == ref_state.keys()
+    pairs = [(fast_data, ref_data, "data")] + [(fast_state[k], ref_state[k], k) for k in ref_state]
     for got, want, what in pairs:
         assert got.dtype == np.dtype(dtype) and got.shape == want.shape, what
         if dtype == "float16":
@@ -309,7 +394,7 @@ def test_probe_passes_and_catches_a_broken_kernel(host_compiler):
         def __call__(self, *args):
             return args[-1]
 
-    with pytest.raises(RuntimeError, match="instead of 0.5"):
+    with pytest.raises(RuntimeError, match="instead of 1.5"):
         build(_fake_cupy(DoesNothing)).probe()
 
 
@@ -341,7 +426,13 @@ def test_host_kernel_rejects_what_it_cannot_run(host_compiler):
     with pytest.raises(TypeError, match="real scalar"):
         k(g, 0.1j, p)
     with pytest.raises(ValueError, match="not supported"):
-        HostElementwiseKernel("raw T g", "T p", "p = g;")
+        HostElementwiseKernel("_non_const T g", "T p", "p = g;")
+    with pytest.raises(ValueError, match="Loop size is undecided"):
+        HostElementwiseKernel("raw T g", "raw T p", "p[i] = g[i];")(g, p)
+    with pytest.raises(ValueError, match="'size' can be used only if all of the ndarray are 'raw'"):
+        HostElementwiseKernel("raw T g", "T p", "p = g[i];")(g, p, size=4)
+    with pytest.raises(TypeError, match="raw argument 'g' must be an array"):
+        HostElementwiseKernel("raw T g", "T p", "p = g[i];")(1.0, p)
     with pytest.raises(ValueError, match="not supported"):
         HostElementwiseKernel("T g", "complex64 p", "p = g;")
     with pytest.raises(HostCompileError, match="undeclared|not declared"):
@@ -372,3 +463,20 @@ def test_host_dropout_kernel_gives_the_reference_bits(host_compiler, dtype, rate
         k0, k1 = round_keys(key, counter)
         kernel(k0, k1, keep_threshold(rate), 1.0 / (1.0 - rate), out)
         np.testing.assert_array_equal(out, dropout_mask(np, shape, rate, key, counter, dtype))
+
+
+def test_host_kernel_cache_is_private(tmp_path, monkeypatch):
+    """Compiled host kernels are kept between runs only in a directory that this user alone can
+    write (they are loaded and run); XPMLP_CUDA_HOST_CACHE=0 keeps them for the process only."""
+    import cuda_host
+
+    monkeypatch.setenv(cuda_host.CACHE_ENV, "0")
+    assert cuda_host._cache_dir() is None
+    private = tmp_path / "private"
+    monkeypatch.setenv(cuda_host.CACHE_ENV, str(private))
+    assert cuda_host._cache_dir() == str(private) and (private.stat().st_mode & 0o777) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv(cuda_host.CACHE_ENV, str(shared))
+    assert cuda_host._cache_dir() is None

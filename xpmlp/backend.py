@@ -278,10 +278,13 @@ def fast_kernels(xp):
     """The backend's fast-path kernels for namespace xp (a module), or None for the reference path.
 
     NumPy gets :mod:`xpmlp.kernels_numpy` (in-place, chunked optimiser updates, bitwise equal to
-    the reference), CuPy the fused kernels of :mod:`xpmlp.kernels_cupy` (one launch per update).
-    The CuPy kernels are compiled at run time by NVRTC: at first use a probe kernel is compiled
-    and run, and if that fails the reference path is used, with one ``RuntimeWarning`` saying
-    why. ``XPMLP_REFERENCE=1`` turns every fast path off.
+    the reference), CuPy the ``Kernels`` of :mod:`xpmlp.kernels_cupy` (one launch per optimiser
+    update, per dropout mask, and per piece of the fused train step: ``step_cuda.make_ops``
+    builds the step's operations from them). The CuPy kernels are compiled at run time by NVRTC:
+    at first use on each device a probe kernel is compiled and run, and if that fails the
+    reference path is used, with one ``RuntimeWarning`` saying why. ``XPMLP_REFERENCE=1`` turns
+    every fast path off; it is read at each call, so callers that must not change their mind
+    within a fit (``make_train_step``) call this once.
     """
     if os.environ.get("XPMLP_REFERENCE", "") == "1":
         return None
