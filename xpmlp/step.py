@@ -223,4 +223,8 @@ def _ops_for(backend, dtype: str, kernels):
         from .step_numpy import NumpyOps
 
         return NumpyOps(backend.xp, dtype)
+    if backend.name == "cupy":
+        from .step_cuda import CupyOps
+
+        return CupyOps(kernels, dtype)  # kernels: fast_kernels of the model's (current) device
     return None
