@@ -563,3 +563,52 @@ def test_fused_cupy_step_equals_the_reference_step(monkeypatch, case, dtype):
     # three Dense layers: 3 forward + 3 weight-gradient + 2 input-gradient GEMMs; a bias sum each
     # (the output layer always has its bias here)
     assert counts[1][1]["matmul"] == 8 and counts[1][1]["sum"] == (3 if bias else 1), counts[1][1]
+
+
+@pytest.mark.parametrize("case", ["dropout-standardize", "gelu-float64-weights", "tanh-class-weight-validation",
+                                  "elu-label-smoothing"])
+def test_fit_on_the_fake_gpu_makes_the_fused_cupy_step_and_equals_the_reference(monkeypatch, case):
+    """model.fit on a CuPy model makes FusedStep(CupyOps) once, and three epochs of it end where
+    XPMLP_REFERENCE=1 (the ReferenceStep) ends: weights 1e-5 relative, epoch losses 1e-6 (1e-12 in
+    float64 for both), the differences being the host libm's against NumPy's in the kernels."""
+    if find_compiler() is None:
+        _unavailable("g++ is not installed; tests/cuda_host.py needs it")
+    import xpmlp.train
+    from xpmlp import backend as backend_module
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(100, 5)), rng.integers(0, 3, 100)
+    make, fit_kwargs, loss, dtype = {
+        "dropout-standardize": (lambda: xpmlp.MLP([5, 8, 3], dropout=0.2, standardize=True, device="cuda", seed=0),
+                                {}, "softmax_cross_entropy", "float32"),
+        "gelu-float64-weights": (lambda: xpmlp.MLP([5, 8, 8, 3], activation="gelu", device="cuda", seed=0,
+                                                   dtype="float64"),
+                                 {"sample_weight": rng.random(100)}, "softmax_cross_entropy", "float64"),
+        "tanh-class-weight-validation": (lambda: xpmlp.MLP([5, 8, 3], activation="tanh", device="cuda", seed=0),
+                                         {"class_weight": {0: 2.0, 1: 1.0, 2: 0.5}, "validation_split": 0.2},
+                                         "softmax_cross_entropy", "float32"),
+        "elu-label-smoothing": (lambda: xpmlp.MLP([5, 8, 3], activation="elu", device="cuda", seed=0),
+                                {}, SoftmaxCrossEntropy(label_smoothing=0.1), "float32"),
+    }[case]
+    made = []
+    original = xpmlp.train.make_train_step
+
+    def recording(*args, **kwargs):
+        made.append(original(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(xpmlp.train, "make_train_step", recording)
+    results = []
+    with fake_cupy.installed(device_count=1):
+        monkeypatch.setattr(backend_module, "_CUPY_KERNELS", {})
+        for reference in (False, True):
+            if reference:
+                monkeypatch.setenv("XPMLP_REFERENCE", "1")
+            model = make()
+            history = model.fit(X, y, loss=loss, epochs=3, batch_size=16, **fit_kwargs)
+            results.append((model.get_weights(), history.history["loss"]))
+    assert [type(s).__name__ for s in made] == ["FusedStep", "ReferenceStep"] and made[0].variant == "cupy"
+    tol = 10 * TOL[dtype]
+    for got, want in zip(*(r[0] for r in results)):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=TOL[dtype])
