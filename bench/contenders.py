@@ -80,7 +80,7 @@ class XpmlpContender:
         import xpmlp
 
         (X, y), (Xt, yt) = data
-        self.model = xpmlp.MLP(sizes, seed=seed, device=device, dtype="float32")
+        self.model = xpmlp.MLP(sizes, seed=seed, device=device, dtype="float32", tf32=tf32)
         self.backend = self.model.backend
         if device.startswith("cuda") and self.backend.name != "cupy":  # the fallback warns; here it must fail
             raise RuntimeError(f"xpmlp device={device!r} runs on {self.backend} instead of CuPy")

@@ -53,6 +53,7 @@ class Counts:
         self.h2d = 0
         self.by_name: Counter = Counter()
         self.sync_reasons: Counter = Counter()
+        self.compute_types: list = []  # (dtype name, compute type) given to set_compute_type, in order
 
     def launch(self, name: str, n: int = 1):
         self.launches += n
@@ -940,6 +941,25 @@ def _build_module() -> types.ModuleType:
     device_mod.Device = Device
     cuda.device = device_mod
     mod.cuda = cuda
+
+    # CuPy's matmul compute type per dtype (cupy/_core/_routines_linalg.pyx), which CUPY_TF32=1
+    # also sets: xpmlp switches float32 to TF32 while a tf32=True model runs. Recorded, not simulated:
+    # the stand-in's products stay float32 (on a GPU older than compute capability 8.0 CuPy raises).
+    core = types.ModuleType("cupy._core")
+    routines = types.ModuleType("cupy._core._routines_linalg")
+    routines.COMPUTE_TYPE_TBD, routines.COMPUTE_TYPE_DEFAULT, routines.COMPUTE_TYPE_TF32 = 0, 1, 7
+    compute_types: dict = {}
+
+    def get_compute_type(dtype):
+        return compute_types.get(np.dtype(dtype), routines.COMPUTE_TYPE_DEFAULT)
+
+    def set_compute_type(dtype, compute_type):
+        compute_types[np.dtype(dtype)] = compute_type
+        COUNTS.compute_types.append((np.dtype(dtype).name, compute_type))
+
+    routines.get_compute_type, routines.set_compute_type = get_compute_type, set_compute_type
+    core._routines_linalg = routines
+    mod._core = core
 
     linalg = types.ModuleType("cupy.linalg")
 

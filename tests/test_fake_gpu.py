@@ -401,3 +401,48 @@ def test_gradcheck_on_gpu1_while_gpu0_is_current(fake):
     model = xpmlp.MLP([3, 5, 2], activation="tanh", device="cuda:1", dtype="float64", seed=0)
     gradcheck(model, x, b.from_host(np.array([0, 1, 1, 0])), loss="softmax_cross_entropy")
     assert fake.cuda.runtime.getDevice() == 0
+
+
+# -- TF32 ---------------------------------------------------------------------------------------------
+def test_tf32_compute_type_functions_match_real_cupy(real_cupy):
+    """The stand-in's get/set_compute_type and constants are CuPy's (read from the installed package)."""
+    real = real_cupy._core._routines_linalg
+    with fake_cupy.installed() as fake:
+        stand_in = fake._core._routines_linalg
+        for name in ("get_compute_type", "set_compute_type"):
+            assert _params(_cython_signature(getattr(real, name).__doc__)) == \
+                   _params(inspect.signature(getattr(stand_in, name))), name
+        for name in ("COMPUTE_TYPE_TBD", "COMPUTE_TYPE_DEFAULT", "COMPUTE_TYPE_TF32"):
+            assert getattr(real, name) == getattr(stand_in, name), name
+
+
+def test_tf32_is_on_only_while_a_tf32_model_runs(fake):
+    X, y = xpmlp.datasets.make_spirals(64, n_classes=3, seed=0)
+    routines = fake._core._routines_linalg
+    plain = xpmlp.MLP([2, 8, 3], device="cuda", seed=0)
+    plain.fit(X, y, loss="softmax_cross_entropy", epochs=1, batch_size=32)
+    assert fake_cupy.COUNTS.compute_types == []  # off by default: CuPy's setting is never touched
+    fast = xpmlp.MLP([2, 8, 3], device="cuda", seed=0, tf32=True)
+    seen = []
+
+    class Probe(xpmlp.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(routines.get_compute_type(np.float32))
+
+    fast.fit(X, y, loss="softmax_cross_entropy", epochs=1, batch_size=32, callbacks=[Probe()])
+    assert seen == [routines.COMPUTE_TYPE_TF32]  # inside fit: float32 products may use TF32
+    assert routines.get_compute_type(np.float32) == routines.COMPUTE_TYPE_DEFAULT  # put back afterwards
+    fast.predict(X)
+    assert fake_cupy.COUNTS.compute_types[-2:] == [("float32", 7), ("float32", 1)]
+    # the stand-in computes in float32 either way: same weights as without TF32
+    for a, b in zip(plain.get_weights(), fast.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_tf32_does_nothing_on_the_cpu():
+    X, y = xpmlp.datasets.make_spirals(64, n_classes=3, seed=0)
+    runs = [xpmlp.MLP([2, 8, 3], device="cpu", seed=0, tf32=t) for t in (False, True)]
+    for m in runs:
+        m.fit(X, y, loss="softmax_cross_entropy", epochs=2, batch_size=32)
+    for a, b in zip(runs[0].get_weights(), runs[1].get_weights()):
+        np.testing.assert_array_equal(a, b)

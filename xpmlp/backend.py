@@ -77,6 +77,19 @@ class Backend:
             return type(self.device)(self.device.id)
         return contextlib.nullcontext()
 
+    def matmul_precision(self, tf32: bool):
+        """A context manager inside which float32 matrix products may use TF32 (when ``tf32``).
+
+        TF32 keeps float32's range but rounds the products' inputs to 10 mantissa bits, so GEMMs
+        run on tensor cores (NVIDIA compute capability 8.0 and newer). Only CuPy is affected: it
+        is CuPy's own setting (what ``CUPY_TF32=1`` selects), switched on for float32 while the
+        context is open and put back afterwards, since CuPy keeps it per process. On every other
+        backend, and with ``tf32=False``, this does nothing.
+        """
+        if not tf32 or self.name != "cupy":
+            return contextlib.nullcontext()
+        return _cupy_tf32()
+
     def dtype(self, name: str):
         """The namespace's floating dtype called ``name`` ("float32" or "float64")."""
         if name not in FLOAT_DTYPES:
@@ -151,6 +164,20 @@ class Backend:
             import torch
 
             torch.cuda.synchronize(self.device)
+
+
+@contextlib.contextmanager
+def _cupy_tf32():
+    import cupy
+
+    linalg = cupy._core._routines_linalg  # where CuPy keeps its matmul compute type per dtype
+    f32 = np.dtype(np.float32)
+    before = linalg.get_compute_type(f32)
+    linalg.set_compute_type(f32, linalg.COMPUTE_TYPE_TF32)
+    try:
+        yield
+    finally:
+        linalg.set_compute_type(f32, before)
 
 
 def _is_host(a) -> bool:
