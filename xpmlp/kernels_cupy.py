@@ -1,4 +1,4 @@
-"""CuPy kernels: the fused train step's elementwise work, the dropout mask, the optimiser updates.
+"""CuPy kernels: the fused train step's elementwise work and the dropout mask.
 
 On a GPU a small MLP step is bound by kernel launches, not FLOPs, so the fused step
 (:mod:`xpmlp.step_cuda`) does each piece of elementwise work in one launch:
@@ -10,6 +10,9 @@ On a GPU a small MLP step is bound by kernel launches, not FLOPs, so the fused s
   cross-entropy, MSE), the last Dense's bias added in it, one thread per row, writing per-row
   losses (fit sums an epoch's once; no atomics, so the sums do not depend on thread order);
 - the dropout mask of :mod:`xpmlp.rng`, bit for bit.
+
+The optimiser updates are not here: :mod:`xpmlp.update` generates each one's kernel, which
+:meth:`Kernels.elementwise` compiles and :meth:`Kernels.usable` guards.
 
 Each kernel body follows the reference's operations in the reference's order (layers.py,
 losses.py, functional.py): the same expressions, the same host constants (written as the exact
@@ -34,16 +37,16 @@ Numerics:
   rounds after every operation, so the two agree to a few half-precision ulps.
 - Because ``float16`` converts to ``float`` and ``float`` converts to ``float16`` (both
   implicitly), a conditional expression ``c ? float_expr : T_value`` is ambiguous for
-  ``T = float16`` and does not compile (NVRTC: 'ambiguous "?" operation'). The optimiser and
-  dropout bodies (offered for float16) therefore select with ``if`` statements that assign to a
-  ``T`` variable, never with ``?:``; the step kernels (float32 and float64 only) may use ``?:``.
+  ``T = float16`` and does not compile (NVRTC: 'ambiguous "?" operation'). The dropout body
+  (offered for float16) therefore selects with an ``if`` statement that assigns to a ``T``
+  variable, never with ``?:``; the step kernels (float32 and float64 only) may use ``?:``.
 - Row kernels (the losses) read and write whole rows through ``raw`` parameters: CuPy passes a
   raw array as ``CArray<T, ndim, c_contiguous, idx32>`` of its own shape, and ``z[j]`` is the
   element at C-order position ``j`` (cupy/_core/include/cupy/carray.cuh), so ``i * k + j`` is
   row ``i``, column ``j`` of a (n, k) array. The loop runs over the non-raw arrays (the (n,)
   per-row losses), one element per row.
-- Step kernels are offered for float32 and float64 (:data:`STEP_DTYPES`); the optimiser and
-  dropout kernels also for float16.
+- Step kernels are offered for float32 and float64 (:data:`STEP_DTYPES`); the dropout kernel
+  also for float16.
 
 STATUS: compiled with NVRTC for sm_80/sm_90 and run on the host by the tests; not yet run on a
 GPU.
@@ -71,42 +74,9 @@ class KernelSpec(NamedTuple):
     name: str
 
 
-# The former optimiser kernels (adam, sgd_momentum, sgd; Kernels.adam_/sgd_): xpmlp.optim no longer
-# calls them (xpmlp.update generates every update and runs it through Kernels.elementwise); kept
-# until their removal is agreed, with their NVRTC and host tests.
+# The kernels of fixed source (the step kernels are made per activation and loss by the functions
+# below, the optimiser kernels by xpmlp.update).
 SPECS: dict[str, KernelSpec] = {
-    # m = b1 * m + (1 - b1) * g;  v = b2 * v + (1 - b2) * (g * g)
-    # p = p - step_size * (m / (sqrt(v) / root_bc2 + eps)); step_size and root_bc2 are
-    # Adam._bias_corrections(lr) for this step.
-    "adam": KernelSpec(
-        "T g, float64 b1, float64 b2, float64 eps, float64 step_size, float64 root_bc2",
-        "T p, T m, T v",
-        """
-        m = (T)b1 * m + (T)(1.0 - b1) * g;
-        v = (T)b2 * v + (T)(1.0 - b2) * (g * g);
-        T denom = sqrt(v) / (T)root_bc2 + (T)eps;
-        p = p - (T)step_size * (m / denom);
-        """,
-        "xpmlp_adam",
-    ),
-    # buf = momentum * buf + damp * g;  step = g + momentum * buf (Nesterov) or buf;
-    # p = p - lr * step. damp is SGD._damp() (1 on the first step).
-    # An if statement, not ?:, selects the step: see the module docstring (float16).
-    "sgd_momentum": KernelSpec(
-        "T g, float64 lr, float64 momentum, float64 damp, bool nesterov",
-        "T p, T buf",
-        """
-        buf = (T)momentum * buf + (T)damp * g;
-        T step = buf;
-        if (nesterov) {
-            step = g + (T)momentum * buf;
-        }
-        p = p - (T)lr * step;
-        """,
-        "xpmlp_sgd_momentum",
-    ),
-    # p = p - lr * g
-    "sgd": KernelSpec("T g, float64 lr", "T p", "p = p - (T)lr * g;", "xpmlp_sgd"),
     # The dropout mask of xpmlp.rng in one launch: word i = fmix32(fmix32(i ^ k0) ^ k1), kept iff
     # word >= threshold; mask = scale (1 / (1 - rate), rounded to T as the reference's
     # ``astype(keep, T) * scale`` is) or 0. i is CuPy's element index in C order, as the reference's
@@ -129,7 +99,7 @@ SPECS: dict[str, KernelSpec] = {
 }
 
 DTYPES = ("float16", "float32", "float64")
-"""The parameter dtypes the kernels are offered for (``Kernels.usable`` refuses others)."""
+"""The dtypes the dropout and update kernels are offered for (``Kernels.usable`` refuses others)."""
 
 
 STEP_DTYPES = ("float32", "float64")
@@ -335,20 +305,6 @@ class Kernels:
         return (all(isinstance(a, ndarray) and a.flags.c_contiguous and a.dtype == first.dtype
                     and a.shape == first.shape for a in arrays)
                 and str(first.dtype) in DTYPES)
-
-    def adam_(self, p, g, m, v, *, b1, b2, eps, step_size, root_bc2) -> None:
-        """One Adam step in place, as ``optim.Adam.update``: m, v and p are overwritten.
-
-        step_size and root_bc2 are the bias corrections from ``Adam._bias_corrections``.
-        """
-        self._kernels["adam"](g, float(b1), float(b2), float(eps), float(step_size), float(root_bc2), p, m, v)
-
-    def sgd_(self, p, g, buf, *, lr, momentum, damp, nesterov) -> None:
-        """One SGD step in place, as ``optim.SGD.update``; buf (momentum buffer) may be None."""
-        if buf is None:
-            self._kernels["sgd"](g, float(lr), p)
-        else:
-            self._kernels["sgd_momentum"](g, float(lr), float(momentum), float(damp), bool(nesterov), p, buf)
 
     def dropout_mask(self, shape, dtype, rate: float, key: int, counter: int):
         """``xpmlp.rng.dropout_mask`` in one launch (bit for bit), or None where it does not apply."""
