@@ -41,6 +41,11 @@ MIB = 2**20
 MEMORY_TOLERANCE = MIB  # allowed growth of the pool's bytes after epoch 2 (epochs 3..5 against epoch 2)
 BENCH_CONTENDERS = ["xpmlp-cupy", "torch-eager-cuda", "torch-eager-fused-cuda", "torch-compile-cuda"]
 AGREEMENT_SELECTION = ["tests/test_backend.py", "tests/test_train.py", "-k", "backend or same_seed"]
+# The kernel tests: NVRTC compiles and host runs of every kernel, the real-CuPy cases (which skip
+# without a GPU) and the CuPy stand-in's. Their slow tests (each step kernel compiled alone, for
+# every dtype and architecture: minutes, no GPU needed) run in test_suite.
+KERNEL_TEST_FILES = ["tests/test_cuda_kernels.py", "tests/test_step_cuda.py", "tests/test_update.py"]
+KERNEL_TEST_MARKS = ["-m", "not slow"]
 
 # name, time budget in seconds, what it runs
 STEPS = [
@@ -54,7 +59,9 @@ STEPS = [
      "python3 -m pytest -q -rs " + " ".join(shlex.quote(a) for a in AGREEMENT_SELECTION)
      + " (NumPy vs CuPy vs torch CUDA: same seed, same run; every gpu test must run)"),
     ("cuda_kernel_tests", 60,
-     "python3 -m pytest -q -rs tests/test_cuda_kernels.py (recorded as skipped if the file does not exist)"),
+     "python3 -m pytest -q -rs " + " ".join(shlex.quote(a) for a in KERNEL_TEST_MARKS + KERNEL_TEST_FILES)
+     + " (the kernels compiled with NVRTC, run on the host and on the GPU; a file missing from this "
+     "checkout is left out, the step recorded as skipped if none exists; every gpu test must run)"),
     ("memory_flatness", 90,
      "MLP([784, 512, 512, 10], device='cuda', float32, seed=0), Adam, batch 128, 5 epochs of MNIST: "
      "CuPy pool used_bytes/total_bytes after each epoch; passes if epochs 3-5 exceed epoch 2 by at most "
@@ -277,12 +284,16 @@ def step_agreement(runner: Runner, timeout: float) -> dict:
 
 
 def step_cuda_kernels(runner: Runner, timeout: float) -> dict:
-    path = ROOT / "tests" / "test_cuda_kernels.py"
-    if not path.exists():
+    files = [f for f in KERNEL_TEST_FILES if (ROOT / f).exists()]
+    missing = [f for f in KERNEL_TEST_FILES if f not in files]
+    if not files:
         return {"status": "skipped", "duration_s": 0.0, "summary": {},
-                "notes": ["tests/test_cuda_kernels.py does not exist in this checkout: nothing to run"]}
-    return _pytest_step(runner, "cuda_kernel_tests", ["tests/test_cuda_kernels.py"], timeout, None,
+                "notes": [f"none of {', '.join(KERNEL_TEST_FILES)} exists in this checkout: nothing to run"]}
+    step = _pytest_step(runner, "cuda_kernel_tests", KERNEL_TEST_MARKS + files, timeout, None,
                         require_gpu_tests=False)
+    if missing:
+        step["notes"].append(f"not in this checkout, left out: {', '.join(missing)}")
+    return step
 
 
 def step_memory(runner: Runner, timeout: float) -> dict:
