@@ -70,7 +70,6 @@ class Sequential:
         self.optimizer = None
         self.stop_training = False  # callbacks set it to end fit after the current epoch
         self.history: History | None = None
-        self._warned_raw_outputs = False  # predict without a loss warns once per model
         self.in_features = None
         self.flat: FlatParameters | None = None  # every parameter's value and gradient, once built
         first = next(layer for layer in layers if isinstance(layer, Dense))

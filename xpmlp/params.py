@@ -53,6 +53,10 @@ class Parameter:
     def size(self) -> int:
         return math.prod(self.shape)
 
+    def bind(self, value, grad) -> None:
+        """Make ``value`` and ``grad`` views of a model's flat buffers (see :class:`FlatParameters`)."""
+        self.value, self.grad, self._in_buffer = value, grad, True
+
     def set_grad(self, g) -> None:
         """Store the gradient: into the flat gradient buffer when gathered, else as its own array."""
         if self._in_buffer:
@@ -90,9 +94,7 @@ class FlatParameters:
         self.data = backend.from_host(host)
         self.grad = backend.from_host(np.zeros(total, dtype=dtype))
         for p, start in zip(self.parameters, self.offsets):
-            p.value = self._view(self.data, start, p)
-            p.grad = self._view(self.grad, start, p)
-            p._in_buffer = True
+            p.bind(self._view(self.data, start, p), self._view(self.grad, start, p))
 
     def _view(self, buffer, start: int, p: Parameter):
         return self.xp.reshape(buffer[start:start + p.size], p.shape)

@@ -37,6 +37,7 @@ import inspect
 import math
 import time
 import warnings
+import weakref
 
 import numpy as np
 
@@ -49,6 +50,7 @@ from .step import make_train_step
 
 __all__ = ["History", "DivergenceError", "fit", "predict", "evaluate"]  # History lives in callbacks
 
+_WARNED_RAW_OUTPUTS = weakref.WeakSet()  # models whose predict has warned about raw outputs (once each)
 EVAL_BATCH = 4096  # rows per inference batch: bounds memory, does not change results
 
 
@@ -540,8 +542,8 @@ def predict(model, X, *, batch_size: int | None = EVAL_BATCH):
     if batch_size is not None:
         batch_size = _positive_int(batch_size, "batch_size")
     Xd = _prepare_X(model, X)
-    if model.loss is None and not getattr(model, "_warned_raw_outputs", False):
-        model._warned_raw_outputs = True
+    if model.loss is None and model not in _WARNED_RAW_OUTPUTS:
+        _WARNED_RAW_OUTPUTS.add(model)
         warnings.warn("this model has no loss (it was never fitted), so predict returns its raw outputs "
                       "(logits), not probabilities. To get probabilities, fit it with a loss, or give it "
                       "one: model.loss = xpmlp.losses.get_loss('softmax_cross_entropy') (classes; or "
