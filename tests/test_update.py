@@ -317,30 +317,28 @@ def _random_case(seed, dtype):
     return text, update, start, values
 
 
+def _assert_random_case_agrees(seed, dtype, executor):
+    """One random description run by ``executor`` and by the reference from the same start: bitwise equal."""
+    text, update, start, values = _random_case(seed, dtype)
+    results = {}
+    for name in ("reference", executor):
+        arrays = {k: v.copy() for k, v in start.items()}
+        _apply(update, name, arrays, values)
+        results[name] = arrays
+    for k in ("p", "m", "v", "g"):
+        np.testing.assert_array_equal(results[executor][k], results["reference"][k], err_msg=f"{k} of\n{text}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_random_descriptions_numpy_equals_reference(monkeypatch, dtype):
     monkeypatch.setattr(kernels_numpy, "CHUNK", CHUNK)
     for seed in range(150):
-        text, update, start, values = _random_case(seed, dtype)
-        results = {}
-        for executor in ("reference", "numpy"):
-            arrays = {k: v.copy() for k, v in start.items()}
-            _apply(update, executor, arrays, values)
-            results[executor] = arrays
-        for k in ("p", "m", "v", "g"):
-            np.testing.assert_array_equal(results["numpy"][k], results["reference"][k], err_msg=f"{k} of\n{text}")
+        _assert_random_case_agrees(seed, dtype, "numpy")
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_random_descriptions_host_kernel_equals_reference(host_compiler, seed):
-    text, update, start, values = _random_case(1000 + seed, "float32")
-    results = {}
-    for executor in ("reference", "host"):
-        arrays = {k: v.copy() for k, v in start.items()}
-        _apply(update, executor, arrays, values)
-        results[executor] = arrays
-    for k in ("p", "m", "v", "g"):
-        np.testing.assert_array_equal(results["host"][k], results["reference"][k], err_msg=f"{k} of\n{text}")
+    _assert_random_case_agrees(1000 + seed, "float32", "host")
 
 
 def test_copies_and_reassigned_gradient_keep_statement_order(host_compiler):
