@@ -340,9 +340,10 @@ def test_release_files_still_load():
     assert type(opt).__name__ == expected["optimizer"]["class"] and opt.t == expected["optimizer"]["t"] == 6
     assert opt.current_lr() == expected["optimizer"]["lr"]
     state = opt.state_dict()["state"]
-    for key in ("m", "v"):  # the release kept one buffer per parameter; here one flat buffer each
+    for key in ("m", "v"):  # the release kept one buffer per parameter; here one flat buffer each,
+        # laid out as the parameters are in model.flat (weight matrices first)
         flat = np.concatenate([np.array(s[key], dtype=np.float32) for s in expected["optimizer"]["state"]])
-        np.testing.assert_array_equal(to_numpy(state[key]), flat)
+        np.testing.assert_array_equal(to_numpy(state[key]), model.flat.from_parameter_order(flat))
     assert [[i, layer.key, layer.counter] for i, layer in enumerate(model.layers)
             if isinstance(layer, xpmlp.Dropout)] == expected["dropout"]
     generators = {name: np.random.default_rng(0) for name in ("init", "shuffle")}

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import xpmlp
 import pytest
 
 from xpmlp import SGD, Adagrad, Adam, AdamW, RMSprop, to_numpy
@@ -184,3 +185,50 @@ def test_state_dict_round_trip_continues_as_uninterrupted(case, make):
     np.testing.assert_array_equal(to_numpy(resumed), to_numpy(data))
     for k in whole.state:
         np.testing.assert_array_equal(to_numpy(second.state[k]), to_numpy(whole.state[k]))
+
+
+DECAY_BIAS_CONFIGS = [  # (xpmlp name, kwargs, torch class, torch kwargs): weight decay on the weight matrices only
+    ("sgd", dict(lr=0.1, momentum=0.9, weight_decay=0.3), "SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.3)),
+    ("adam", dict(lr=0.01, weight_decay=0.2), "Adam", dict(lr=0.01, weight_decay=0.2)),
+    ("adamw", dict(lr=0.01, weight_decay=0.2), "AdamW", dict(lr=0.01, weight_decay=0.2)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,torch_name,torch_kwargs", DECAY_BIAS_CONFIGS,
+                         ids=[c[0] for c in DECAY_BIAS_CONFIGS])
+def test_decay_bias_false_spares_biases_as_torch_param_groups(case, name, kwargs, torch_name, torch_kwargs):
+    """decay_bias=False (scikit-learn's alpha): weight decay on the weight matrices, none on the
+    biases; checked against torch.optim with two parameter groups, one of them weight_decay=0."""
+    torch = pytest.importorskip("torch")
+    model = xpmlp.MLP([3, 4, 2], seed=0, **case.model_kwargs())
+    params, flat = model.parameters(), model.flat
+    assert [p.decay for p in params] == [True, False, True, False]
+    rng = np.random.default_rng(1)
+    grads = [rng.normal(size=flat.size) for _ in range(4)]
+    start = [w.astype(np.float64) for w in model.get_weights()]
+    tensors = [torch.nn.Parameter(torch.tensor(w)) for w in start]
+    groups = [{"params": [t for t, p in zip(tensors, params) if p.decay]},
+              {"params": [t for t, p in zip(tensors, params) if not p.decay], "weight_decay": 0.0}]
+    reference = getattr(torch.optim, torch_name)(groups, **torch_kwargs)
+    opt = get_optimizer(name, decay_bias=False, **kwargs)
+    with model.backend.activate():
+        for g in grads:
+            opt.step(flat.data, case.asarray(g.astype(case.dtype)), flat.n_decay)
+            for t, p, offset in zip(tensors, params, flat.offsets):
+                t.grad = torch.tensor(g[offset:offset + p.size].reshape(p.shape))
+            reference.step()
+    tol = dict(rtol=1e-9, atol=1e-12) if case.dtype == "float64" else dict(rtol=1e-4, atol=1e-5)
+    for got, t in zip(model.get_weights(), tensors):
+        np.testing.assert_allclose(got, t.detach().numpy(), **tol)
+    assert opt.get_config()["decay_bias"] is False and "decay_bias" not in get_optimizer(name, **kwargs).get_config()
+
+
+def test_decay_bias_false_needs_the_weights_extent():
+    opt = SGD(lr=0.1, weight_decay=0.1, decay_bias=False)
+    data, grad = np.ones(5), np.ones(5)
+    with pytest.raises(ValueError, match="decayed=model.flat.n_decay"):
+        opt.step(data, grad)
+    with pytest.raises(ValueError, match=r"decayed must be an int in \[0, 5\]"):
+        opt.step(data, grad, 6)
+    opt.step(data, grad, 2)
+    np.testing.assert_allclose(data, [1 - 0.1 * 1.1] * 2 + [0.9] * 3)

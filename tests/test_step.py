@@ -206,16 +206,22 @@ def test_snapshot_and_restore_of_a_step():
 
 
 # -- flat parameters ---------------------------------------------------------------------------------
+def _flat_order(model, weights):
+    """``weights`` (in parameters() order) laid out as the model's flat buffer holds them."""
+    order = np.argsort(model.flat.offsets)
+    return np.concatenate([weights[i].reshape(-1) for i in order])
+
+
 def test_parameters_are_views_of_one_buffer(case):
     model = xpmlp.MLP([3, 4, 2], seed=0, **case.model_kwargs())
     params = model.parameters()
     assert [p.name for p in params] == ["layers.0.W", "layers.0.b", "layers.2.W", "layers.2.b"]
     assert model.flat.size == model.n_params == 3 * 4 + 4 + 4 * 2 + 2
+    # the weight matrices first (weight decay that spares biases covers flat.data[:n_decay]), then the biases
+    assert model.flat.offsets == [0, 20, 12, 24] and model.flat.n_decay == 20
     flat = to_numpy(model.flat.data)
-    offset = 0
-    for p in params:
+    for p, offset in zip(params, model.flat.offsets):
         np.testing.assert_array_equal(to_numpy(p.value).reshape(-1), flat[offset:offset + p.size])
-        offset += p.size
     # a write into the buffer is seen by every layer (on every backend the reference path runs on)
     with model.backend.activate():
         model.flat.data[...] = model.xp.ones_like(model.flat.data)
@@ -223,13 +229,13 @@ def test_parameters_are_views_of_one_buffer(case):
             np.testing.assert_array_equal(to_numpy(p.value), 1.0)
         # and a write through a view is seen in the buffer
         params[1].value[...] = model.backend.from_host(np.full(4, 2.0, dtype=case.dtype))
-        np.testing.assert_array_equal(to_numpy(model.flat.data)[12:16], 2.0)
+        np.testing.assert_array_equal(to_numpy(model.flat.data)[20:24], 2.0)
     # set_weights and get_weights go through the same buffer
     weights = [np.arange(p.size, dtype=float).reshape(p.shape) for p in params]
     model.set_weights(weights)
     for w, got in zip(weights, model.get_weights()):
         np.testing.assert_array_equal(w, got)
-    np.testing.assert_array_equal(model.flat.to_host(), np.concatenate([w.reshape(-1) for w in weights]))
+    np.testing.assert_array_equal(model.flat.to_host(), _flat_order(model, weights))
 
 
 def test_set_weights_checks_everything_before_changing_anything():
@@ -248,6 +254,6 @@ def test_backward_writes_into_the_flat_gradient_buffer(case64):
         x = model.backend.from_host(rng.normal(size=(5, 3)))
         z = model.forward(x, training=True)
         model.backward(model.xp.ones_like(z))
-    grads = np.concatenate([to_numpy(p.grad).reshape(-1) for p in model.parameters()])
+    grads = _flat_order(model, [to_numpy(p.grad) for p in model.parameters()])
     np.testing.assert_array_equal(to_numpy(model.flat.grad), grads)
     assert np.abs(grads).sum() > 0

@@ -229,7 +229,7 @@ def _arrays(state: dict) -> dict:
     return {name: to_numpy(value) for name, value in state.items() if not _is_extra(name)}
 
 
-def encode_model(config: dict, state: dict, rng: dict, loss=None, optimizer=None) -> bytes:
+def encode_model(config: dict, state: dict, rng: dict, loss=None, optimizer=None, offsets=None) -> bytes:
     """The bytes of a model file (format :data:`FORMAT_VERSION`) from the model's state dicts.
 
     Parameters
@@ -249,6 +249,9 @@ def encode_model(config: dict, state: dict, rng: dict, loss=None, optimizer=None
         Stored as its class name, ``get_config()`` (a schedule as its own class and config) and
         ``state_dict()``; each flat buffer is stored parameter by parameter as
         ``optimizer.{j}.{key}`` (j: the parameter's position), as format 3 has it.
+    offsets : list of int, optional
+        Where each parameter (in ``state``'s order) starts in the optimiser's flat buffers
+        (``FlatParameters.offsets``); by default one after the other.
     """
     tensors = _arrays(state)
     section = None
@@ -265,6 +268,7 @@ def encode_model(config: dict, state: dict, rng: dict, loss=None, optimizer=None
                                  f"{sum(math.prod(shape) for shape in shapes)}: it belongs to another model")
             for j, shape in enumerate(shapes):
                 size = math.prod(shape)
+                start = start if offsets is None else offsets[j]
                 tensors[f"optimizer.{j}.{key}"] = host[start:start + size].reshape(shape)
                 start += size
     dropout = {name.split(".")[1]: value for name, value in state.items() if _is_extra(name)}

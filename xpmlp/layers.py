@@ -196,7 +196,7 @@ class Dense(Layer):
         self.parameters = {"W": Parameter("W", backend.from_host(initialize(self.init, in_features, self.units,
                                                                             rng, dtype)))}
         if self.bias:
-            self.parameters["b"] = Parameter("b", backend.from_host(np.zeros(self.units, dtype=dtype)))
+            self.parameters["b"] = Parameter("b", backend.from_host(np.zeros(self.units, dtype=dtype)), decay=False)
         return self.units
 
     def forward(self, x, training=False):

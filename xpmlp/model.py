@@ -272,7 +272,8 @@ class Sequential:
     def to_bytes(self) -> bytes:
         """The file :meth:`save` writes, as bytes (scikit-learn estimators pickle these)."""
         self._require_built("save it")
-        return _io.encode_model(self.get_config(), self.state_dict(), self.get_rng_state(), self.loss, self.optimizer)
+        return _io.encode_model(self.get_config(), self.state_dict(), self.get_rng_state(), self.loss, self.optimizer,
+                                self.flat.offsets)
 
     def save(self, path) -> None:
         """Save architecture, weights, loss, optimiser state and RNG states, atomically (see :mod:`xpmlp.io`)."""
@@ -325,7 +326,8 @@ class Sequential:
             with model.backend.activate():  # CuPy copies onto the current device: the model's
                 state = saved.optimizer_state["state"]
                 saved.optimizer.load_state_dict({"t": saved.optimizer_state["t"], "state": None if state is None else
-                                                 {k: model.backend.from_host(v) for k, v in state.items()}})
+                                                 {k: model.backend.from_host(model.flat.from_parameter_order(v))
+                                                  for k, v in state.items()}})
             model.optimizer = saved.optimizer
         model.set_rng_state(saved.rng)
         return model

@@ -69,6 +69,10 @@ class Optimizer:
         ``decoupled_weight_decay``, a shrink ``p * (1 - lr * weight_decay)`` before the update.
     clipnorm : float, optional
         Clip the gradients by their global L2 norm before the update.
+    decay_bias : bool, default True
+        Whether weight decay applies to biases too (PyTorch's and Keras's default). False spares
+        them, as scikit-learn's ``alpha`` does: the decay then covers the parameters marked
+        ``decay`` (weight matrices), which a model's flat buffer holds first (``decayed``).
 
     Attributes
     ----------
@@ -82,7 +86,7 @@ class Optimizer:
     decoupled_weight_decay = False
     RULE = ""  # the update's statements (see xpmlp.update), without weight decay
 
-    def __init__(self, lr, weight_decay: float = 0.0, clipnorm: float | None = None):
+    def __init__(self, lr, weight_decay: float = 0.0, clipnorm: float | None = None, decay_bias: bool = True):
         if not callable(lr):
             _check_lr(lr, "lr")
         if clipnorm is not None and float(clipnorm) <= 0:
@@ -90,6 +94,7 @@ class Optimizer:
         self.lr = lr if callable(lr) else float(lr)
         self.weight_decay = float(weight_decay)
         self.clipnorm = None if clipnorm is None else float(clipnorm)
+        self.decay_bias = bool(decay_bias)
         self.t = 0  # steps taken
         self._state: dict | None = None
         self._updates: dict = {}  # namespace -> update made by make_update, for step()
@@ -193,13 +198,13 @@ class Optimizer:
         """The host scalars of the rule for the step being taken (``self.t`` already counts it)."""
         return {}
 
-    def description(self) -> Update:
-        """The whole update: weight decay (a first statement, when set), then :meth:`rule`.
+    def description(self, decay: bool = True) -> Update:
+        """The whole update: weight decay (a first statement, when set and ``decay``), then :meth:`rule`.
 
         Host scalars ``lr`` (the step's learning rate) and ``wd`` are always given. Parsed once per
         distinct configuration (cached).
         """
-        decay = "" if not self.weight_decay else "decoupled" if self.decoupled_weight_decay else "coupled"
+        decay = "" if not (decay and self.weight_decay) else "decoupled" if self.decoupled_weight_decay else "coupled"
         return _describe(self.rule(), decay, tuple(self.initial_state()), type(self).__name__.lower())
 
     def make_update(self, xp, kernels=None):
@@ -221,15 +226,7 @@ class Optimizer:
         elementwise = getattr(kernels, "elementwise", None)
         executors: dict = {}  # Update -> its fast executor on this path
 
-        def update(data, grad) -> None:
-            state = self._prepare(xp, data, grad)
-            if self.clipnorm is not None:  # a separate pass: the norm needs the whole buffer first
-                grad = clip_by_global_norm(xp, [grad], self.clipnorm)[0]
-            lr = self._applied_lr()
-            self.t += 1
-            desc = self.description()
-            values = desc.host_values({**self.scalars(lr), "lr": lr, "wd": self.weight_decay})
-            arrays = {"p": data, "g": grad, **state}
+        def run(desc, arrays, values) -> None:
             if chunked is not None and kernels.usable(*arrays.values()):
                 if desc not in executors:
                     executors[desc] = chunked(desc)
@@ -237,11 +234,42 @@ class Optimizer:
             elif elementwise is not None and kernels.usable(*arrays.values()):
                 if desc not in executors:  # the Kernels object caches the compiled kernel per spec
                     executors[desc] = elementwise(desc.kernel_spec())
-                executors[desc](grad, *(values[h] for h in desc.host_names), data, *(state[n] for n in desc.state))
+                executors[desc](arrays["g"], *(values[h] for h in desc.host_names), arrays["p"],
+                                *(arrays[n] for n in desc.state))
             else:
                 desc.reference_inplace(xp, arrays, values)
 
+        def update(data, grad, decayed: int | None = None) -> None:
+            state = self._prepare(xp, data, grad)
+            if self.clipnorm is not None:  # a separate pass: the norm needs the whole buffer first
+                grad = clip_by_global_norm(xp, [grad], self.clipnorm)[0]
+            lr = self._applied_lr()
+            self.t += 1
+            desc = self.description()
+            scalars = {**self.scalars(lr), "lr": lr, "wd": self.weight_decay}
+            values = desc.host_values(scalars)
+            arrays = {"p": data, "g": grad, **state}
+            split = self._decay_split(data.shape[0], decayed)
+            if split is None:
+                run(desc, arrays, values)
+                return
+            # weight decay on the leading range only: the same update without it on the rest
+            run(desc, {k: a[:split] for k, a in arrays.items()}, values)
+            plain = self.description(decay=False)
+            run(plain, {k: a[split:] for k, a in arrays.items()}, plain.host_values(scalars))
+
         return update
+
+    def _decay_split(self, size: int, decayed: int | None) -> int | None:
+        """Where weight decay stops in the buffer, or None when it covers all of it (or is off)."""
+        if self.decay_bias or not self.weight_decay:
+            return None
+        if decayed is None:
+            raise ValueError(f"{type(self).__name__}(decay_bias=False) needs to know which parameters "
+                             "are weights: pass decayed=model.flat.n_decay to step()")
+        if isinstance(decayed, bool) or not isinstance(decayed, int) or not 0 <= decayed <= size:
+            raise ValueError(f"decayed must be an int in [0, {size}], got {decayed!r}")
+        return decayed if decayed < size else None
 
     def _prepare(self, xp, data, grad) -> dict:
         """The state buffers for ``data`` (made at the first update); refuses mismatched buffers."""
@@ -264,14 +292,16 @@ class Optimizer:
                              f"{self.state_names()}; use a new optimizer for a different model")
         return state
 
-    def step(self, data, grad) -> None:
+    def step(self, data, grad, decayed: int | None = None) -> None:
         """One update of the flat 1-D buffer ``data`` in place, from the 1-D ``grad`` (same shape, dtype,
         namespace and device); the implementation is chosen from the arrays' namespace, once.
 
-        ``fit`` makes its update once with :meth:`make_update` instead; this is for loops of one's own
-        (``opt.step(model.flat.data, model.flat.grad)`` after ``model.backward``).
+        ``decayed``: how many leading elements are weights, for ``decay_bias=False`` (a model's
+        ``flat.n_decay``). ``fit`` makes its update once with :meth:`make_update` instead; this is
+        for loops of one's own (``opt.step(model.flat.data, model.flat.grad, model.flat.n_decay)``
+        after ``model.backward``).
         """
-        self._update_for(namespace_of(data, grad))(data, grad)
+        self._update_for(namespace_of(data, grad))(data, grad, decayed)
 
     def _update_for(self, xp):
         update = self._updates.get(xp)
@@ -280,7 +310,8 @@ class Optimizer:
         return update
 
     def get_config(self) -> dict:
-        return {"lr": self.lr, "weight_decay": self.weight_decay, "clipnorm": self.clipnorm}
+        config = {"lr": self.lr, "weight_decay": self.weight_decay, "clipnorm": self.clipnorm}
+        return config if self.decay_bias else {**config, "decay_bias": False}
 
     def __getstate__(self):  # pickle and deepcopy: the cached updates are remade on first use
         return {**vars(self), "_updates": {}}
@@ -297,8 +328,8 @@ class SGD(Optimizer):
     """
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
-                 dampening: float = 0.0, weight_decay: float = 0.0, clipnorm: float | None = None):
-        super().__init__(lr, weight_decay, clipnorm)
+                 dampening: float = 0.0, weight_decay: float = 0.0, clipnorm: float | None = None, decay_bias: bool = True):
+        super().__init__(lr, weight_decay, clipnorm, decay_bias)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum needs momentum > 0 and dampening = 0")
         self.momentum, self.nesterov, self.dampening = float(momentum), bool(nesterov), float(dampening)
@@ -331,8 +362,8 @@ class Adam(Optimizer):
     """
 
     def __init__(self, lr: float = 1e-3, beta_1: float = 0.9, beta_2: float = 0.999, eps: float = 1e-8,
-                 weight_decay: float = 0.0, clipnorm: float | None = None):
-        super().__init__(lr, weight_decay, clipnorm)
+                 weight_decay: float = 0.0, clipnorm: float | None = None, decay_bias: bool = True):
+        super().__init__(lr, weight_decay, clipnorm, decay_bias)
         for name, b in (("beta_1", beta_1), ("beta_2", beta_2)):
             if not 0.0 <= float(b) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {b!r}")
@@ -356,16 +387,16 @@ class AdamW(Adam):
     decoupled_weight_decay = True
 
     def __init__(self, lr: float = 1e-3, beta_1: float = 0.9, beta_2: float = 0.999, eps: float = 1e-8,
-                 weight_decay: float = 0.01, clipnorm: float | None = None):
-        super().__init__(lr, beta_1, beta_2, eps, weight_decay, clipnorm)
+                 weight_decay: float = 0.01, clipnorm: float | None = None, decay_bias: bool = True):
+        super().__init__(lr, beta_1, beta_2, eps, weight_decay, clipnorm, decay_bias)
 
 
 class RMSprop(Optimizer):
     """RMSprop, as torch.optim.RMSprop: divide by a running RMS of the gradient."""
 
     def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
-                 centered: bool = False, weight_decay: float = 0.0, clipnorm: float | None = None):
-        super().__init__(lr, weight_decay, clipnorm)
+                 centered: bool = False, weight_decay: float = 0.0, clipnorm: float | None = None, decay_bias: bool = True):
+        super().__init__(lr, weight_decay, clipnorm, decay_bias)
         self.alpha, self.eps, self.momentum, self.centered = float(alpha), float(eps), float(momentum), bool(centered)
 
     def initial_state(self):
@@ -407,8 +438,8 @@ class Adagrad(Optimizer):
 
     def __init__(self, lr: float = 0.01, lr_decay: float = 0.0, eps: float = 1e-10,
                  initial_accumulator_value: float = 0.0, weight_decay: float = 0.0,
-                 clipnorm: float | None = None):
-        super().__init__(lr, weight_decay, clipnorm)
+                 clipnorm: float | None = None, decay_bias: bool = True):
+        super().__init__(lr, weight_decay, clipnorm, decay_bias)
         # With lr_decay >= 0 the rate lr / (1 + (t - 1) * lr_decay) stays finite and non-negative;
         # a negative one would pass through zero (an infinite rate) to negative rates.
         if not (math.isfinite(float(lr_decay)) and float(lr_decay) >= 0):

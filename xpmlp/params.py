@@ -38,12 +38,16 @@ class Parameter:
     grad : array of ``shape`` or None
         The gradient of the last backward pass: a view of the model's flat gradient buffer
         once gathered (written in place by ``set_grad``); None before any backward otherwise.
+    decay : bool
+        Whether an optimiser built with ``decay_bias=False`` applies weight decay to it: True
+        for weight matrices, False for biases (scikit-learn's ``alpha`` penalises only weights).
     """
 
-    __slots__ = ("name", "shape", "value", "grad", "_in_buffer")
+    __slots__ = ("name", "shape", "value", "grad", "decay", "_in_buffer")
 
-    def __init__(self, name: str, value):
+    def __init__(self, name: str, value, decay: bool = True):
         self.name = name
+        self.decay = bool(decay)
         self.shape = tuple(int(d) for d in value.shape)
         self.value = value
         self.grad = None
@@ -77,16 +81,29 @@ class FlatParameters:
     dtype : str
         "float32" or "float64": every parameter is stored in it.
     parameters : list of Parameter
-        Their current values are copied in, in order; then each parameter's ``value`` and
-        ``grad`` are rebound to views of ``data`` and ``grad``.
+        Their current values are copied in; then each parameter's ``value`` and ``grad`` are
+        rebound to views of ``data`` and ``grad``. In the buffers, the parameters with ``decay``
+        come first, in the given order, then the others: so weight decay that spares biases
+        touches one leading range, ``data[:n_decay]``.
+
+    Attributes
+    ----------
+    offsets : list of int
+        Where each parameter (in the given order) starts in the buffers.
+    n_decay : int
+        Elements of the leading range that holds the parameters with ``decay``.
     """
 
     def __init__(self, backend, dtype: str, parameters: list[Parameter]):
         self.backend, self.xp, self.dtype, self.parameters = backend, backend.xp, dtype, list(parameters)
-        self.offsets, total = [], 0
-        for p in self.parameters:
-            self.offsets.append(total)
-            total += p.size
+        self.offsets, total = [0] * len(self.parameters), 0
+        for decayed in (True, False):
+            for i, p in enumerate(self.parameters):
+                if p.decay is decayed:
+                    self.offsets[i] = total
+                    total += p.size
+            if decayed:
+                self.n_decay = total
         self.size = total
         host = np.zeros(total, dtype=dtype)
         for p, start in zip(self.parameters, self.offsets):
@@ -117,6 +134,17 @@ class FlatParameters:
         if values.size != self.size:
             raise ValueError(f"expected {self.size} values, got {values.size}")
         self.data[...] = self.backend.from_host(values)
+
+    def from_parameter_order(self, values: np.ndarray) -> np.ndarray:
+        """A host array of ``size`` values laid out parameter after parameter (in the given order,
+        as model files store optimiser state) rearranged into this buffer's layout."""
+        values, out, start = np.asarray(values).reshape(-1), np.empty(self.size, dtype=np.asarray(values).dtype), 0
+        if values.size != self.size:
+            raise ValueError(f"expected {self.size} values, got {values.size}")
+        for p, offset in zip(self.parameters, self.offsets):
+            out[offset:offset + p.size] = values[start:start + p.size]
+            start += p.size
+        return out
 
     def __repr__(self):
         return f"FlatParameters({len(self.parameters)} parameters, {self.size:,} values, {self.dtype})"

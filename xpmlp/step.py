@@ -80,7 +80,7 @@ class ReferenceStep(TrainStep):
         z = model.forward(xb, training=True)
         row_loss[...] = self.loss.row_losses(z, yb, wb)
         model.backward(self.loss.backward(), input_grad=False)
-        self.update(self.flat.data, self.flat.grad)
+        self.update(self.flat.data, self.flat.grad, self.flat.n_decay)
         return z
 
 
@@ -192,7 +192,7 @@ class FusedStep(TrainStep):
                 ops.mul(prev.g, prev.mask, prev.g)
             if before.act is not None:
                 ops.act_backward(prev.g, prev.z, prev.h, before.act)
-        self.update(self.flat.data, self.flat.grad)
+        self.update(self.flat.data, self.flat.grad, self.flat.n_decay)
         return last.z
 
 
