@@ -15,16 +15,10 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 # scikit-learn skips check_array_api_input by itself unless SCIPY_ARRAY_API=1 (shown as skipped);
 # the estimators accept CuPy and torch arrays but answer in NumPy, as scikit-learn does without
-# array_api_dispatch. Checks that cannot apply, with the reason:
-EXPECTED_FAILED = {
-    "check_sample_weight_equivalence_on_dense_data":
-        "minibatch training with shuffling: a repeated row falls into other batches than a weighted row, "
-        "so weights and repetition give different (equally valid) fits; scikit-learn's own MLP fails it too",
-}
-
-
-@parametrize_with_checks([MLPClassifier(max_iter=50), MLPRegressor(max_iter=50)],
-                         expected_failed_checks=lambda est: EXPECTED_FAILED)
+# array_api_dispatch. The estimators run with their defaults (check_estimator applies scikit-learn's
+# per-estimator check parameters only to its own classes) and no check is expected to fail:
+# scikit-learn declares none for its own MLP either.
+@parametrize_with_checks([MLPClassifier(), MLPRegressor()])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -142,12 +136,43 @@ def test_partial_fit_and_warm_start():
         clf.partial_fit(X, y)
     for _ in range(3):
         clf.partial_fit(X, y, classes=[0, 1, 2])
-    assert clf.n_iter_ == 3
+    assert (clf.n_iter_, clf.t_, len(clf.loss_curve_)) == (1, 3 * len(X), 3)  # n_iter_: this call's, as scikit-learn
     warm = MLPClassifier(hidden_layer_sizes=(10,), max_iter=2, n_iter_no_change=100, warm_start=True, random_state=0)
     warm.fit(X, y)
     first = warm.coefs_[0].copy()
     warm.fit(X, y)
-    assert warm.n_iter_ == 4 and not np.array_equal(first, warm.coefs_[0])
+    assert (warm.n_iter_, warm.t_, len(warm.loss_curve_)) == (2, 4 * len(X), 4)
+    assert not np.array_equal(first, warm.coefs_[0])
+
+
+@pytest.mark.parametrize("Est", ["MLPClassifier", "MLPRegressor"])
+def test_counters_and_curves_mean_what_sklearn_means(Est):
+    """n_iter_, t_, loss_curve_, best_loss_, validation_scores_ after fit, warm-started fit and
+    partial_fit: the same counts and lengths as scikit-learn's own MLP on the same calls."""
+    import sklearn.neural_network as sk
+
+    X, y = _blobs()
+    if Est == "MLPRegressor":
+        y = X[:, 0] - 2 * X[:, 1]
+    ours, theirs = getattr(xpmlp, Est), getattr(sk, Est)
+    kw = dict(hidden_layer_sizes=(8,), max_iter=4, random_state=0)
+    part = {"classes": np.unique(y)} if Est == "MLPClassifier" else {}
+
+    def counters(est):
+        return (est.n_iter_, est.t_, len(est.loss_curve_), est.best_loss_ is None,
+                None if est.validation_scores_ is None else len(est.validation_scores_))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning (both)
+        for extra, calls in [({}, ("fit",)), ({"warm_start": True}, ("fit", "fit")),
+                             ({}, ("partial_fit",) * 3), ({"early_stopping": True, "n_iter_no_change": 100}, ("fit",))]:
+            a, b = ours(**kw, **extra), theirs(**kw, **extra)
+            for call in calls:
+                getattr(a, call)(X, y, **(part if call == "partial_fit" else {}))
+                getattr(b, call)(X, y, **(part if call == "partial_fit" else {}))
+            assert counters(a) == counters(b), (extra, calls)
+            assert [c.shape for c in a.coefs_] == [c.shape for c in b.coefs_]
+            assert [c.shape for c in a.intercepts_] == [c.shape for c in b.intercepts_]
 
 
 def test_regressor_single_and_multi_output():
@@ -251,7 +276,7 @@ FIT_FAILURES = {
 @pytest.mark.parametrize("before", ["fresh", "refit", "warm-start-refit"])
 @pytest.mark.parametrize("failure", list(FIT_FAILURES))
 def test_failed_fit_leaves_the_estimator_unfitted(monkeypatch, failure, before):
-    from xpmlp.callbacks import EarlyStopping
+    from xpmlp.estimators import _SklearnRules as EarlyStopping  # the estimators' stopping-rule callback
 
     X, y = _blobs(n=80)
     y = y.astype(float)  # a regressor: every failure applies, divergence included
@@ -261,7 +286,7 @@ def test_failed_fit_leaves_the_estimator_unfitted(monkeypatch, failure, before):
         est.fit(X, y)
         assert "model_" in _fitted_attributes(est)
     call, error = FIT_FAILURES[failure]
-    if failure == "callback-raises":  # the estimators' own EarlyStopping callback raises in epoch 2
+    if failure == "callback-raises":  # the estimators' own stopping-rule callback raises in epoch 2
         monkeypatch.setattr(EarlyStopping, "on_epoch_end", _raise_in_epoch(RuntimeError("callback failed")))
     if failure == "keyboard-interrupt":
         monkeypatch.setattr(EarlyStopping, "on_epoch_end", _raise_in_epoch(KeyboardInterrupt()))
@@ -274,7 +299,7 @@ def test_failed_fit_leaves_the_estimator_unfitted(monkeypatch, failure, before):
 
 @pytest.mark.parametrize("failure", ["bad-labels", "keyboard-interrupt"])
 def test_failed_classifier_fit_forgets_classes(monkeypatch, failure):
-    from xpmlp.callbacks import EarlyStopping
+    from xpmlp.estimators import _SklearnRules as EarlyStopping  # the estimators' stopping-rule callback
 
     X, y = _blobs(n=80)
     clf = MLPClassifier(hidden_layer_sizes=(6,), max_iter=4, random_state=0).fit(X, y)
@@ -327,3 +352,126 @@ def test_partial_fit_failing_in_training_or_on_its_first_call_leaves_it_unfitted
     with pytest.raises(KeyboardInterrupt):
         clf.partial_fit(X, y)
     _assert_unfitted(clf, X)
+
+
+# -- scikit-learn's semantics: stopping, warnings, the penalty, callbacks ----------------------------
+def test_stops_when_sklearn_stops_on_digits():
+    """scikit-learn's digits, (100,), adam, defaults: the loss-based stopping rule (count of epochs
+    without a fall of tol, stop when it exceeds n_iter_no_change, the loss including alpha's term)
+    ends training within a few epochs of where scikit-learn's MLP ends it (before: 281 against 130)."""
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier as SkMLP
+
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    X, y = load_digits(return_X_y=True)
+    for seed in (0, 1):
+        with threadpool_limits(1):  # small products: BLAS threads only contend (40 s instead of 3 on 2 busy cores)
+            ours = MLPClassifier(hidden_layer_sizes=(100,), random_state=seed).fit(X, y)
+            theirs = SkMLP(hidden_layer_sizes=(100,), random_state=seed).fit(X, y)
+        assert theirs.n_iter_ < 200 and ours.n_iter_ < 200  # both stopped by the rule, not by max_iter
+        assert abs(ours.n_iter_ - theirs.n_iter_) <= 0.15 * theirs.n_iter_, (seed, ours.n_iter_, theirs.n_iter_)
+        assert ours.best_loss_ == min(ours.loss_curve_) and len(ours.loss_curve_) == ours.n_iter_
+
+
+def test_convergence_warning_when_max_iter_ends_training():
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = _blobs()
+    with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(3\) reached"):
+        MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(X, y)
+    assert xpmlp.estimators.ConvergenceWarning is ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier as SkMLP
+
+    kw = dict(hidden_layer_sizes=(8,), max_iter=50, tol=10.0, n_iter_no_change=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        # stopped by the rule (tol so large no epoch counts as progress), or one partial_fit epoch: no warning
+        est = MLPClassifier(**kw).fit(X, y)
+        assert est.n_iter_ == SkMLP(**kw).fit(X, y).n_iter_ == 4  # the first epoch sets best_loss_, then 3 > 2
+        MLPClassifier(hidden_layer_sizes=(8,), max_iter=1, random_state=0).partial_fit(X, y, classes=[0, 1, 2])
+
+
+def test_adaptive_learning_rate_divides_by_five_before_stopping():
+    from sklearn.neural_network import MLPClassifier as SkMLP
+
+    X, y = _blobs()
+    kw = dict(hidden_layer_sizes=(8,), solver="sgd", learning_rate="adaptive", learning_rate_init=0.1,
+              max_iter=30, tol=10.0, n_iter_no_change=1, random_state=0)
+    est = MLPClassifier(**kw).fit(X, y)
+    # from the third epoch, every second one the count exceeds 1: lr 0.1 -> 0.02 -> ... -> 0.1 / 5**8 <= 1e-6
+    # (eight divisions, at epochs 3, 5, ..., 17), then at epoch 19 the stop
+    assert est.model_.optimizer.lr == pytest.approx(0.1 / 5**8)
+    assert est.n_iter_ == SkMLP(**kw).fit(X, y).n_iter_ == 19
+
+
+def test_alpha_penalises_weights_not_biases():
+    """A large alpha drives the weights to zero; the output bias is not penalised, so the regressor
+    still predicts the targets' mean (a penalised bias would be pulled to zero), as scikit-learn's."""
+    from sklearn.neural_network import MLPRegressor as SkMLP
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    y = 5.0 + 0.1 * rng.normal(size=200)
+    kw = dict(hidden_layer_sizes=(4,), alpha=50.0, solver="sgd", learning_rate_init=0.01, max_iter=300,
+              n_iter_no_change=300, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours, theirs = MLPRegressor(**kw).fit(X, y), SkMLP(**kw).fit(X, y)
+    for est in (ours, theirs):
+        assert np.abs(est.coefs_[0]).max() < 0.05  # the first layer's weights are gone
+        assert est.intercepts_[-1][0] > 3.5  # the output bias carries the mean
+        np.testing.assert_allclose(est.predict(X), 5.0, atol=0.1)
+    assert ours.loss_curve_[-1] == pytest.approx(theirs.loss_curve_[-1], rel=0.3)
+
+
+def test_sklearn_callbacks_api():
+    """scikit-learn's callbacks (sklearn.callback, 1.9): each epoch is a task; ScoringMonitor scores
+    the estimator as fitted at the end of each epoch; a callback returning True stops training."""
+    callback = pytest.importorskip("sklearn.callback")
+
+    class StopAfter:
+        def __init__(self, n):
+            self.n, self.ends = n, []
+
+        def setup(self, estimator, context):
+            self.ends.clear()
+
+        def teardown(self, estimator, context):
+            pass
+
+        def on_fit_task_begin(self, estimator, context, *, X=None, y=None, metadata=None, fitted_estimator=None):
+            pass
+
+        def on_fit_task_end(self, estimator, context, *, X=None, y=None, metadata=None, fitted_estimator=None):
+            self.ends.append(context.task_name)
+            return context.task_name == "epoch" and len(self.ends) >= self.n
+
+    X, y = _blobs()
+    monitor, stop = callback.ScoringMonitor(scoring="accuracy"), StopAfter(4)
+    est = MLPClassifier(hidden_layer_sizes=(8,), max_iter=20, random_state=0).set_callbacks(monitor, stop)
+    est.fit(X, y)
+    assert est.n_iter_ == 4 and stop.ends == ["epoch"] * 4 + ["fit"]
+    logs = monitor.get_logs().data
+    scores = [row["accuracy"] for row in logs if row.get("task_name") == "epoch"]
+    assert len(scores) == 4 and all(0 <= s <= 1 for s in scores)
+    # the last epoch's score is the fitted estimator's own
+    assert scores[-1] == pytest.approx(est.score(X, y))
+
+
+WITHOUT_SKLEARN_CALLBACK = """
+import sys
+sys.modules["sklearn.callback"] = None  # a scikit-learn before 1.9
+import numpy as np
+from xpmlp import MLPClassifier
+X = np.random.default_rng(0).normal(size=(60, 3))
+y = (X[:, 0] > 0).astype(int)
+est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0).fit(X, y)
+print(est.n_iter_, hasattr(est, "set_callbacks"))
+"""
+
+
+def test_estimators_work_without_sklearn_callback_module():
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", WITHOUT_SKLEARN_CALLBACK], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["5", "False"]

@@ -19,16 +19,34 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
+import warnings
 
 import numpy as np
 
 from .backend import check_missing, host_array, is_device_library_array, resolve, to_numpy
-from .callbacks import EarlyStopping, LearningRateScheduler, ReduceLROnPlateau
+from .callbacks import Callback
 from .metrics import r2_from_sums
 from .model import MLP, Sequential
 from .optim import SGD, Adam, AdamW, RMSprop
 
-__all__ = ["MLPClassifier", "MLPRegressor", "NotFittedError"]
+__all__ = ["MLPClassifier", "MLPRegressor", "NotFittedError", "ConvergenceWarning"]
+
+try:  # scikit-learn's own warning class when it is installed, so its users' filters apply
+    from sklearn.exceptions import ConvergenceWarning
+except ImportError:
+    class ConvergenceWarning(UserWarning):
+        """Training ended (max_iter) before the stopping rule was met."""
+
+try:  # scikit-learn's callbacks API (1.9 and newer): set_callbacks(ProgressBar(), ScoringMonitor(...))
+    from sklearn.callback import CallbackSupportMixin as _CallbackSupport
+    from sklearn.callback import with_callbacks as _with_callbacks
+except ImportError:
+    class _CallbackSupport:
+        pass
+
+    def _with_callbacks(method):
+        return method
 
 _SK_ACTIVATIONS = {"logistic": "sigmoid", "identity": "identity"}
 _SOLVERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -108,15 +126,105 @@ except ImportError:
     _Base, _ClassifierMixin, _RegressorMixin = _ParamsFallback, _ClassifierFallback, _RegressorFallback
 
 
-class _BaseMLP(_Base):
+class _SklearnRules(Callback):
+    """scikit-learn's MLP bookkeeping and stopping rules, epoch by epoch, for the stochastic solvers.
+
+    Each epoch: the loss scikit-learn reports (the data loss plus ``alpha/2 * ||W||^2``, biases
+    excluded, per unit of sample weight, summed over the epoch's batches as scikit-learn sums
+    them) goes to ``loss_curve_``; ``n_iter_`` and ``t_`` advance. Then the no-improvement count:
+    the training loss did not fall below ``best_loss_ - tol`` (or, with early stopping, the
+    validation score did not rise above ``best_validation_score_ + tol``). When the count
+    exceeds ``n_iter_no_change``, sgd with ``learning_rate="adaptive"`` divides the learning
+    rate by 5 (until it is at most 1e-6) and starts counting again; otherwise training stops.
+    With early stopping, the weights of the best validation score are put back at the end (and,
+    with xpmlp's ``restore_best_weights``, without it, those of the lowest training loss).
+    """
+
+    def __init__(self, est, penalty_scale: float, n: int, incremental: bool):
+        self.est, self.penalty_scale, self.n, self.incremental = est, penalty_scale, n, incremental
+        self.stopped, self.best = False, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        est, model = self.est, self.model
+        flat = model.flat
+        squares = float(to_numpy(model.xp.sum(flat.data[:flat.n_decay] ** 2))) if est.alpha else 0.0
+        loss = logs["loss"] + 0.5 * est.alpha * squares * self.penalty_scale
+        est.loss_curve_.append(loss)
+        est.loss_, est.n_iter_, est.t_ = loss, est.n_iter_ + 1, est.t_ + self.n
+        if est.verbose:
+            print(f"Iteration {est.n_iter_}, loss = {loss:.8f}")
+        if est.early_stopping and not self.incremental:
+            score = logs["val_accuracy" if est._kind == "classifier" else "val_r2"]
+            est.validation_scores_.append(score)
+            if est.verbose:
+                print(f"Validation score: {score:f}")
+            worse = score < est.best_validation_score_ + est.tol
+            if score > est.best_validation_score_:
+                est.best_validation_score_, self.best = score, flat.snapshot()
+        else:
+            worse = loss > est.best_loss_ - est.tol
+            if loss < est.best_loss_ and est.restore_best_weights and not self.incremental:
+                self.best = flat.snapshot()  # xpmlp's option: keep the weights of the lowest training loss
+            est.best_loss_ = min(est.best_loss_, loss)
+        est._no_improvement_count = est._no_improvement_count + 1 if worse else 0
+        opt = model.optimizer
+        if est.solver == "sgd" and est.learning_rate == "invscaling":
+            opt.lr = est.learning_rate_init / (est.t_ + 1) ** est.power_t
+        if est._no_improvement_count > est.n_iter_no_change and not self.incremental:
+            what = "Validation score" if est.early_stopping else "Training loss"
+            message = f"{what} did not improve more than tol={est.tol:f} for {est.n_iter_no_change} consecutive epochs."
+            if est.solver == "sgd" and est.learning_rate == "adaptive" and opt.lr > 1e-6:
+                opt.lr /= 5.0
+                est._no_improvement_count = 0
+                if est.verbose:
+                    print(f"{message} Setting learning rate to {opt.lr:f}")
+            else:
+                if est.verbose:
+                    print(f"{message} Stopping.")
+                self.stopped = model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.best is not None:
+            self.model.flat.restore(self.best)
+
+
+class _SklearnCallbacks(Callback):
+    """Runs scikit-learn's callbacks (``est.set_callbacks(...)``) on xpmlp's epochs: each epoch is a
+    subtask of the fit task; a callback that asks to stop (``on_fit_task_end`` returns True) ends
+    training after that epoch."""
+
+    def __init__(self, est, context, **data):
+        self.est, self.context, self.data = est, context, data
+        self.task = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.task = self.context.subcontext(task_name="epoch")
+        self.task.call_on_fit_task_begin(estimator=self.est, reconstruction_attributes=self._fitted, **self.data)
+
+    def on_epoch_end(self, epoch, logs=None):
+        task, self.task = self.task, None
+        if task.call_on_fit_task_end(estimator=self.est, reconstruction_attributes=self._fitted, **self.data):
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.task is not None:  # an epoch that did not finish: close its task
+            self.task.call_on_fit_task_end(estimator=self.est)
+
+    def _fitted(self):
+        """The estimator's fitted attributes now, for a ``fitted_estimator`` copy (a copy of the model:
+        the copy must not change as training goes on)."""
+        return {"model_": Sequential.from_bytes(self.est.model_.to_bytes(), device=self.est.model_.backend)}
+
+
+class _BaseMLP(_CallbackSupport, _Base):
     _kind = None  # "classifier" or "regressor"
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, device="cpu", dtype=None,
-                 dropout=0.0, class_weight=None, restore_best_weights=False):
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, device="cpu",
+                 dtype=None, dropout=0.0, class_weight=None, restore_best_weights=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -139,6 +247,7 @@ class _BaseMLP(_Base):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.device = device
         self.dtype = dtype
         self.dropout = dropout
@@ -155,7 +264,7 @@ class _BaseMLP(_Base):
     def _forget(self):
         """Remove every fitted attribute: the estimator is as if never fitted."""
         fitted = [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]
-        for name in fitted + ["_multilabel", "_y_1d"]:
+        for name in fitted + ["_multilabel", "_y_1d", "_no_improvement_count"]:
             self.__dict__.pop(name, None)
 
     @contextlib.contextmanager
@@ -247,9 +356,9 @@ class _BaseMLP(_Base):
             return int(rs.randint(2**31))
         return int(rs)
 
-    def _optimizer(self, batch_size):
-        # scikit-learn's L2 term alpha/2 * ||W||^2 / batch_size gives the gradient alpha * W / batch_size
-        common = dict(lr=self.learning_rate_init, weight_decay=self.alpha / batch_size)
+    def _optimizer(self, weight_decay):
+        # scikit-learn's L2 term spares the biases
+        common = dict(lr=self.learning_rate_init, weight_decay=weight_decay, decay_bias=False)
         if self.solver == "sgd":
             return SGD(momentum=self.momentum, nesterov=self.nesterovs_momentum and self.momentum > 0, **common)
         if self.solver == "rmsprop":
@@ -261,12 +370,13 @@ class _BaseMLP(_Base):
         acts = self.activation if isinstance(self.activation, (list, tuple)) else [self.activation] * n_hidden
         return [_SK_ACTIVATIONS.get(a, a) for a in acts]
 
-    def _fit(self, X, targets, n_outputs, loss, incremental, sample_weight=None, class_weight=None):
+    def _fit(self, X, targets, n_outputs, loss, incremental, sample_weight=None, class_weight=None, y=None):
         sizes = self._validate_params()
+        if incremental and self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
         n = X.shape[0]
         batch_size = min(200, n) if self.batch_size == "auto" else min(int(self.batch_size), n)
-        fresh = not (hasattr(self, "model_") and (self.warm_start or incremental))
-        if fresh:
+        if not hasattr(self, "model_") or not (self.warm_start or incremental):
             # dtype None follows the input, as scikit-learn does (float32 data stays float32), except
             # on a GPU, where float64 is many times slower: there it is float32
             backend = resolve(self.device)
@@ -275,47 +385,49 @@ class _BaseMLP(_Base):
             self.model_ = MLP([X.shape[1], *sizes, n_outputs], activation=self._activations(len(sizes)),
                               dropout=self.dropout, init="glorot_uniform", device=backend, dtype=dtype,
                               seed=self._seed())
-            self.loss_curve_, self.t_, self.n_iter_ = [], 0, 0
+            self.loss_curve_, self.t_, self._no_improvement_count = [], 0, 0
             self.validation_scores_ = [] if self.early_stopping else None
             self.best_loss_ = np.inf if not self.early_stopping else None
             self.best_validation_score_ = -np.inf if self.early_stopping else None
-            optimizer = self._optimizer(batch_size)
-        else:
-            optimizer = self.model_.optimizer
-        callbacks, epochs, kwargs = [], 1 if incremental else int(self.max_iter), {}
-        score = "val_accuracy" if self._kind == "classifier" else "val_r2"
-        if not incremental:
-            if self.early_stopping:
-                kwargs = dict(validation_split=self.validation_fraction,
-                              metrics=["accuracy" if self._kind == "classifier" else "r2"])
-                callbacks.append(EarlyStopping(monitor=score, mode="max", patience=self.n_iter_no_change,
-                                               min_delta=self.tol, restore_best_weights=True))
-            else:
-                callbacks.append(EarlyStopping(monitor="loss", mode="min", patience=self.n_iter_no_change,
-                                               min_delta=self.tol, restore_best_weights=self.restore_best_weights))
-            if self.learning_rate == "adaptive" and self.solver == "sgd":
-                callbacks.append(ReduceLROnPlateau(monitor="loss", factor=0.2, patience=1, min_delta=self.tol))
-            if self.learning_rate == "invscaling" and self.solver == "sgd":
-                start = self.t_
-                callbacks.append(LearningRateScheduler(
-                    lambda epoch, lr: self.learning_rate_init / (start + epoch * n + 1) ** self.power_t))
-        history = self.model_.fit(X, targets, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
-                                  shuffle=self.shuffle, verbose=2 if self.verbose else 0, sample_weight=sample_weight,
-                                  class_weight=class_weight, callbacks=callbacks, **kwargs)
-        losses = history["loss"]
-        self.loss_curve_ += losses
-        self.loss_ = losses[-1]
-        self.n_iter_ += len(losses)
-        self.t_ += len(losses) * n
-        if self.early_stopping and not incremental:
-            self.validation_scores_ += history[score]
-            self.best_validation_score_ = max(self.validation_scores_)
-        elif not self.early_stopping:
-            self.best_loss_ = min(self.best_loss_, min(losses))
+        # scikit-learn's objective per batch: (sum_i w_i loss_i + alpha/2 ||W||^2) / sum_i w_i. fit's
+        # loss is sum_i w_i loss_i / rows, so weights scaled to a mean of 1 give the first part, and
+        # the decay alpha * n / (batch_size * sum(w)) the second (exactly with one batch, on average
+        # with several): weights then mean what repeated rows mean.
+        total = float(n) if sample_weight is None else float(np.sum(sample_weight))
+        if sample_weight is not None:
+            sample_weight = sample_weight * (n / total)
+        n_batches = math.ceil(n / batch_size)
+        if incremental and getattr(self.model_, "optimizer", None) is not None:
+            optimizer = self.model_.optimizer  # partial_fit goes on with the optimiser's state
+        else:  # fit (warm_start too) starts a fresh optimiser, as scikit-learn does
+            optimizer = self._optimizer(self.alpha * n / (batch_size * total))
+        self.n_iter_ = 0
+        # t_ counts training rows: without the validation part fit holds out (round(fraction * n) rows)
+        n_train = n - int(np.floor(self.validation_fraction * n + 0.5)) if self.early_stopping else n
+        rules = _SklearnRules(self, n_batches / total, n_train, incremental)
+        callbacks, kwargs = [rules], {}
+        if self.early_stopping:
+            kwargs = dict(validation_split=self.validation_fraction,
+                          metrics=["accuracy" if self._kind == "classifier" else "r2"])
+        epochs = 1 if incremental else int(self.max_iter)
+        context = None
+        if getattr(self, "_skl_callbacks", None):  # scikit-learn's callbacks API: the fit is a task, each epoch a subtask
+            context = self._init_callback_context(max_subtasks=epochs)
+            data = dict(X=X, y=y, metadata=None if sample_weight is None else {"sample_weight": sample_weight})
+            context.call_on_fit_task_begin(estimator=self, **data)
+            callbacks.append(_SklearnCallbacks(self, context, **data))
+        self.model_.fit(X, targets, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+                        shuffle=self.shuffle, verbose=0, sample_weight=sample_weight,
+                        class_weight=class_weight, callbacks=callbacks, **kwargs)
+        if not incremental and not rules.stopped and self.n_iter_ == int(self.max_iter):
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                          "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         weights = self.model_.get_weights()
         self.coefs_, self.intercepts_ = weights[0::2], weights[1::2]
         self.n_layers_ = len(sizes) + 2
         self.n_outputs_ = n_outputs
+        if context is not None:
+            context.call_on_fit_task_end(estimator=self, reconstruction_attributes={}, **data)
         return self
 
     def _outputs(self, X):
@@ -382,6 +494,7 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
             raise ValueError(f"class_weight names classes {unknown} that are not in the data {self.classes_.tolist()}")
         return {position[c]: w for c, w in self.class_weight.items()}
 
+    @_with_callbacks
     def fit(self, X, y, sample_weight=None):
         """Train on X (n, d) and labels y (n,) or a 0/1 indicator matrix (n, k); returns self.
 
@@ -392,8 +505,9 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
             targets, n_out, loss = self._encode(y)
             self.out_activation_ = "softmax" if loss == "softmax_cross_entropy" else "logistic"
             return self._fit(X, targets, n_out, loss, incremental=False,
-                             sample_weight=self._sample_weight(sample_weight, X), class_weight=self._class_weight())
+                             sample_weight=self._sample_weight(sample_weight, X), class_weight=self._class_weight(), y=y)
 
+    @_with_callbacks
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over (X, y); ``classes`` (all labels) is required on the first call.
 
@@ -410,7 +524,7 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
         with self._unfitted_on_error():
             self.out_activation_ = "softmax" if loss == "softmax_cross_entropy" else "logistic"
             return self._fit(X, targets, n_out, loss, incremental=True, sample_weight=weights,
-                             class_weight=class_weight)
+                             class_weight=class_weight, y=y)
 
     def predict_proba(self, X):
         """Class probabilities (n, n_classes); for multilabel, each label's probability."""
@@ -454,6 +568,7 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
 
     _kind = "regressor"
 
+    @_with_callbacks
     def fit(self, X, y, sample_weight=None):
         """Train on X (n, d) and targets y (n,) or (n, k); returns self.
 
@@ -466,8 +581,9 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
             targets = y.reshape(-1, 1) if y.ndim == 1 else y
             self.out_activation_ = "identity"
             return self._fit(X, targets, targets.shape[1], "mse", incremental=False,
-                             sample_weight=self._sample_weight(sample_weight, X))
+                             sample_weight=self._sample_weight(sample_weight, X), y=y)
 
+    @_with_callbacks
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y).
 
@@ -487,7 +603,7 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
             if first:
                 self._y_1d = y.ndim == 1
             self.out_activation_ = "identity"
-            return self._fit(X, targets, targets.shape[1], "mse", incremental=True, sample_weight=weights)
+            return self._fit(X, targets, targets.shape[1], "mse", incremental=True, sample_weight=weights, y=y)
 
     def predict(self, X):
         out = self._outputs(X)
