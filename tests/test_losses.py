@@ -118,3 +118,30 @@ def test_get_loss_names():
         get_loss("hinge")
     with pytest.raises(ValueError, match="label_smoothing"):
         SoftmaxCrossEntropy(label_smoothing=1.5)
+
+
+# Logits near 1e4 (exact in float32), shifted by 0, -5, -10 and 0, -0.25, -30: the exact losses
+# come from the shifts alone, in float64.
+CONFIDENT = np.array([[1e4, 1e4 - 5, 1e4 - 10], [-1e4, -1e4 - 0.25, -1e4 - 30]])
+
+
+def _confident_expected(labels):
+    shifts = CONFIDENT - CONFIDENT.max(axis=1, keepdims=True)
+    logp = shifts - np.log(np.exp(shifts).sum(axis=1, keepdims=True))
+    return -logp[np.arange(len(labels)), labels], np.exp(logp)
+
+
+@pytest.mark.parametrize("labels", [[0, 0], [1, 1], [2, 2]], ids=["confident-right", "second", "far"])
+def test_cross_entropy_keeps_its_precision_for_confident_logits_of_1e4(case, labels):
+    """(z - max) - log(sum(exp(z - max))): a loss of 0.0067 from logits of 1e4 is right to a few
+    float32 roundings (5e-7), where z - (max + log(sum)) rounds log(sum) to 1e-3 in float32 (2% off)."""
+    loss = SoftmaxCrossEntropy()
+    z = case.asarray(CONFIDENT.astype(case.dtype))
+    rows = to_numpy(loss.row_losses(z, case.asarray(np.array(labels))))
+    grad = to_numpy(loss.backward())
+    expected, p = _confident_expected(np.array(labels))
+    # a few units of the dtype's rounding (log(sum) near 1 is good to an absolute eps, not a relative one)
+    eps = float(np.finfo(case.dtype).eps)
+    np.testing.assert_allclose(rows, expected, rtol=4 * eps, atol=4 * eps)
+    onehot = np.eye(3)[labels]
+    np.testing.assert_allclose(grad, (p - onehot) / 2, rtol=4 * eps, atol=4 * eps)

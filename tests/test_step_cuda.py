@@ -292,6 +292,23 @@ def test_loss_grad_stays_finite_for_huge_logits(gpu):
         _close(grad.get(), grad_ref, "float32", False, loss.name)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_kernel_keeps_its_precision_for_confident_logits_of_1e4(gpu, dtype):
+    """The kernel's own source forms (z - m) - log(sum(exp(z - m))), as the reference does: losses
+    from logits near 1e4 are right to a few roundings of the dtype (see tests/test_losses.py)."""
+    cupy, ops = gpu
+    z0 = np.array([[1e4, 1e4 - 5, 1e4 - 10], [-1e4, -1e4 - 0.25, -1e4 - 30]])
+    shifts = z0 - z0.max(axis=1, keepdims=True)
+    logp = shifts - np.log(np.exp(shifts).sum(axis=1, keepdims=True))
+    eps = float(np.finfo(dtype).eps)
+    for label in range(3):
+        y = np.array([label, label])
+        z, grad, rows = cupy.asarray(z0.astype(dtype)), cupy.empty((2, 3), dtype), cupy.empty(2, dtype)
+        ops.loss_grad(SoftmaxCrossEntropy(), z, None, cupy.asarray(y), None, grad, rows)
+        np.testing.assert_allclose(rows.get(), -logp[:, label], rtol=4 * eps, atol=4 * eps)
+        np.testing.assert_allclose(grad.get(), (np.exp(logp) - np.eye(3)[y]) / 2, rtol=4 * eps, atol=4 * eps)
+
+
 def test_loss_grad_refuses_other_losses(gpu):
     cupy, ops = gpu
     z = cupy.zeros((2, 1), dtype=np.float32)

@@ -196,7 +196,8 @@ _ADD_BIAS = "for (ptrdiff_t j = 0; j < k; ++j) z[r + j] = z[r + j] + b[j];\n"
 
 _LOSS_BODIES = {
     # SoftmaxCrossEntropy: t one-hot (labels) or the given row, smoothed as (1 - ls) * t + ls / k
-    # when ls != 0; logp = z - (m + log(sum(exp(z - m)))); loss -sum(t * logp); grad (exp(logp) - t) / n.
+    # when ls != 0; logp = (z - m) - log(sum(exp(z - m))) (never z - (m + log(...)): see
+    # functional.log_softmax_rows); loss -sum(t * logp); grad (exp(logp) - t) / n.
     "softmax_cross_entropy": """T m = z[r];
 for (ptrdiff_t j = 1; j < k; ++j) {
   const T v = z[r + j];
@@ -204,10 +205,10 @@ for (ptrdiff_t j = 1; j < k; ++j) {
 }
 T s = (T)0;
 for (ptrdiff_t j = 0; j < k; ++j) s = s + exp(z[r + j] - m);
-const T lse = m + log(s);
+const T ls = log(s);
 T acc = (T)0;
 for (ptrdiff_t j = 0; j < k; ++j) {
-  const T lp = z[r + j] - lse;
+  const T lp = (z[r + j] - m) - ls;
   T t = TARGET;
   if (smooth) t = (T)keep * t + (T)spread;
   acc = acc + t * lp;

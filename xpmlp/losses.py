@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import device_of, namespace_of
-from .functional import logsumexp_rows, sigmoid, softmax_rows
+from .functional import log_softmax_rows, sigmoid, softmax_rows
 
 __all__ = ["Loss", "SoftmaxCrossEntropy", "SigmoidBinaryCrossEntropy", "MeanSquaredError",
            "MeanAbsoluteError", "Huber", "LOSSES", "get_loss"]
@@ -106,7 +106,7 @@ class SoftmaxCrossEntropy(Loss):
     def per_sample(self, xp, z, y):
         _check_softmax_outputs(z.shape[1])
         t = self._targets(xp, z, y)
-        logp = z - logsumexp_rows(xp, z)
+        logp = log_softmax_rows(xp, z)
         self._p, self._t = xp.exp(logp), t
         return -xp.sum(t * logp, axis=1)
 
