@@ -24,6 +24,7 @@ import pytest
 
 sp = pytest.importorskip("scipy.sparse")
 
+import fake_cupy  # noqa: E402
 import xpmlp  # noqa: E402
 from xpmlp import to_numpy  # noqa: E402
 from xpmlp.backend import DeviceMismatchError  # noqa: E402
@@ -281,3 +282,56 @@ def test_sparse_statistics_are_those_of_the_dense_matrix():
         _, high, low = _prepare_X(model, x, stats=True)
         dense = x.toarray()
         assert (high, low) == (dense.max(), dense.min())
+
+
+# -- the GPU path, on the CuPy stand-in -------------------------------------------------------------
+@pytest.fixture
+def fake():
+    with fake_cupy.installed(device_count=2) as cupy:
+        fake_cupy.COUNTS.reset()
+        yield cupy
+
+
+def test_fake_cupyx_keeps_the_signatures_of_real_cupyx():
+    real = pytest.importorskip("cupyx.scipy.sparse")
+    from cupyx.scipy.sparse import _compressed
+
+    def params(f):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()]
+
+    for cls, fake_cls in ((real.csr_matrix, fake_cupy.csr_matrix), (real.csc_matrix, fake_cupy.csc_matrix)):
+        for name in fake_cupy.SPARSE_METHODS_CHECKED:
+            # csr_matrix.__init__ is spmatrix's (*args, **kwargs) wrapper around the compressed one's
+            want = _compressed._compressed_sparse_matrix.__init__ if name == "__init__" else getattr(cls, name)
+            assert params(want) == params(getattr(fake_cls, name)), (cls.__name__, name)
+        assert isinstance(cls.device, property) and isinstance(cls.T, property)
+    assert params(real.issparse) == params(fake_cupy.issparse)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sparse_training_on_the_fake_gpu_matches_the_cpu(fake, dtype):
+    cpu, _ = _fit(X, dtype)
+    gpu, history = _fit(X.tocsc(), dtype, device="cuda:1", validation_data=(X_VAL, Y_VAL))
+    assert gpu.backend.name == "cupy" and gpu.backend.device == fake.cuda.Device(1)
+    for p, q in zip(gpu.get_weights(), cpu.get_weights()):
+        _assert_close(p, q, dtype)
+    # cupyx reads each gathered batch's count of stored values back: one host sync per batch
+    assert fake_cupy.COUNTS.sync_reasons["sparse row gather (nnz)"] == 3 * -(-N // 32)
+    probs = to_numpy(gpu.predict(X))
+    _assert_close(probs, cpu.predict(X), dtype)
+
+
+def test_cupyx_matrices_are_taken_on_their_own_device_only(fake):
+    import cupyx.scipy.sparse as cusparse
+
+    with fake.cuda.Device(1):
+        on_gpu1 = cusparse.csr_matrix(X.tocsc())
+    model = _model(device="cuda:1")
+    model.fit(on_gpu1, Y, loss="softmax_cross_entropy", epochs=1)
+    reference = _model(device="cuda:1")
+    reference.fit(X, Y, loss="softmax_cross_entropy", epochs=1)
+    _assert_same_weights(model, reference)
+    with pytest.raises(DeviceMismatchError, match="on device .*1.* but the model is on .*0"):
+        _model(device="cuda:0").fit(on_gpu1, Y, loss="softmax_cross_entropy")
+    with pytest.raises(DeviceMismatchError, match="cupyx \\(GPU\\) sparse matrix but the model runs on numpy"):
+        _model().fit(on_gpu1, Y, loss="softmax_cross_entropy")
