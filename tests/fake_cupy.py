@@ -22,7 +22,8 @@ without a GPU, while keeping the contracts of CuPy 14.2 that GPU code gets wrong
 What it does not model is refused (``NotImplementedError``) rather than guessed, so new code that
 needs more of CuPy fails here first and its contract gets written down.
 
-Use ``with installed(): ...``: inside, ``import cupy`` and ``array_api_compat.cupy`` give the fake.
+Use ``with installed(): ...``: inside, ``import cupy``, ``import cupyx.scipy.sparse`` and
+``array_api_compat.cupy`` give the fake.
 """
 
 from __future__ import annotations
@@ -893,6 +894,177 @@ class ElementwiseKernel:
         return args[self.nin] if self.nout == 1 else tuple(args[self.nin:])
 
 
+# -- cupyx.scipy.sparse -----------------------------------------------------------------------------
+class _sparse_matrix:
+    """``cupyx.scipy.sparse``'s CSR and CSC matrices, over a SciPy matrix of the same format (CuPy 14.2).
+
+    Modelled: construction from a SciPy sparse matrix (copied to the current device: three
+    host-to-device copies) or from another stand-in matrix; dtypes bool, float32, float64,
+    complex64 and complex128 only (``ValueError`` otherwise, as cupyx); ``data``, ``indices`` and
+    ``indptr`` as device arrays sharing the matrix's memory; ``device`` raising
+    ``NotImplementedError`` (cupyx's base class does; use ``data.device``); ``transpose``/``T`` as
+    the other format over the same arrays (no launch); ``tocsr``, ``astype``, ``copy``,
+    ``sum_duplicates``; ``has_canonical_format`` (may synchronise: counted); ``get``.
+
+    ``matrix @ dense`` (2-D, a device array of the same device) is cuSPARSE's csrmm2, as
+    ``_csr.py``/``_csc.py`` call it: ``sum_duplicates`` in place first, the dense operand copied to
+    Fortran order unless it is already (one launch), one launch for the product, the result in
+    Fortran order; a NumPy operand is a ``TypeError`` (cupyx returns NotImplemented).
+
+    Row indexing of a CSR matrix (``m[rows]``, ``m[rows, ...]``, ``m[rows, :]``) by a 1-D integer
+    device array is ``_major_index_fancy``: one host sync (it reads the gathered count of stored
+    values, ``_index._csr_row_index``); by a slice of step 1, ``_major_slice``. Any other index
+    is not modelled.
+    """
+
+    format = ""
+
+    def __init__(self, arg1, shape=None, dtype=None, copy=False, *, maxprint=None):
+        import scipy.sparse
+
+        if isinstance(arg1, _sparse_matrix):
+            _check_same_device([arg1.data], f"{self.format}_matrix")
+            host = arg1._m
+            if arg1.format != self.format:
+                COUNTS.launch(f"to{self.format}")
+        elif scipy.sparse.issparse(arg1):
+            COUNTS.h2d += 3  # data, indices, indptr
+            host, copy = arg1, True
+        else:
+            raise NotImplementedError("fake cupyx: only sparse initialisers are modelled")
+        if shape is not None and tuple(shape) != tuple(host.shape):
+            raise NotImplementedError("fake cupyx: a shape other than the initialiser's is not modelled")
+        dtype = np.dtype(host.dtype if dtype is None else dtype)
+        if dtype.char not in "?fdFD":
+            raise ValueError("Only bool, float32, float64, complex64 and complex128 are supported")
+        cls = scipy.sparse.csr_matrix if self.format == "csr" else scipy.sparse.csc_matrix
+        self._m = cls(host.asformat(self.format), dtype=dtype, copy=copy)
+        self._dev = _STATE.current
+
+    @classmethod
+    def _over(cls, m, dev):
+        self = object.__new__(cls)
+        self._m, self._dev = m, dev
+        return self
+
+    shape = property(lambda self: self._m.shape)
+    dtype = property(lambda self: self._m.dtype)
+    nnz = property(lambda self: self._m.nnz)
+    ndim = property(lambda self: 2)
+    data = property(lambda self: ndarray._from_numpy(self._m.data, self._dev))
+    indices = property(lambda self: ndarray._from_numpy(self._m.indices, self._dev))
+    indptr = property(lambda self: ndarray._from_numpy(self._m.indptr, self._dev))
+
+    @property
+    def device(self):
+        raise NotImplementedError  # cupyx.scipy.sparse._base: "CUDA device on which this object resides"
+
+    @property
+    def has_canonical_format(self):
+        COUNTS.sync("has_canonical_format")  # "Getting this property might synchronize the device."
+        return self._m.has_canonical_format
+
+    def sum_duplicates(self):
+        _check_same_device([self.data], "sum_duplicates")
+        if not self._m.has_canonical_format:
+            COUNTS.launch("sum_duplicates")
+            self._m.sum_duplicates()
+
+    def copy(self):
+        _check_same_device([self.data], "copy")
+        COUNTS.launch("copy", 3)
+        return type(self)._over(self._m.copy(), _STATE.current)
+
+    def astype(self, dtype, copy=True):
+        if np.dtype(dtype) == self.dtype and not copy:
+            return self
+        COUNTS.launch("astype")
+        return type(self)(self, dtype=dtype, copy=True)
+
+    def tocsr(self, copy=False):
+        if self.format == "csr":
+            return self.copy() if copy else self
+        return csr_matrix(self)
+
+    def transpose(self, axes=None, copy=False):
+        if axes is not None or copy:
+            raise NotImplementedError("fake cupyx: transpose(axes=, copy=True) is not modelled")
+        other = csc_matrix if self.format == "csr" else csr_matrix
+        return other._over(self._m.T, self._dev)  # the other format over the same arrays
+
+    T = property(transpose)
+
+    def get(self, stream=None):
+        COUNTS.sync("sparse.get")
+        return self._m.copy()
+
+    def __matmul__(self, other):
+        if isinstance(other, np.ndarray):
+            raise TypeError(f"unsupported operand type(s) for @: '{type(self).__name__}' and 'numpy.ndarray'")
+        if not isinstance(other, ndarray) or other.ndim != 2:
+            raise NotImplementedError("fake cupyx: only a product with a 2-D device array is modelled")
+        _check_same_device([self.data, other], "csrmm2")
+        self.sum_duplicates()
+        if self.shape[1] != other.shape[0]:
+            raise ValueError("dimension mismatch")
+        if other.dtype != self.dtype:
+            raise NotImplementedError("fake cupyx: a product of two dtypes is not modelled")
+        if not other.flags.f_contiguous:
+            COUNTS.launch("asfortranarray")
+        _compile("csrmm2")
+        COUNTS.launch("csrmm2")
+        return ndarray._from_numpy(np.asfortranarray(self._m @ other._a), _STATE.current)
+
+    def __getitem__(self, key):
+        rows = key
+        if isinstance(key, tuple):
+            if len(key) != 2 or not (key[1] is Ellipsis or key[1] == slice(None)):
+                raise NotImplementedError("fake cupyx: only row indexing is modelled")
+            rows = key[0]
+        if self.format != "csr":
+            raise NotImplementedError("fake cupyx: only a CSR matrix's rows are modelled")
+        if isinstance(rows, slice):
+            if rows.step not in (None, 1):
+                raise NotImplementedError("fake cupyx: slices of step other than 1 are not modelled")
+            _check_same_device([self.data], "_major_slice")
+            COUNTS.launch("csr_submatrix_major_axis")
+            return csr_matrix._over(self._m[rows], _STATE.current)
+        if not isinstance(rows, ndarray) or rows.ndim != 1 or rows.dtype.kind not in "iu":
+            raise NotImplementedError("fake cupyx: only a 1-D integer device array or a slice of rows is modelled")
+        _check_same_device([self.data, rows], "_major_index_fancy")
+        _compile("csr_row_index")
+        COUNTS.launch("csr_row_index", 3)  # x % length, the cumulative count, the gather
+        COUNTS.sync("sparse row gather (nnz)")  # _index._csr_row_index: int(Bp[-1])
+        return csr_matrix._over(self._m[rows._a % self.shape[0]], _STATE.current)
+
+
+class csr_matrix(_sparse_matrix):
+    format = "csr"
+
+
+class csc_matrix(_sparse_matrix):
+    format = "csc"
+
+
+def issparse(x):
+    return isinstance(x, _sparse_matrix)
+
+
+SPARSE_METHODS_CHECKED = ("__init__", "__getitem__", "__matmul__", "transpose", "astype", "get", "tocsr", "copy",
+                          "sum_duplicates")
+
+
+def _build_cupyx() -> dict:
+    """The modules ``cupyx``, ``cupyx.scipy`` and ``cupyx.scipy.sparse`` of the stand-in."""
+    cupyx = types.ModuleType("cupyx")
+    scipy_mod = types.ModuleType("cupyx.scipy")
+    sparse = types.ModuleType("cupyx.scipy.sparse")
+    sparse.csr_matrix, sparse.csc_matrix, sparse.issparse = csr_matrix, csc_matrix, issparse
+    sparse.__all__ = ["csr_matrix", "csc_matrix", "issparse"]
+    cupyx.scipy, scipy_mod.sparse = scipy_mod, sparse
+    return {"cupyx": cupyx, "cupyx.scipy": scipy_mod, "cupyx.scipy.sparse": sparse}
+
+
 # -- the module objects ------------------------------------------------------------------------
 _DTYPES = ("bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
            "float32", "float64", "complex64", "complex128", "intp", "uintp", "integer", "floating",
@@ -978,8 +1150,8 @@ _MODULES: dict | None = None  # the fake cupy modules and array-api-compat's cup
 
 
 def _compat_keys(modules):
-    return [k for k in modules if k == "cupy" or k.startswith("cupy.") or k == "array_api_compat.cupy"
-            or k.startswith("array_api_compat.cupy.")]
+    return [k for k in modules if k in ("cupy", "cupyx") or k.startswith(("cupy.", "cupyx.")) or
+            k == "array_api_compat.cupy" or k.startswith("array_api_compat.cupy.")]
 
 
 def _modules() -> dict:
@@ -994,7 +1166,8 @@ def _modules() -> dict:
 
         mod = _build_module()
         fake = {"cupy": mod, "cupy.cuda": mod.cuda, "cupy.cuda.runtime": mod.cuda.runtime,
-                "cupy.cuda.device": mod.cuda.device, "cupy.linalg": mod.linalg, "cupy.fft": mod.fft}
+                "cupy.cuda.device": mod.cuda.device, "cupy.linalg": mod.linalg, "cupy.fft": mod.fft,
+                **_build_cupyx()}
         saved = {k: sys.modules.pop(k) for k in _compat_keys(dict(sys.modules))}
         saved_attr = array_api_compat.__dict__.pop("cupy", None)
         try:

@@ -20,7 +20,7 @@ import array_api_compat
 import numpy as np
 
 __all__ = ["Backend", "DeviceMismatchError", "resolve", "to_numpy", "host_array", "namespace_of", "device_of",
-           "available_backends"]
+           "available_backends", "is_sparse", "sparse_matmul", "sparse_rows"]
 
 FLOAT_DTYPES = ("float32", "float64")
 
@@ -153,6 +153,48 @@ class Backend:
         if dev != self.device:
             raise DeviceMismatchError(f"{what} is on device {dev} but the model is on {self.device}")
 
+    def sparse_asarray(self, a, *, dtype: str, what: str = "X"):
+        """A SciPy or cupyx sparse matrix as a CSR matrix of ``dtype`` on this backend's device.
+
+        NumPy gets a ``scipy.sparse.csr_matrix``, CuPy a ``cupyx.scipy.sparse.csr_matrix``; the
+        data are never densified. CSR input is used as it is (its arrays may be shared, never
+        written), other formats (CSC, COO, ...) are converted to CSR, and duplicate entries are
+        summed in a copy. Other backends have no sparse matrices: a clear ``TypeError``. A
+        cupyx matrix is taken only by a CuPy model on its device (as for dense arrays).
+        """
+        if self.name not in ("numpy", "cupy"):
+            raise TypeError(f"{what} is a sparse matrix, which xpmlp trains on only with the NumPy (device='cpu') "
+                            f"and CuPy (device='cuda') backends; the model runs on {self}: pass {what}.toarray() "
+                            "(dense) or build the model for NumPy or CuPy")
+        device_sparse = _sparse_module(a) != "scipy.sparse"
+        if device_sparse and self.name != "cupy":
+            raise DeviceMismatchError(f"{what} is a cupyx (GPU) sparse matrix but the model runs on {self}; "
+                                      f"pass a SciPy sparse matrix ({what}.get()) instead")
+        if len(a.shape) != 2:
+            raise ValueError(f"{what} must be 2-D (n_samples, n_features), got a sparse array of shape "
+                             f"{tuple(a.shape)}")
+        if np.dtype(a.dtype).kind not in "biuf":
+            raise ValueError(f"{what} must hold real numbers, got a sparse matrix of dtype {a.dtype}")
+        if device_sparse:
+            dev = a.data.device
+            if dev != self.device:
+                raise DeviceMismatchError(f"{what} is on device {dev} but the model is on {self.device}")
+        csr = a.tocsr()  # CSR stays itself (no copy); other formats become a new CSR matrix
+        if not device_sparse:
+            import scipy.sparse
+
+            csr = scipy.sparse.csr_matrix(csr)  # one type (matrix, not array); a new object over the same arrays
+        csr = csr.astype(dtype, copy=False)
+        if not csr.has_canonical_format:  # duplicates: summed here, in a copy, so stored values are the values
+            csr = csr.copy()
+            csr.sum_duplicates()
+        if self.name == "cupy" and not device_sparse:
+            import cupyx.scipy.sparse
+
+            with self.activate():  # cupyx allocates on the current device
+                csr = cupyx.scipy.sparse.csr_matrix(csr)
+        return csr
+
     def synchronize(self) -> None:
         """Wait for queued device work (for timing; never needed for correctness)."""
         if self.name == "cupy":
@@ -276,6 +318,42 @@ def _dtype_description(a, host: np.ndarray) -> str:
     if is_pandas(a):
         return f"pandas dtype {a.dtype}"
     return f"dtype {host.dtype}"
+
+
+_SPARSE_MODULES = ("scipy.sparse", "cupyx.scipy.sparse")
+
+
+def _sparse_module(a) -> str | None:
+    """The name of the sparse module whose matrix (or array) ``a`` is, or None; imports neither."""
+    for name in _SPARSE_MODULES:
+        mod = sys.modules.get(name)  # a sparse matrix cannot exist unless its module is imported
+        if mod is not None and mod.issparse(a):
+            return name
+    return None
+
+
+def is_sparse(a) -> bool:
+    """True for a SciPy sparse matrix or array (any format) and a ``cupyx.scipy.sparse`` matrix."""
+    return _sparse_module(a) is not None
+
+
+def sparse_matmul(a, b, *, transpose_a: bool = False):
+    """``a @ b`` (or ``a.T @ b``) for a sparse matrix ``a`` (m, k) and a dense 2-D array ``b``: dense (m, n).
+
+    The Array API has no sparse arrays, so device-side code (Dense) gets the product here: SciPy's
+    CSR kernel on the CPU, cuSPARSE through ``cupyx.scipy.sparse`` on the GPU. The transpose is a
+    view (CSR -> CSC over the same arrays), never a copy. The result has the operands' dtype.
+    """
+    return (a.T if transpose_a else a) @ b
+
+
+def sparse_rows(a, rows):
+    """Rows ``rows`` (a 1-D integer array of the matrix's library, or a slice) of a CSR matrix, as CSR.
+
+    A gather of each row's stored values: never dense. On CuPy it reads the batch's number of
+    stored values back to the host (to allocate the result): one host sync per call.
+    """
+    return a[rows]
 
 
 def is_device_library_array(a) -> bool:

@@ -35,7 +35,7 @@ import numpy as np
 
 from .functional import sigmoid, softmax_rows, softplus
 from .init import check_name, default_init_for, initialize
-from .backend import fast_kernels
+from .backend import fast_kernels, is_sparse, sparse_matmul
 from .params import Parameter
 from .rng import dropout_mask, word_dtype
 
@@ -174,6 +174,10 @@ class Dense(Layer):
         Weight initialiser (see :mod:`xpmlp.init`); biases start at zero.
 
     Shapes: x (n, in_features) -> y (n, units); W (in_features, units); b (units,).
+
+    ``x`` may also be a sparse matrix (:func:`xpmlp.backend.is_sparse`: SciPy on NumPy, cupyx on
+    CuPy) when this is a model's first layer: ``x @ W`` and ``dW = x.T @ grad`` are then the
+    backend's sparse-by-dense products, and the outputs and gradients are dense.
     """
 
     def __init__(self, units: int, *, in_features: int | None = None, bias: bool = True,
@@ -201,7 +205,9 @@ class Dense(Layer):
 
     def forward(self, x, training=False):
         self._x = x if training else None
-        y = self.xp.matmul(x, self.parameters["W"].value)
+        w = self.parameters["W"].value
+        # a sparse x (a model's input, see fit): the backend's sparse-by-dense product, dense out
+        y = sparse_matmul(x, w) if is_sparse(x) else self.xp.matmul(x, w)
         if self.bias:
             y += self.parameters["b"].value  # y is a fresh array of ours: add in place, no temporary
         return y
@@ -211,8 +217,9 @@ class Dense(Layer):
         return self.xp.matmul(grad_out, self.parameters["W"].value.T)
 
     def backward_params(self, grad_out):
-        xp = self.xp
-        self.parameters["W"].set_grad(xp.matmul(self._kept(self._x).T, grad_out))
+        xp, x = self.xp, self._kept(self._x)
+        self.parameters["W"].set_grad(sparse_matmul(x, grad_out, transpose_a=True) if is_sparse(x)
+                                      else xp.matmul(x.T, grad_out))
         if self.bias:
             self.parameters["b"].set_grad(xp.sum(grad_out, axis=0))
 

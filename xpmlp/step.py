@@ -18,7 +18,9 @@ There are two kinds:
 ``XPMLP_REFERENCE=1`` in the environment makes every step (and optimiser update) the
 reference, for comparisons; it is read here, once per fit.
 
-A step's call is ``step(xb, yb, wb, row_loss) -> z``: the batch's inputs (n, d), targets as the
+A step's call is ``step(xb, yb, wb, row_loss) -> z``: the batch's inputs (n, d) (dense, or a
+sparse matrix of the backend, see :func:`xpmlp.backend.is_sparse`, when the model starts with a
+Dense layer: both steps then take the first layer's products from the backend), targets as the
 loss's ``prepare_targets`` gives them, per-row weights (n,) or None, and a 1-D array of n that
 receives each row's weighted loss; it returns the outputs z (n, k) before the loss's link,
 which a FusedStep keeps in a workspace that the next call overwrites.
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import os
 
-from .backend import fast_kernels
+from .backend import fast_kernels, is_sparse, sparse_matmul
 from .layers import Activation, Dense, Dropout, Softmax, Standardize
 from .losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 
@@ -164,9 +166,13 @@ class FusedStep(TrainStep):
         x = xb if self.standardize is None else self.standardize.forward(xb)
         ws = self._workspace(x.shape[0])
         inputs = [x]
+        sparse = is_sparse(x)  # a sparse batch: the first product is the backend's sparse one
         for stage, w in zip(stages, ws):  # forward
             params = stage.dense.parameters
-            ops.matmul(inputs[-1], params["W"].value, w.z)
+            if sparse and stage is stages[0]:
+                w.z[...] = sparse_matmul(x, params["W"].value)  # as Dense.forward computes it
+            else:
+                ops.matmul(inputs[-1], params["W"].value, w.z)
             if stage is stages[-1]:
                 break
             ops.bias_act(w.z, _value(params.get("b")), stage.act, w.h)
@@ -181,7 +187,10 @@ class FusedStep(TrainStep):
         ops.loss_grad(self.loss, last.z, _value(stages[-1].dense.parameters.get("b")), yb, wb, last.g, row_loss)
         for i in range(len(stages) - 1, -1, -1):  # backward
             params, g = stages[i].dense.parameters, ws[i].g
-            ops.matmul(inputs[i].T, g, params["W"].grad)
+            if sparse and i == 0:
+                params["W"].grad[...] = sparse_matmul(x, g, transpose_a=True)
+            else:
+                ops.matmul(inputs[i].T, g, params["W"].grad)
             if "b" in params:
                 ops.bias_grad(g, params["b"].grad)
             if i == 0:

@@ -41,8 +41,9 @@ import weakref
 
 import numpy as np
 
-from .backend import to_numpy
+from .backend import is_sparse, sparse_rows, to_numpy
 from .callbacks import Callback, History, ProgbarLogger
+from .layers import Dense, Standardize
 from .losses import get_loss
 from .metrics import CallableMetric, get_metric
 from .optim import Adam, get_optimizer
@@ -70,7 +71,11 @@ def _prepare_X(model, X, what="X", *, stats=False):
 
     With ``stats``, also return X's largest and smallest values, taken in the same single read
     as the finiteness check (reductions only: no temporary the size of X).
+
+    A sparse X (SciPy, or cupyx on CuPy) stays sparse: see :func:`_prepare_sparse_X`.
     """
+    if is_sparse(X):
+        return _prepare_sparse_X(model, X, what, stats)
     Xd = model.backend.asarray(X, dtype=model.dtype, what=what)
     if Xd.ndim != 2:
         hint = " (use X.reshape(-1, 1) for a single feature)" if Xd.ndim == 1 else ""
@@ -377,8 +382,8 @@ def _prepare_data(model, loss, X, y, seed, validation_data, validation_split, cl
     if validation_split:
         train_rows, val_rows = _split(model, loss, yd, validation_split, rng)
         train_idx, val_idx = model.backend.from_host(train_rows), model.backend.from_host(val_rows)
-        Xv, yv = xp.take(Xd, val_idx, axis=0), xp.take(yd, val_idx, axis=0)
-        Xd, yd = xp.take(Xd, train_idx, axis=0), xp.take(yd, train_idx, axis=0)
+        Xv, yv = _take_rows(xp, Xd, val_idx), xp.take(yd, val_idx, axis=0)
+        Xd, yd = _take_rows(xp, Xd, train_idx), xp.take(yd, train_idx, axis=0)
         weights = None if weights is None else xp.take(weights, train_idx, axis=0)
     elif validation_data is not None:
         Xv = _prepare_X(model, validation_data[0], what="X_val")
@@ -403,7 +408,7 @@ def _rows(xp, arrays, order, start, stop):
     if order is None:
         return [None if a is None else a[start:stop, ...] for a in arrays]
     idx = order[start:stop]
-    return [None if a is None else xp.take(a, idx, axis=0) for a in arrays]
+    return [None if a is None else _take_rows(xp, a, idx) for a in arrays]
 
 
 def _read_epoch(model, loss, step, row_loss, sizes, xb, yb, epoch):
@@ -571,3 +576,48 @@ def evaluate(model, X, y, *, loss=None, metrics=None, batch_size: int | None = E
     yd = _prepare_y(model, loss, y, Xd.shape[0])
     result = _evaluate(model, loss, metric_objs, Xd, yd, Xd.shape[0] if batch_size is None else batch_size)
     return result if metrics else result["loss"]
+
+
+# -- sparse input ---------------------------------------------------------------------------------
+def _take_rows(xp, a, idx):
+    """Rows ``idx`` (a device integer array) of a device array or sparse matrix, gathered on the device."""
+    return sparse_rows(a, idx) if is_sparse(a) else xp.take(a, idx, axis=0)
+
+
+def _prepare_sparse_X(model, X, what, stats):
+    """:func:`_prepare_X` for a sparse X: a CSR matrix of the model's dtype on its device, never dense.
+
+    Only a model whose first layer is Dense takes it (that layer multiplies sparse by dense; a
+    Standardize or Dropout first would make every row dense). The finiteness check and the
+    statistics read the stored values only; a matrix with implicit zeros also has 0 among its
+    values, so 0 counts for its largest and smallest.
+    """
+    first = model.layers[0]
+    if not isinstance(first, Dense):
+        fix = ("drop standardize=True (sklearn.preprocessing.MaxAbsScaler scales sparse features without "
+               "densifying them)" if isinstance(first, Standardize) else "put a Dense layer first")
+        raise ValueError(f"{what} is a sparse matrix, but the model's first layer is {type(first).__name__}, not "
+                         f"Dense: only a first Dense layer multiplies a sparse input without densifying it. "
+                         f"To train on it, {fix}, or pass {what}.toarray() if the dense matrix fits in memory")
+    Xd = model.backend.sparse_asarray(X, dtype=model.dtype, what=what)
+    n, d = Xd.shape
+    if n == 0:
+        raise ValueError(f"{what} has no samples")
+    if model.built and d != model.in_features:
+        raise ValueError(f"{what} has {d} features but the model expects {model.in_features}")
+    xp, values = model.xp, Xd.data
+    high = low = 0.0  # nothing stored: all zeros
+    if values.shape[0]:
+        if stats:  # max and min propagate NaN and are inf for an infinity, as for a dense X
+            high, low = (float(v) for v in to_numpy(xp.stack([xp.max(values), xp.min(values)])))
+            finite = math.isfinite(high) and math.isfinite(low)
+        else:
+            finite = bool(xp.all(xp.isfinite(values)))
+        if not finite:
+            raise ValueError(f"{what} contains NaN or infinity (in its stored values, checked after conversion "
+                             f"to {model.dtype})")
+    if not stats:
+        return Xd
+    if values.shape[0] < n * d:  # implicit zeros
+        high, low = max(high, 0.0), min(low, 0.0)
+    return Xd, high, low
