@@ -475,3 +475,52 @@ def test_estimators_work_without_sklearn_callback_module():
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", WITHOUT_SKLEARN_CALLBACK], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["5", "False"]
+
+
+def _sparse_text(n=150, d=300, seed=0):
+    """Bag-of-words counts, TF-IDF weighted and row-normalised (about 3% stored), with labels from words."""
+    sp = pytest.importorskip("scipy.sparse")
+    rng = np.random.default_rng(seed)
+    counts = sp.random(n, d, density=0.03, random_state=seed, format="csr",
+                       data_rvs=lambda k: rng.integers(1, 4, size=k).astype(float))
+    idf = np.log((1 + n) / (1 + np.bincount(counts.indices, minlength=d))) + 1
+    X = sp.csr_matrix(counts.multiply(idf[None, :]))
+    X = sp.csr_matrix(X.multiply(1 / np.maximum(np.sqrt(X.multiply(X).sum(axis=1)), 1e-12)))
+    y = np.asarray(X[:, :100].sum(axis=1) > X[:, 100:200].sum(axis=1)).ravel().astype(int)
+    return X, y
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_estimators_train_on_sparse_input_as_on_dense(fmt):
+    X, y = _sparse_text()
+    X = X.asformat(fmt)
+    kw = dict(hidden_layer_sizes=(16,), max_iter=60, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sparse, dense = MLPClassifier(**kw).fit(X, y), MLPClassifier(**kw).fit(X.toarray(), y)
+        reg_sparse = MLPRegressor(**kw).fit(X, y * 2.0)
+        reg_dense = MLPRegressor(**kw).fit(X.toarray(), y * 2.0)
+    # the same run up to the summation order of the sparse product (float64)
+    np.testing.assert_allclose(sparse.predict_proba(X), dense.predict_proba(X.toarray()), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sparse.loss_curve_, dense.loss_curve_, rtol=1e-10)
+    np.testing.assert_allclose(reg_sparse.predict(X), reg_dense.predict(X.toarray()), rtol=1e-10, atol=1e-12)
+    assert sparse.score(X, y) > 0.9
+
+
+SPARSE_WITHOUT_SKLEARN = """
+import sys
+sys.modules["sklearn"] = None
+import numpy as np, scipy.sparse as sp
+from xpmlp import MLPClassifier
+X = sp.random(80, 40, density=0.1, random_state=0, format="csr")
+y = (np.asarray(X[:, :20].sum(axis=1)).ravel() > np.asarray(X[:, 20:].sum(axis=1)).ravel()).astype(int)
+est = MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(X, y)
+print(est.predict(X).shape, est.predict_proba(X.tocsc()).shape)
+"""
+
+
+def test_sparse_input_without_sklearn():
+    pytest.importorskip("scipy")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", SPARSE_WITHOUT_SKLEARN], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(80,) (80, 2)"

@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from .backend import check_missing, host_array, is_device_library_array, resolve, to_numpy
+from .backend import check_missing, host_array, is_device_library_array, is_sparse, resolve, to_numpy
 from .callbacks import Callback
 from .metrics import r2_from_sums
 from .model import MLP, Sequential
@@ -305,7 +305,9 @@ class _BaseMLP(_CallbackSupport, _Base):
     def _validate(self, X, y=None, reset=True, fitting=False):
         if fitting and y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
-        if is_device_library_array(X):
+        if is_sparse(X) and type(X).__module__.startswith("cupyx."):
+            X = X.get()  # a cupyx sparse matrix: scikit-learn's checks run on a SciPy copy on the host
+        elif is_device_library_array(X):
             X = to_numpy(X)  # CuPy/torch input: scikit-learn's checks run on the host
         if is_device_library_array(y):
             y = to_numpy(y)
@@ -318,12 +320,13 @@ class _BaseMLP(_CallbackSupport, _Base):
 
             check_missing(X, "X")  # X stays pandas for scikit-learn (feature names); host_array checks below
 
-            kwargs = dict(reset=reset, dtype=[np.float64, np.float32])
+            # sparse X stays sparse (CSR or CSC; the model gathers CSR rows): never densified
+            kwargs = dict(reset=reset, dtype=[np.float64, np.float32], accept_sparse=("csr", "csc"))
             if y is None:
                 return validate_data(self, X, **kwargs), None
             return validate_data(self, X, y, multi_output=True, y_numeric=self._kind == "regressor",
                                  **kwargs)
-        X = host_array(X, "X")
+        X = X if is_sparse(X) else host_array(X, "X")
         if X.dtype.kind not in "biuf" or X.ndim != 2:
             raise ValueError(f"X must be a 2-D array of real numbers, got shape {X.shape} and dtype {X.dtype}")
         if reset:
@@ -440,6 +443,7 @@ class _BaseMLP(_CallbackSupport, _Base):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
         tags.target_tags.multi_output = True
+        tags.input_tags.sparse = True
         return tags
 
 
