@@ -28,8 +28,9 @@ import numpy as np
 from .backend import namespace_of, to_numpy
 from .callbacks import Callback, History, LearningRateScheduler, ProgbarLogger, ReduceLROnPlateau
 from .layers import Dense, Dropout
-from .train import (DivergenceError, _adapt, _check_options, _diverged, _evaluate, _prepare_data, _train_end,
-                    fit as _fit)
+from .metrics import CallableMetric
+from .train import _adapt, _check_options, _diverged, _evaluate, _log_keys, _prepare_data, _train_end
+from .train import fit as _fit
 
 __all__ = ["LBFGS", "loss_and_gradient", "fit_lbfgs"]
 
@@ -392,15 +393,13 @@ def fit_lbfgs(model, optimizer: LBFGS, X, y, *, loss=None, epochs=1, batch_size=
     fun = _objective(model, loss, Xd, yd, weights, optimizer.l2, optimizer.chunk_size)
     history = History()
     callbacks = [history, *([ProgbarLogger()] if verbose else []), *callbacks]
-    keys = ["loss"]
-    if Xv is not None:
-        keys += ["val_loss", *("val_" + m.name for m in metrics)]
-    else:
-        keys += [m.name for m in metrics]
+    keys = [k for k in _log_keys(metrics, Xv is not None) if k != "lr"]
+    # as fit: streamed metrics on the training set; the others on the validation set when there is one
+    train_metrics = [m for m in metrics if Xv is None or not isinstance(m, CallableMetric)]
     params = {"verbose": 2 if verbose else 0, "epochs": optimizer.max_iter, "steps": 1}
     for cb in callbacks:
         cb.model, cb.params = model, params
-        cb.check(keys + ["epoch_time", "samples_per_s"])
+        cb.check(keys)
     model.loss, model.stop_training, model.history = loss, False, history
     begun, start, running = [], model.flat.snapshot(), False
     try:
@@ -423,10 +422,10 @@ def fit_lbfgs(model, optimizer: LBFGS, X, y, *, loss=None, epochs=1, batch_size=
                 break
             model.flat.data[...] = optimizer.x_  # the callbacks see the accepted iterate
             logs = {"loss": optimizer.loss_}
+            if train_metrics:
+                logs.update({k: v for k, v in _evaluate(model, loss, train_metrics, Xd, yd).items() if k != "loss"})
             if Xv is not None:
                 logs.update({"val_" + k: v for k, v in _evaluate(model, loss, metrics, Xv, yv).items()})
-            elif metrics:
-                logs.update({k: v for k, v in _evaluate(model, loss, metrics, Xd, yd).items() if k != "loss"})
             seconds = time.perf_counter() - started
             logs.update({"epoch_time": seconds, "samples_per_s": Xd.shape[0] / seconds})
             for cb in callbacks:
