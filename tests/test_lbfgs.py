@@ -31,8 +31,9 @@ def _sklearn_objective(model, X, y, loss, l2=0.0, sample_weight=None):
         model.flat.load_host(x)
         value, grads = model.gradients(X, y, loss=loss, sample_weight=sample_weight)
         values = dict(zip(names, model.get_weights()))
-        f = value * n / w_sum + 0.5 * l2 * sum(float(np.sum(values[k] ** 2)) for k, is_w in zip(names, kernels) if is_w) / w_sum
-        g = [to_numpy(grads[k]) * n / w_sum + (l2 / w_sum * values[k] if is_w else 0.0) for k, is_w in zip(names, kernels)]
+        penalty = sum(float(np.sum(values[k] ** 2)) for k, is_w in zip(names, kernels) if is_w)
+        f = (value * n + 0.5 * l2 * penalty) / w_sum
+        g = [(to_numpy(grads[k]) * n + (l2 * values[k] if is_w else 0.0)) / w_sum for k, is_w in zip(names, kernels)]
         return f, np.concatenate([a.reshape(-1) for a in g])
 
     return fun
@@ -249,6 +250,7 @@ def test_callbacks_history_and_stop_training(interrupt):
     if interrupt:
         with pytest.raises(KeyboardInterrupt):
             model.fit(X, y, loss="softmax_cross_entropy", optimizer=opt, callbacks=[watch])
+        assert opt.message_ == "interrupted by KeyboardInterrupt" and not opt.converged_
     else:
         history = model.fit(X, y, loss="softmax_cross_entropy", optimizer=opt, callbacks=[watch])
         assert history.epoch == [0, 1, 2] and opt.message_ == "stopped by a callback (model.stop_training)"

@@ -122,7 +122,8 @@ class LBFGS:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"LBFGS {name} must be a positive integer, got {value!r}")
         for name, value in (("tol", tol), ("ftol", ftol), ("l2", l2)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and value >= 0):
                 raise ValueError(f"LBFGS {name} must be a finite number >= 0, got {value!r}")
         self.max_iter, self.max_fun, self.history_size, self.chunk_size = (int(max_iter), int(max_fun),
                                                                            int(history_size), int(chunk_size))
@@ -170,8 +171,9 @@ class LBFGS:
             self.stop(f"converged: the largest gradient entry {gmax:.3g} <= tol={self.tol:g}", converged=True)
 
     def stop(self, message: str, converged: bool = False) -> None:
-        """End the run with ``message`` (``converged_`` as given)."""
+        """End the run with ``message`` (``converged_`` as given); let go of the function and history."""
         self.message_, self.converged_ = message, converged
+        self._fun, self._g, self._pairs = None, None, []  # fun may hold the training set on a device
 
     def step(self) -> bool:
         """One iteration: direction, line search, history update, stopping tests.
@@ -189,7 +191,7 @@ class LBFGS:
                 self._pairs, d = [], -g
                 (gd, dd) = _read(xp, _dot(xp, g, d), _dot(xp, d, d))
             # A fresh history has no scale: a first step of unit length, as L-BFGS-B's first iteration.
-            t0 = min(1.0 / math.sqrt(dd), MAX_STEP) if not self._pairs else 1.0
+            t0 = 1.0 if self._pairs else (min(1.0 / math.sqrt(dd), MAX_STEP) if dd > 0 else MAX_STEP)
             found = self._line_search(x, f, gd, d, t0)
             if found is not None:
                 break
@@ -221,7 +223,7 @@ class LBFGS:
     def _evaluate(self, x):
         self.n_fun_ += 1
         f, g = self._fun(x)
-        return float(f), g
+        return float(to_numpy(f)), g
 
     def _direction(self, g):
         """-H g by the two-loop recursion, H the inverse Hessian estimate from the kept pairs."""
@@ -433,6 +435,8 @@ def fit_lbfgs(model, optimizer: LBFGS, X, y, *, loss=None, epochs=1, batch_size=
             if model.stop_training and optimizer.message_ is None:
                 optimizer.stop("stopped by a callback (model.stop_training)")
     except BaseException as error:
+        if running and optimizer.message_ is None:
+            optimizer.stop(f"interrupted by {type(error).__name__}")
         model.flat.data[...] = optimizer.x_ if running else start
         _train_end(begun, error)
         raise
