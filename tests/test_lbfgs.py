@@ -412,3 +412,21 @@ def test_heart_disease_sklearn_minimum_is_ours(data_dir):
     assert opt.converged_ and opt.n_iter_ <= 5
     assert clf.loss_ * (1 - 1e-6) <= opt.loss_ <= clf.loss_
 
+
+
+def test_integer_weights_equal_repeated_rows():
+    """Full batch: weighting a row by k is repeating it k times (0: leaving it out), the property
+    scikit-learn's check_sample_weight_equivalence tests. Same objective at every point, so the
+    same run to rounding."""
+    X, y = _classes(n=40, d=4, k=3, seed=7)
+    w = np.random.default_rng(8).integers(0, 4, size=40)
+    runs = []
+    for Xi, yi, wi in ((X, y, w.astype(float)), (np.repeat(X, w, axis=0), np.repeat(y, w), None)):
+        model = xpmlp.MLP([4, 5, 3], activation="tanh", seed=5, dtype="float64")
+        opt = LBFGS(tol=1e-7, l2=0.1)
+        model.fit(Xi, yi, loss="softmax_cross_entropy", optimizer=opt, sample_weight=wi)
+        runs.append((opt, model.flat.to_host()))
+    (a, wa), (b, wb) = runs
+    assert a.converged_ and b.converged_ and a.n_iter_ == b.n_iter_
+    assert a.loss_ == pytest.approx(b.loss_, rel=1e-12)
+    np.testing.assert_allclose(wa, wb, atol=1e-9)
