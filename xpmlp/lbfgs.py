@@ -12,9 +12,11 @@ vector is the model's flat parameter buffer (:mod:`xpmlp.params`) and the functi
 scikit-learn's MLP objective, computed over the whole training set in row chunks by the model's
 own forward and backward passes (:func:`loss_and_gradient`, which ``model.gradients`` uses too).
 
-Host reads: the line search decides on the host, so each evaluation reads two scalars (the
-objective and the directional derivative) and each iteration three more (the largest gradient
-entry and the two curvature products). The two-loop recursion keeps its scalars on the device.
+Host reads: the line search decides on the host, so each evaluation makes two small reads (the
+objective; the directional derivative) and each iteration two more (the direction's slope and
+length; the largest gradient entry and the two curvature products). The two-loop recursion
+keeps its scalars on the device. An evaluation is a pass over the whole training set, so
+these few waits cost little beside it.
 """
 
 from __future__ import annotations
