@@ -9,6 +9,7 @@ from .layers import (ACTIVATIONS, ELU, GELU, Activation, Dense, Dropout, Identit
                      ReLU, Sigmoid, Softmax, Softplus, Standardize, Tanh)
 from .losses import (LOSSES, Huber, Loss, MeanAbsoluteError, MeanSquaredError, SigmoidBinaryCrossEntropy,
                      SoftmaxCrossEntropy)
+from .lbfgs import LBFGS
 from .model import MLP, Sequential, load
 from .optim import OPTIMIZERS, SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from . import callbacks, datasets, metrics, schedules
@@ -36,5 +37,5 @@ __all__ = [
     "SoftmaxCrossEntropy",
     "MLP", "Sequential", "MLPClassifier", "MLPRegressor", "History", "DivergenceError", "load", "ModelFileError",
     "callbacks", "datasets", "metrics", "schedules",
-    "OPTIMIZERS", "SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop",
+    "OPTIMIZERS", "SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "LBFGS",
 ]

@@ -10,7 +10,8 @@ from . import io as _io  # one way: io turns state dicts into files and never im
 from .backend import resolve, to_numpy
 from .layers import LAYERS, Dense, Dropout, Layer, Standardize, activation_name, dense_for, get_activation
 from .params import FlatParameters, Parameter
-from .train import History, evaluate, fit, predict
+from .losses import get_loss
+from .train import History, _prepare_X, _prepare_y, _sample_weights, evaluate, fit, predict
 
 __all__ = ["Sequential", "MLP", "load"]
 
@@ -159,6 +160,47 @@ class Sequential:
             return grad
         self.layers[first].backward_params(grad)
         return None
+
+    @_on_device
+    def gradients(self, X, y, *, loss=None, sample_weight=None) -> tuple[float, dict]:
+        """The loss over (X, y) and its gradient with respect to every parameter, by name.
+
+        Parameters
+        ----------
+        X : array (n, in_features); y : targets as ``fit`` takes them (NumPy or the model's library)
+        loss : str or Loss, optional
+            By default the model's loss (the one it was fitted with).
+        sample_weight : array (n,), optional
+
+        Returns
+        -------
+        (loss, grads)
+            ``loss`` is fit's loss as a Python float: ``sum_i w_i * loss_i / n`` (Keras's
+            convention: weights scale each row, the divisor stays n; w_i = 1 without weights), no
+            penalty. ``grads`` maps each name of :meth:`parameters` (``"layers.0.W"``) to
+            d(loss)/d(parameter), an array of the parameter's shape in the model's library and
+            on its device (slices of one new array, independent of the model's buffers).
+
+        Inference mode: Dropout layers pass their inputs through (no mask is drawn, their counters
+        do not move); every other layer runs its training pass, which keeps what backward needs.
+        Rows go through the network 4096 at a time. Weights and optimiser state are not changed.
+        The model's flat gradient buffer (``model.flat.grad``, where each backward writes) is left
+        holding the last chunk's gradient, as a training step leaves its batch's; ``fit`` rewrites
+        it at every step before reading it, so this may be called from a callback during ``fit``.
+        """
+        from .lbfgs import loss_and_gradient  # lbfgs imports the training loop, as this module does
+
+        self._require_built("take gradients")
+        if loss is None and self.loss is None:
+            raise ValueError("gradients needs a loss: pass loss=... or fit the model first")
+        loss = self.loss if loss is None else get_loss(loss)
+        Xd = _prepare_X(self, X)
+        yd = _prepare_y(self, loss, y, Xd.shape[0])
+        weights = _sample_weights(self, loss, yd, None, sample_weight)
+        value, grad = loss_and_gradient(self, loss, Xd, yd, weights, denominator=float(Xd.shape[0]))
+        grads = {p.name: self.xp.reshape(grad[start:start + p.size], p.shape)
+                 for p, start in zip(self.flat.parameters, self.flat.offsets)}
+        return float(to_numpy(value)), grads
 
     # -- training API ------------------------------------------------------------------------
     fit = _on_device(fit)

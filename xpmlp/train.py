@@ -225,9 +225,10 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
         targets for the other losses.
     loss : str or Loss
         Required on the first call; None reuses the previous one.
-    optimizer : str, Optimizer or None
+    optimizer : str, Optimizer, LBFGS or None
         None continues with the previous optimiser and its state (Adam(lr=1e-3) at first);
-        a name creates a fresh one with default settings.
+        a name creates a fresh one with default settings. An :class:`xpmlp.LBFGS` trains full
+        batch instead (see :func:`xpmlp.lbfgs.fit_lbfgs`: no epochs or batches).
     epochs, batch_size : int >= 1
     shuffle : bool
         A fresh permutation every epoch.
@@ -262,6 +263,13 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     -------
     History, also kept as ``model.history``.
     """
+    from .lbfgs import LBFGS, fit_lbfgs  # here: lbfgs imports this module
+
+    if isinstance(optimizer, LBFGS):  # full batch: its own loop, one History entry per iteration
+        return fit_lbfgs(model, optimizer, X, y, loss=loss, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                         seed=seed, verbose=verbose, validation_data=validation_data,
+                         validation_split=validation_split, metrics=metrics, class_weight=class_weight,
+                         sample_weight=sample_weight, callbacks=callbacks, on_divergence=on_divergence)
     epochs, batch_size = _positive_int(epochs, "epochs"), _positive_int(batch_size, "batch_size")
     loss, optimizer, metrics, callbacks = _check_options(model, loss, optimizer, metrics, callbacks, on_divergence,
                                                          validation_data, validation_split)
