@@ -34,7 +34,8 @@ def _sklearn_objective(model, X, y, loss, l2=0.0, sample_weight=None):
         penalty = sum(float(np.sum(values[k] ** 2)) for k, is_w in zip(names, kernels) if is_w)
         f = (value * n + 0.5 * l2 * penalty) / w_sum
         g = [(to_numpy(grads[k]) * n + (l2 * values[k] if is_w else 0.0)) / w_sum for k, is_w in zip(names, kernels)]
-        return f, np.concatenate([a.reshape(-1) for a in g])
+        order = np.argsort(model.flat.offsets)  # the flat buffer's layout: weight matrices first, then biases
+        return f, np.concatenate([g[i].reshape(-1) for i in order])
 
     return fun
 
