@@ -36,10 +36,12 @@ class Callback:
     """Base class: every hook does nothing.
 
     Before training ``fit`` sets ``self.model`` (the model being trained) and ``self.params``
-    (``{"verbose": ..., "epochs": ..., "steps": batches per epoch}``), then calls ``check``.
+    (``{"verbose": 0, 1 or 2, "epochs": ..., "steps": batches per epoch}``), then calls ``check``.
     Then, in this order: ``on_train_begin()``; for each epoch ``on_epoch_begin(epoch)``,
     ``on_batch_end(batch)`` after each batch's update (``batch`` counts from 0 in each epoch) and
-    ``on_epoch_end(epoch, logs)``; ``on_train_end()``. Epochs count from 0.
+    ``on_epoch_end(epoch, logs)``; ``on_train_end()``. Epochs count from 0 (from fit's
+    ``initial_epoch`` when it resumes a training: the true numbers); ``params["epochs"]`` is fit's
+    ``epochs``, the index the last epoch ends at, as in Keras.
 
     ``on_batch_end`` gets no loss: a batch's loss stays on the device until the end of the epoch,
     so that training never waits for the device between batches.

@@ -7,6 +7,13 @@ all stay on the device and are read once per epoch, together with a check of the
 update, so the loop never waits for the device between batches (the progress bar only counts
 batches).
 
+Batches from an iterable (``fit(x)`` with ``y=None``: a list of chunks, a generator, a PyTorch
+``DataLoader``) are not held: each is checked and copied to the device when its turn comes (its
+finiteness check is one host read per batch, next to the host-to-device copy it follows), and
+its rows' losses are summed on the device and read with the rest at the end of the epoch. Both
+sources give fit the same thing, an epoch's batches (:class:`_ArrayData`, :class:`_IterableData`),
+so the loop, its callbacks, divergence checks and snapshots are the same for both.
+
 Divergence. A batch diverges when its loss is NaN, infinite or above ``sqrt(finfo(dtype).max)``
 (1.3e154 in float64, 1.8e19 in float32; see :func:`_divergence_limit`). Each batch's loss is
 taken before its update, so the epoch's last update is checked on its own: the updated weights'
