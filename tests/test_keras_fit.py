@@ -399,9 +399,9 @@ def test_each_batch_is_checked_and_named_in_the_error():
 
 
 @pytest.mark.parametrize("x,kw,message", [
-    (_chunks(), dict(validation_split=0.2), "cannot take validation_split needs arrays"),
+    (_chunks(), dict(validation_split=0.2), "x is an iterable of batches: validation_split needs arrays"),
     (_chunks(), dict(sample_weight=np.ones(60)), "put each batch's weights in the batch"),
-    (_chunks(), dict(class_weight="balanced"), "class_weight='balanced' needs the whole y"),
+    (_chunks(), dict(class_weight="balanced"), "class_weight='balanced' needs all of y to count the classes"),
     (_chunks(), dict(metrics=[lambda y, p: 0.0]), "metrics given as functions .* give validation_data"),
     (X, {}, "y is missing"),
     (pd.DataFrame(X), {}, "y is missing"),

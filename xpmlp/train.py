@@ -503,15 +503,16 @@ class _IterableData:
         if hasattr(x, "shape") or isinstance(x, (str, bytes, dict)):
             raise ValueError("y is missing: give y, or give x as an iterable of (X, y) or (X, y, sample_weight) "
                              "batches")
-        for given, why in ((validation_split, "validation_split needs arrays (x and y): give validation_data"),
-                           (sample_weight is not None, "sample_weight: put each batch's weights in the batch, "
-                                                       "as (X, y, sample_weight)"),
-                           (isinstance(class_weight, str), "class_weight='balanced' needs the whole y to count "
-                                                           "classes: give a dict {class: weight}"),
-                           (validation_data is None and any(isinstance(m, CallableMetric) for m in metrics),
-                            "metrics given as functions run on a whole set once per epoch: give validation_data")):
+        for given, why in (
+                (validation_split, "validation_split needs arrays (X and y); give validation_data=(X_val, y_val)"),
+                (sample_weight is not None, "put each batch's weights in the batch, as (X, y, sample_weight), "
+                                            "not in sample_weight"),
+                (isinstance(class_weight, str), "class_weight='balanced' needs all of y to count the classes; "
+                                                "give a dict {class: weight}"),
+                (validation_data is None and any(isinstance(m, CallableMetric) for m in metrics),
+                 "metrics given as functions run on a whole set once per epoch; give validation_data")):
             if given:
-                raise ValueError(f"x is an iterable of batches, so fit cannot take {why}")
+                raise ValueError(f"x is an iterable of batches: {why}")
         try:
             self.iterator = iter(x)
         except TypeError:
