@@ -98,7 +98,7 @@ def test_history_and_progress_get_the_same_calls_as_a_user_callback_in_the_same_
 def test_fit_adds_no_progress_callback_when_quiet(monkeypatch, capsys):
     log = []
     _spy_on(monkeypatch, ProgbarLogger, log)
-    _model().fit(X, Y, loss=CE, epochs=2)
+    _model().fit(X, Y, loss=CE, epochs=2, verbose=0)
     assert log == [] and capsys.readouterr().out == ""
 
 
@@ -169,13 +169,13 @@ class Handle(Callback):
 @overflow_is_the_point
 def test_a_users_divergence_hook_stops_training_quietly_like_terminate_on_nan(capsys):
     with pytest.raises(xpmlp.DivergenceError) as raised:
-        _diverging_fit(_model())
+        _diverging_fit(_model(), verbose=0)
     runs = {}
     for name, cb in (("terminate", TerminateOnNaN()), ("mine", Handle())):
         model = _model()
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message=".*in epoch", category=RuntimeWarning)  # no divergence warning
-            history = _diverging_fit(model, [cb], on_divergence="warn")
+            history = _diverging_fit(model, [cb], on_divergence="warn", verbose=0)
         runs[name] = (history, model.get_weights())
     (h1, w1), (h2, w2) = runs["terminate"], runs["mine"]
     assert h1.epoch == h2.epoch == [0] and h1["loss"] == h2["loss"]

@@ -315,8 +315,8 @@ def test_verbose_one_on_a_terminal_shows_a_bar(capsys, monkeypatch):
     assert "epoch 1/2" in out and "8/8" in out and "batch" in out
 
 
-def test_quiet_by_default(capsys):
-    _model().fit(X, Y, loss="softmax_cross_entropy", epochs=2)
+def test_quiet_at_verbose_zero(capsys):  # the default, "auto", shows progress: tests/test_keras_fit.py
+    _model().fit(X, Y, loss="softmax_cross_entropy", epochs=2, verbose=0)
     assert capsys.readouterr().out == ""
 
 

@@ -431,3 +431,13 @@ def test_integer_weights_equal_repeated_rows():
     assert a.converged_ and b.converged_ and a.n_iter_ == b.n_iter_
     assert a.loss_ == pytest.approx(b.loss_, rel=1e-12)
     np.testing.assert_allclose(wa, wb, atol=1e-9)
+
+
+def test_lbfgs_refuses_the_options_of_minibatch_epochs():
+    X, y = _classes()
+    model = xpmlp.MLP([6, 3], seed=0, dtype="float64")
+    for kwargs in ({"initial_epoch": 1}, {"steps_per_epoch": 2}, {"validation_freq": 2}):
+        with pytest.raises(ValueError, match="LBFGS trains on arrays X, y, all rows at once"):
+            model.fit(X, y, loss="softmax_cross_entropy", optimizer=LBFGS(), **kwargs)
+    with pytest.raises(ValueError, match="no iterable of batches"):
+        model.fit([(X, y)], loss="softmax_cross_entropy", optimizer=LBFGS())

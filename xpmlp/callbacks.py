@@ -3,7 +3,8 @@
 Subclass :class:`Callback` and override what you need. ``logs`` is the epoch's record: ``loss``,
 ``val_loss`` (with validation data), each metric (``accuracy``, ``val_accuracy``, ...), ``lr``,
 ``epoch_time`` and ``samples_per_s``, all Python floats. Set ``self.model.stop_training = True``
-to end training after the current epoch.
+to end training after the current epoch. With fit's ``validation_freq``, epochs that are not
+validated have no ``val_*`` entries: the callbacks here that monitor one skip those epochs.
 
 ``fit`` itself records and shows training with two callbacks of this module: :class:`History`
 (always; ``fit`` returns it) and :class:`ProgbarLogger` (when ``verbose`` is not 0). They come
@@ -21,6 +22,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
+import string
 import sys
 
 from .schedules import scaled
@@ -33,10 +36,12 @@ class Callback:
     """Base class: every hook does nothing.
 
     Before training ``fit`` sets ``self.model`` (the model being trained) and ``self.params``
-    (``{"verbose": ..., "epochs": ..., "steps": batches per epoch}``), then calls ``check``.
+    (``{"verbose": 0, 1 or 2, "epochs": ..., "steps": batches per epoch}``), then calls ``check``.
     Then, in this order: ``on_train_begin()``; for each epoch ``on_epoch_begin(epoch)``,
     ``on_batch_end(batch)`` after each batch's update (``batch`` counts from 0 in each epoch) and
-    ``on_epoch_end(epoch, logs)``; ``on_train_end()``. Epochs count from 0.
+    ``on_epoch_end(epoch, logs)``; ``on_train_end()``. Epochs count from 0 (from fit's
+    ``initial_epoch`` when it resumes a training: the true numbers); ``params["epochs"]`` is fit's
+    ``epochs``, the index the last epoch ends at, as in Keras.
 
     ``on_batch_end`` gets no loss: a batch's loss stays on the device until the end of the epoch,
     so that training never waits for the device between batches.
@@ -80,15 +85,18 @@ class History(Callback):
     Keys: ``loss``, each metric, ``val_loss`` and ``val_<metric>`` with validation data,
     ``lr`` (at the end of the epoch), ``epoch_time`` (s) and ``samples_per_s``. ``fit`` makes one
     per call, returns it and keeps it as ``model.history``; as a callback of your own it records
-    the same (starting afresh at each fit).
+    the same (starting afresh at each fit). ``epoch`` lists the epochs (from 0, from fit's
+    ``initial_epoch``). As in Keras, a key's list holds only the epochs that logged it (with
+    ``validation_freq``, ``val_*`` lists are shorter); :meth:`to_frame` aligns them by epoch.
     """
 
     def __init__(self):
         self.epoch: list[int] = []
         self.history: dict[str, list[float]] = {}
+        self._logged: dict[str, list[int]] = {}  # the epochs each key was logged at
 
     def on_train_begin(self, logs=None):
-        self.epoch, self.history = [], {}
+        self.epoch, self.history, self._logged = [], {}, {}
 
     def on_epoch_end(self, epoch, logs=None):
         self.append(epoch, logs)
@@ -97,15 +105,18 @@ class History(Callback):
         self.epoch.append(epoch)
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
+            self._logged.setdefault(key, []).append(epoch)
 
     def __getitem__(self, key):
         return self.history[key]
 
     def to_frame(self):
-        """The history as a pandas DataFrame, one row per epoch."""
+        """The history as a pandas DataFrame, one row per epoch (NaN where an epoch did not log a key)."""
         import pandas as pd
 
-        return pd.DataFrame(self.history, index=pd.Index(self.epoch, name="epoch"))
+        index = pd.Index(self.epoch, name="epoch")
+        return pd.DataFrame({key: pd.Series(values, index=pd.Index(self._logged[key], name="epoch"), dtype=float)
+                             for key, values in self.history.items()}, index=index)
 
     def plot(self, path=None):
         """Loss and metric curves (train and validation) as a matplotlib Figure; saved as PNG if ``path``.
@@ -122,12 +133,11 @@ class History(Callback):
                             and not k.startswith("val_")]
         fig = Figure(figsize=(4.5 * len(names), 3.2))
         FigureCanvasAgg(fig)
-        epochs = [e + 1 for e in self.epoch]
         for i, name in enumerate(names):
             ax = fig.add_subplot(1, len(names), i + 1)
             for key, label in ((name, "train"), ("val_" + name, "validation")):
                 if key in self.history:
-                    ax.plot(epochs, self.history[key], marker="o", ms=3, label=label)
+                    ax.plot([e + 1 for e in self._logged[key]], self.history[key], marker="o", ms=3, label=label)
             ax.set_xlabel("epoch")
             ax.set_title(name)
             if name == "loss" and all(v > 0 for v in self.history["loss"] if math.isfinite(v)):
@@ -148,6 +158,8 @@ class ProgbarLogger(Callback):
 
     verbose=1: a tqdm bar per epoch on a terminal, one line per epoch otherwise; 2: one line per
     epoch; 0: nothing. The bar only counts batches: reading the loss would wait for the device.
+    On a terminal the epoch's logs go under its bar, wrapped to the terminal's width between
+    entries, so that no metric is ever cut off however many there are.
     """
 
     def __init__(self):
@@ -173,8 +185,8 @@ class ProgbarLogger(Callback):
         text = " - ".join(f"{k} {v:.4g}" for k, v in logs.items() if k not in ("epoch_time", "samples_per_s"))
         timing = f"{logs['epoch_time']:.1f}s, {logs['samples_per_s']:,.0f} samples/s"
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{text} - {timing}")
             self._close()
+            print(_wrap(f"{text} - {timing}".split(" - "), shutil.get_terminal_size().columns), flush=True)
         elif self.mode == 2:
             print(f"epoch {epoch + 1}/{self.params['epochs']} - {text} - {timing}", flush=True)
 
@@ -189,6 +201,20 @@ class ProgbarLogger(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _wrap(items: list[str], width: int, indent: str = "  ") -> str:
+    """``items`` joined by " - " into lines (each indented) shorter than ``width``, never breaking an
+    item: one longer than a line gets a line of its own, which the terminal wraps; nothing is cut."""
+    lines, line = [], ""
+    for item in items:
+        if line and len(f"{indent}{line} - {item}") < width:
+            line = f"{line} - {item}"
+        else:
+            if line:
+                lines.append(indent + line)
+            line = item
+    return "\n".join([*lines, indent + line])
 
 
 class _Monitor(Callback):
@@ -224,19 +250,30 @@ class EarlyStopping(_Monitor):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
 
     With ``restore_best_weights``, the best epoch's weights are put back at the end of training,
-    whether training stopped early or ran out of epochs.
+    whether training stopped early or ran out of epochs. Epochs whose logs lack ``monitor``
+    (not validated, with fit's ``validation_freq``) are skipped: they count neither way.
+
+    ``verbose``: 1 prints, at the end of training, Keras's "Epoch N: early stopping" followed by
+    why (the best value, its epoch, the epochs without improvement and the patience), and
+    "Restoring model weights from the end of the best epoch: M." when it restores them; 0 prints
+    nothing; "auto" (the default) prints when fit's ``verbose`` does (Keras's default is 0).
+    Epochs are counted from 1 in messages; ``stopped_epoch`` and ``best_epoch`` count from 0.
     """
 
     def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 0, min_delta: float = 0.0,
-                 restore_best_weights: bool = False):
+                 restore_best_weights: bool = False, verbose="auto"):
         super().__init__(monitor, mode, min_delta)
-        self.patience, self.restore_best_weights = int(patience), bool(restore_best_weights)
+        if verbose not in ("auto", 0, 1):
+            raise ValueError(f"verbose must be 'auto', 0 or 1, got {verbose!r}")
+        self.patience, self.restore_best_weights, self.verbose = int(patience), bool(restore_best_weights), verbose
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.wait, self.best_epoch, self.best_weights, self.stopped_epoch = 0, None, None, None
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.monitor not in logs:
+            return
         value = logs[self.monitor]
         if self.improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
@@ -249,15 +286,25 @@ class EarlyStopping(_Monitor):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
+        verbose = bool(self.params and self.params.get("verbose")) if self.verbose == "auto" else bool(self.verbose)
+        if verbose and self.stopped_epoch is not None:
+            best = "" if self.best_epoch is None else f" on its best, {self.best:.4g} at epoch {self.best_epoch + 1},"
+            by = f" by more than min_delta={self.min_delta:g}" if self.min_delta else ""
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping: {self.monitor} has not improved{best}{by} for "
+                  f"{self.wait} epochs, more than patience={self.patience}", flush=True)
         if self.restore_best_weights and self.best_weights is not None:
+            if verbose:
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.", flush=True)
             self.model.set_weights(self.best_weights)
 
 
 class ModelCheckpoint(_Monitor):
     """Save the model after each epoch, or only when ``monitor`` improves (``save_best_only``).
 
-    ``path`` may hold ``{epoch}`` (1-based) and log names, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.safetensors"``.
-    Every write is atomic (see :meth:`xpmlp.Sequential.save`).
+    ``path`` may hold ``{epoch}`` (1-based) and log names, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.safetensors"``;
+    fit refuses a name it does not log. Epochs whose logs lack a name the path uses, or the
+    monitored one with ``save_best_only`` (not validated, with fit's ``validation_freq``), are
+    skipped. Every write is atomic (see :meth:`xpmlp.Sequential.save`).
     """
 
     def __init__(self, path, monitor: str = "val_loss", mode: str = "auto", save_best_only: bool = False,
@@ -268,8 +315,23 @@ class ModelCheckpoint(_Monitor):
     def check(self, log_keys):
         if self.save_best_only:
             super().check(log_keys)
+        unknown = sorted(self._names() - {"epoch", *log_keys})
+        if unknown:
+            raise ValueError(f"ModelCheckpoint path {self.path!r} names {', '.join(unknown)}, which fit does not "
+                             f"log; logged: epoch, {', '.join(log_keys)}")
+
+    def _names(self) -> set:
+        """The log names the path formats (``{val_loss:.3f}`` -> val_loss)."""
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.path) if f]
+        except ValueError as e:
+            raise ValueError(f"ModelCheckpoint path {self.path!r} is not a valid format string: {e}") from None
+        return {f.split(".")[0].split("[")[0] for f in fields}
 
     def on_epoch_end(self, epoch, logs=None):
+        if any(name not in logs for name in self._names() - {"epoch"}) or (
+                self.save_best_only and self.monitor not in logs):
+            return  # an epoch without validation
         if self.save_best_only:
             if not self.improved(logs[self.monitor]):
                 return
@@ -322,6 +384,8 @@ class ReduceLROnPlateau(_Monitor):
         self.wait, self.cooling = 0, 0
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.monitor not in logs:
+            return  # an epoch without validation: it counts neither way
         if self.cooling:
             self.cooling -= 1
             self.wait = 0
@@ -352,11 +416,19 @@ class TerminateOnNaN(Callback):
 
 
 class CSVLogger(Callback):
-    """Append one row per epoch to a CSV file (flushed every epoch, so it survives a crash)."""
+    """Append one row per epoch to a CSV file (flushed every epoch, so it survives a crash).
+
+    The columns are ``epoch`` and every name fit logs; an epoch that did not log one (not
+    validated, with fit's ``validation_freq``) leaves its cell empty.
+    """
 
     def __init__(self, path, append: bool = False):
         self.path, self.append = str(path), bool(append)
         self._file = self._writer = None
+        self._keys = None
+
+    def check(self, log_keys):
+        self._keys = list(log_keys)
 
     def on_train_begin(self, logs=None):
         self._writer = None
@@ -367,7 +439,9 @@ class CSVLogger(Callback):
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch, **logs}
         if self._writer is None:
-            self._writer = csv.DictWriter(self._file, fieldnames=list(row))
+            keys = self._keys or []  # fit's names, then any a callback added to the logs
+            self._writer = csv.DictWriter(self._file, fieldnames=list(dict.fromkeys(["epoch", *keys, *logs])),
+                                          restval="")
             if self._header:
                 self._writer.writeheader()
         self._writer.writerow(row)

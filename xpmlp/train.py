@@ -7,6 +7,13 @@ all stay on the device and are read once per epoch, together with a check of the
 update, so the loop never waits for the device between batches (the progress bar only counts
 batches).
 
+Batches from an iterable (``fit(x)`` with ``y=None``: a list of chunks, a generator, a PyTorch
+``DataLoader``) are not held: each is checked and copied to the device when its turn comes (its
+finiteness check is one host read per batch, next to the host-to-device copy it follows), and
+its rows' losses are summed on the device and read with the rest at the end of the epoch. Both
+sources give fit the same thing, an epoch's batches (:class:`_ArrayData`, :class:`_IterableData`),
+so the loop, its callbacks, divergence checks and snapshots are the same for both.
+
 Divergence. A batch diverges when its loss is NaN, infinite or above ``sqrt(finfo(dtype).max)``
 (1.3e154 in float64, 1.8e19 in float32; see :func:`_divergence_limit`). Each batch's loss is
 taken before its update, so the epoch's last update is checked on its own: the updated weights'
@@ -210,42 +217,54 @@ def _result(metric, acc) -> float:
 
 
 # -- fit ------------------------------------------------------------------------------------------
-def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: int = 32,
-        shuffle: bool = True, seed: int | None = None, verbose: int = 0, validation_data=None,
-        validation_split: float = 0.0, metrics=None, class_weight=None, sample_weight=None,
-        callbacks=None, on_divergence: str = "raise") -> History:
+def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_size: int = 32,
+        shuffle: bool = True, seed: int | None = None, verbose="auto", validation_data=None,
+        validation_split: float = 0.0, validation_freq=1, metrics=None, class_weight=None, sample_weight=None,
+        callbacks=None, on_divergence: str = "raise", initial_epoch: int = 0,
+        steps_per_epoch: int | None = None) -> History:
     """Train the model with minibatch gradient descent.
 
     Parameters
     ----------
-    X : array (n_samples, n_features)
+    X : array (n_samples, n_features), or an iterable of batches
         NumPy (or pandas, lists) for any backend, or an array of the model's own library/device.
+        With ``y=None``, an iterable of ``(X, y)`` or ``(X, y, sample_weight)`` batches (a list of
+        chunks, a PyTorch ``DataLoader``, a generator): see "Batches from an iterable" below.
     y : array
         (n,) integer labels or (n, k) one-hot rows for softmax cross-entropy; (n,) or (n, k)
-        targets for the other losses.
+        targets for the other losses. None when X yields the batches.
     loss : str or Loss
         Required on the first call; None reuses the previous one.
     optimizer : str, Optimizer, LBFGS or None
         None continues with the previous optimiser and its state (Adam(lr=1e-3) at first);
         a name creates a fresh one with default settings. An :class:`xpmlp.LBFGS` trains full
         batch instead (see :func:`xpmlp.lbfgs.fit_lbfgs`: no epochs or batches).
-    epochs, batch_size : int >= 1
+    epochs : int >= 1
+        The index of the last epoch (as in Keras): epochs ``initial_epoch .. epochs - 1`` run.
+    batch_size : int >= 1
+        Rows per batch of arrays (an iterable brings its own batches).
     shuffle : bool
-        A fresh permutation every epoch.
+        A fresh permutation every epoch (arrays only: an iterable yields batches in its own order).
     seed : int, optional
         Seeds this call's shuffles and validation split; by default they come from the model's seed.
-    verbose : 0 quiet; 1 a progress bar per epoch (one line per epoch when not on a terminal);
-        2 one line per epoch (shown by a :class:`xpmlp.callbacks.ProgbarLogger`).
+    verbose : "auto" (default, as 1), 0 quiet, 1 a progress bar per epoch (one line per epoch
+        when stdout is not a terminal), 2 one line per epoch (shown by a
+        :class:`xpmlp.callbacks.ProgbarLogger`).
     validation_data : (X_val, y_val), optional
     validation_split : float in (0, 1), optional
         Hold out this fraction of (X, y), shuffled and (for classification) stratified by class,
-        drawn from the seed. Standardize layers learn only from the training part.
+        drawn from the seed. Standardize layers learn only from the training part. Arrays only.
+    validation_freq : int >= 1 or a collection of epoch numbers
+        Validate after epochs whose 1-based number is a multiple of it (or is in it), as Keras
+        does; the other epochs' logs (and ``History``) have no ``val_*`` entries, and callbacks
+        that monitor one skip those epochs.
     metrics : list of names ("accuracy", "top_5_accuracy", "mse", "mae", "r2"), Metric objects or
         callables ``fn(y_true, y_pred) -> float`` (run once per epoch on NumPy arrays of the
-        validation set, or of the training set without one).
-    class_weight : dict {class: weight} or "balanced", optional
+        validation set, or of the training set without one: arrays only).
+    class_weight : dict {class: weight} or "balanced" (arrays only), optional
     sample_weight : array (n,), optional
-        Each row's loss is multiplied by its weight (and by its class's weight).
+        Each row's loss is multiplied by its weight (and by its class's weight). An iterable's
+        batches carry their own, as a third element.
     callbacks : list of :class:`xpmlp.callbacks.Callback`
         Called after fit's own History (and ProgbarLogger), with the same hooks.
     on_divergence : "raise" (default) or "warn"
@@ -254,6 +273,19 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
         ``on_divergence`` handles it (``TerminateOnNaN`` ends training quietly): raise
         :class:`DivergenceError`, or warn and stop. Either way the weights from the end of the last
         good epoch (or those fit started from) are kept.
+    initial_epoch : int >= 0
+        The epoch to start at (to resume a training): callbacks, the history, schedules by epoch
+        and the progress display see the true epoch numbers. Nothing runs when it is >= epochs.
+    steps_per_epoch : int >= 1, optional
+        Batches per epoch drawn from an iterable X (required when X has no length, e.g. a
+        generator): they come from one iterator that carries on from epoch to epoch.
+
+    Batches from an iterable: each batch is checked (as X and y are) and copied to the device
+    when it is used, so the data never has to fit on the device. An iterable with a length (a
+    list, a ``DataLoader``) is read afresh each epoch; otherwise ``steps_per_epoch`` batches are
+    drawn per epoch from one iterator, and if it runs out, fit warns and ends training after that
+    epoch (as Keras does). PyTorch CPU tensors are read as NumPy arrays on models of other
+    libraries. Standardize layers must be adapted beforehand (``layer.adapt(X_sample)``).
 
     Whatever ends fit early (divergence, ``KeyboardInterrupt``, an exception in a callback), the
     model is left at the end of the last epoch in ``model.history``, every callback's
@@ -266,6 +298,9 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     from .lbfgs import LBFGS, fit_lbfgs  # here: lbfgs imports this module
 
     if isinstance(optimizer, LBFGS):  # full batch: its own loop, one History entry per iteration
+        if y is None or initial_epoch or steps_per_epoch is not None or validation_freq != 1:
+            raise ValueError("LBFGS trains on arrays X, y, all rows at once: it takes no iterable of batches, "
+                             "initial_epoch, steps_per_epoch or validation_freq")
         return fit_lbfgs(model, optimizer, X, y, loss=loss, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                          seed=seed, verbose=verbose, validation_data=validation_data,
                          validation_split=validation_split, metrics=metrics, class_weight=class_weight,
@@ -273,62 +308,54 @@ def fit(model, X, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     epochs, batch_size = _positive_int(epochs, "epochs"), _positive_int(batch_size, "batch_size")
     loss, optimizer, metrics, callbacks = _check_options(model, loss, optimizer, metrics, callbacks, on_divergence,
                                                          validation_data, validation_split)
-    Xd, yd, weights, Xv, yv, rng = _prepare_data(model, loss, X, y, seed, validation_data, validation_split,
-                                                 class_weight, sample_weight)
-    xp, n, n_batches = model.xp, Xd.shape[0], math.ceil(Xd.shape[0] / batch_size)
-    streamed = [m for m in metrics if not isinstance(m, CallableMetric)]
-    called = [m for m in metrics if isinstance(m, CallableMetric)]
+    verbose, validates = _check_keras_options(verbose, initial_epoch, epochs, validation_freq, validation_data,
+                                              validation_split)
+    data = _training_data(model, loss, X, y, batch_size, shuffle, seed, validation_data, validation_split,
+                          class_weight, sample_weight, steps_per_epoch, metrics)
+    xp, streamed = model.xp, [m for m in metrics if not isinstance(m, CallableMetric)]
     history = History()
     callbacks = [history, *([ProgbarLogger()] if verbose else []), *callbacks]
-    params, log_keys = {"verbose": verbose, "epochs": epochs, "steps": n_batches}, _log_keys(metrics, Xv is not None)
+    params, log_keys = {"verbose": verbose, "epochs": epochs, "steps": data.steps}, _log_keys(metrics, data.Xv is not None)
     for cb in callbacks:
         cb.model, cb.params = model, params
         cb.check(log_keys)
     # per batch, only the callbacks that define on_batch_end: the others' calls would do nothing
     batch_hooks = [cb for cb in callbacks if type(cb).on_batch_end is not Callback.on_batch_end]
 
-    _adapt(model, Xd)
+    data.adapt()
     model.loss, model.optimizer, model.stop_training, model.history = loss, optimizer, False, history
     step = make_train_step(model, loss, optimizer)
-    # Each row's loss goes here, batch by batch; rows past n stay 0, so a reshape gives the
-    # per-batch sums, read once per epoch (the short last batch's size is in `sizes`).
-    row_loss = xp.zeros(n_batches * batch_size, dtype=model.backend.dtype(model.dtype), device=model.backend.device)
-    sizes = np.array([stop - start for start, stop in _batches(n, batch_size)], dtype=float)
     begun = []  # callbacks whose on_train_begin ran: only they get on_train_end
     try:
         for cb in callbacks:
             cb.on_train_begin()
             begun.append(cb)
-        for epoch in range(epochs):
+        for epoch in range(initial_epoch, epochs):
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
             saved = step.snapshot()
             try:
                 started = time.perf_counter()
-                order = model.backend.from_host(rng.permutation(n)) if shuffle else None
                 sums = [None] * len(streamed)
-                for batch, (start, stop) in enumerate(_batches(n, batch_size)):
-                    xb, yb, wb = _rows(xp, (Xd, yd, weights), order, start, stop)
-                    z = step(xb, yb, wb, row_loss[start:stop])
+                for batch, (xb, yb, wb, row_loss) in enumerate(data.epoch()):
+                    z = step(xb, yb, wb, row_loss)
                     if streamed:
                         p = loss.link(xp, z)
                         sums = [_add(acc, m.stats(xp, yb, p)) for m, acc in zip(streamed, sums)]
                     for cb in batch_hooks:
                         cb.on_batch_end(batch)  # counts only: reading the loss would wait for the device
-                epoch_loss, message = _read_epoch(model, loss, step, row_loss, sizes, xb, yb, epoch)
+                if not data.rows:
+                    break  # an iterator that ran out before this epoch's first batch (fit warned)
+                epoch_loss, message = _read_epoch(model, loss, step, data, xb, yb, epoch, initial_epoch)
                 if message is not None:
                     step.restore(saved)
                     _diverged(callbacks, on_divergence, epoch, message)  # raises, unless told to stop
                     break
 
                 logs = {"loss": epoch_loss, **{m.name: _result(m, acc) for m, acc in zip(streamed, sums)}}
-                if Xv is not None:
-                    logs.update({"val_" + k: v for k, v in _evaluate(model, loss, metrics, Xv, yv).items()})
-                elif called:
-                    p = to_numpy(loss.link(xp, _outputs(model, Xd, EVAL_BATCH)))
-                    logs.update({m.name: float(m.fn(to_numpy(yd), p)) for m in called})
+                logs.update(_whole_set_logs(model, loss, metrics, data, validates(epoch)))
                 seconds = time.perf_counter() - started
-                logs.update({"lr": optimizer.current_lr(), "epoch_time": seconds, "samples_per_s": n / seconds})
+                logs.update({"lr": optimizer.current_lr(), "epoch_time": seconds, "samples_per_s": data.rows / seconds})
                 for cb in callbacks:  # History first: from there on the epoch is recorded
                     cb.on_epoch_end(epoch, logs)
             except DivergenceError:
@@ -373,7 +400,8 @@ def _check_options(model, loss, optimizer, metrics, callbacks, on_divergence, va
     return loss, optimizer, metrics, callbacks
 
 
-def _prepare_data(model, loss, X, y, seed, validation_data, validation_split, class_weight, sample_weight):
+def _prepare_data(model, loss, X, y, seed, validation_data, validation_split, class_weight, sample_weight,
+                  stacklevel=5):
     """Check the data, build the model if needed, and copy the data to the device.
 
     Returns (X, y, sample weights or None, X_val or None, y_val or None, the shuffling rng).
@@ -381,7 +409,7 @@ def _prepare_data(model, loss, X, y, seed, validation_data, validation_split, cl
     Xd, high, low = _prepare_X(model, X, stats=True)
     if not model.built:
         model.build(Xd.shape[1])
-    _warn_if_unscaled(model, high, low, stacklevel=5)
+    _warn_if_unscaled(model, high, low, stacklevel=stacklevel)
     yd = _prepare_y(model, loss, y, Xd.shape[0])
     weights = _sample_weights(model, loss, yd, class_weight, sample_weight)
     xp = model.xp
@@ -397,6 +425,221 @@ def _prepare_data(model, loss, X, y, seed, validation_data, validation_split, cl
         Xv = _prepare_X(model, validation_data[0], what="X_val")
         yv = _prepare_y(model, loss, validation_data[1], Xv.shape[0], what="y_val")
     return Xd, yd, weights, Xv, yv, rng
+
+
+def _check_keras_options(verbose, initial_epoch, epochs, validation_freq, validation_data, validation_split):
+    """fit's Keras options, checked: (verbose as 0, 1 or 2; validates(epoch) -> bool, epochs from 0)."""
+    if isinstance(verbose, str) and verbose == "auto":
+        verbose = 1  # as Keras 3: a bar on a terminal, and ProgbarLogger prints lines elsewhere
+    if isinstance(verbose, str) or verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 'auto', 0, 1 or 2, got {verbose!r}")
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) or initial_epoch < 0:
+        raise ValueError(f"initial_epoch must be an integer >= 0, got {initial_epoch!r}")
+    if isinstance(validation_freq, (int, np.integer)) and not isinstance(validation_freq, bool):
+        freq = _positive_int(validation_freq, "validation_freq")
+        validates = lambda epoch: (epoch + 1) % freq == 0  # noqa: E731 (1-based epochs, as Keras)
+        any_validated = epochs // freq > initial_epoch // freq
+    elif isinstance(validation_freq, (list, tuple, set, frozenset, range)):
+        chosen = {_positive_int(e, "each epoch of validation_freq") for e in validation_freq}
+        validates = lambda epoch: epoch + 1 in chosen  # noqa: E731
+        any_validated = any(initial_epoch < e <= epochs for e in chosen)
+    else:
+        raise ValueError(f"validation_freq must be a positive integer or a list of epoch numbers (from 1), "
+                         f"got {validation_freq!r}")
+    if (validation_data is not None or validation_split) and initial_epoch < epochs and not any_validated:
+        warnings.warn(f"validation_freq={validation_freq!r} validates none of the epochs this fit runs "
+                      f"({initial_epoch + 1} to {epochs}, counting from 1), so nothing is validated",
+                      UserWarning, stacklevel=4)
+    return int(verbose), validates
+
+
+def _training_data(model, loss, X, y, batch_size, shuffle, seed, validation_data, validation_split, class_weight,
+                   sample_weight, steps_per_epoch, metrics):
+    """fit's data as batches for each epoch: an :class:`_ArrayData` (X and y) or an :class:`_IterableData` (y None)."""
+    if steps_per_epoch is not None:
+        steps_per_epoch = _positive_int(steps_per_epoch, "steps_per_epoch")
+    if y is None:
+        return _IterableData(model, loss, X, steps_per_epoch, validation_data, validation_split, class_weight,
+                             sample_weight, metrics)
+    if steps_per_epoch is not None:
+        raise ValueError("steps_per_epoch is for x given as an iterable of batches (with y=None); "
+                         "with arrays, batch_size sets the batches per epoch")
+    return _ArrayData(model, *_prepare_data(model, loss, X, y, seed, validation_data, validation_split,
+                                            class_weight, sample_weight, stacklevel=6), batch_size, shuffle)
+
+
+class _ArrayData:
+    """Training arrays copied to the device once; each epoch's batches gathered from one seeded permutation.
+
+    The interface fit uses, shared with :class:`_IterableData`: ``epoch()`` yields each batch's
+    (X, y, weights or None, the array that receives its rows' losses); then ``batch_losses()``
+    gives each batch's loss sum (on the device) and size (on the host), and ``rows`` the rows
+    trained on; ``Xv, yv`` the validation set (or None); ``X, y`` the training set (or None);
+    ``steps`` the batches per epoch; ``adapt()`` readies Standardize layers.
+    """
+
+    def __init__(self, model, Xd, yd, weights, Xv, yv, rng, batch_size, shuffle):
+        self.model, self.X, self.y, self.weights, self.Xv, self.yv = model, Xd, yd, weights, Xv, yv
+        self.rng, self.batch_size, self.shuffle = rng, batch_size, shuffle
+        self.rows = Xd.shape[0]
+        self.steps = math.ceil(self.rows / batch_size)
+        # Each row's loss goes here, batch by batch; rows past n stay 0, so a reshape gives the
+        # per-batch sums, read once per epoch (the short last batch's size is in `sizes`).
+        backend = model.backend
+        self.row_loss = model.xp.zeros(self.steps * batch_size, dtype=backend.dtype(model.dtype), device=backend.device)
+        self.sizes = np.array([stop - start for start, stop in _batches(self.rows, batch_size)], dtype=float)
+
+    def adapt(self) -> None:
+        _adapt(self.model, self.X)
+
+    def epoch(self):
+        order = self.model.backend.from_host(self.rng.permutation(self.rows)) if self.shuffle else None
+        for start, stop in _batches(self.rows, self.batch_size):
+            yield (*_rows(self.model.xp, (self.X, self.y, self.weights), order, start, stop),
+                   self.row_loss[start:stop])
+
+    def batch_losses(self):
+        xp = self.model.xp
+        return xp.sum(xp.reshape(self.row_loss, (self.steps, self.batch_size)), axis=1), self.sizes
+
+
+class _IterableData:
+    """Batches of an iterable of (X, y) or (X, y, sample_weight), each checked and copied to the device when used.
+
+    Without ``steps_per_epoch`` the iterable needs a length and is read afresh each epoch; with
+    it, each epoch draws that many batches from one iterator, which carries on across epochs (a
+    sized iterable starts again once its batches are used up at the end of an epoch, as in Keras).
+    When the iterator runs out within an epoch, fit warns (Keras's words) and stops after that
+    epoch. The first batch is drawn at once: it builds the model and shows the data's width.
+    Same interface as :class:`_ArrayData`; ``X, y`` are None (no training set held).
+    """
+
+    def __init__(self, model, loss, x, steps_per_epoch, validation_data, validation_split, class_weight,
+                 sample_weight, metrics):
+        if hasattr(x, "shape") or isinstance(x, (str, bytes, dict)):
+            raise ValueError("y is missing: give y, or give x as an iterable of (X, y) or (X, y, sample_weight) "
+                             "batches")
+        for given, why in (
+                (validation_split, "validation_split needs arrays (X and y); give validation_data=(X_val, y_val)"),
+                (sample_weight is not None, "put each batch's weights in the batch, as (X, y, sample_weight), "
+                                            "not in sample_weight"),
+                (isinstance(class_weight, str), "class_weight='balanced' needs all of y to count the classes; "
+                                                "give a dict {class: weight}"),
+                (validation_data is None and any(isinstance(m, CallableMetric) for m in metrics),
+                 "metrics given as functions run on a whole set once per epoch; give validation_data")):
+            if given:
+                raise ValueError(f"x is an iterable of batches: {why}")
+        try:
+            self.iterator = iter(x)
+        except TypeError:
+            raise TypeError(f"with y=None, x must be an iterable of (X, y) or (X, y, sample_weight) batches, "
+                            f"got {type(x).__name__}") from None
+        try:
+            self.length = None if self.iterator is x else len(x)  # an iterator's length says nothing of the next epoch
+        except TypeError:
+            self.length = None
+        if steps_per_epoch is None and self.length is None:
+            raise ValueError(f"x ({type(x).__name__}) has no length (a generator, an iterator), so fit needs "
+                             "steps_per_epoch: the batches to draw per epoch (x must then yield at least "
+                             "steps_per_epoch * epochs of them)")
+        self.model, self.loss, self.x, self.class_weight = model, loss, x, class_weight
+        self.steps_per_epoch, self.steps = steps_per_epoch, steps_per_epoch or self.length
+        self.X = self.y = None
+        try:
+            first = next(self.iterator)
+        except StopIteration:
+            raise ValueError("x yielded no batches") from None
+        self.drawn = self.count = 1  # batches from the current iterator, and in all
+        self.rows, self.sizes, self.sums = 0, [], []  # the last epoch's rows, batch sizes and loss sums
+        self.pending = self._prepare(first, first=True)
+        pending = [i for i, layer in enumerate(model.layers) if hasattr(layer, "adapt") and not layer.adapted]
+        if pending:
+            raise ValueError(f"model.layers[{pending[0]}] ({type(model.layers[pending[0]]).__name__}) learns its "
+                             "scaling from the whole training set, which batches from an iterable do not give at "
+                             f"once: call model.layers[{pending[0]}].adapt(sample) first, with a representative "
+                             "sample of its inputs as an array of the model's library and dtype")
+        self.Xv = self.yv = None
+        if validation_data is not None:
+            self.Xv = _prepare_X(model, validation_data[0], what="X_val")
+            self.yv = _prepare_y(model, loss, validation_data[1], self.Xv.shape[0], what="y_val")
+
+    def adapt(self) -> None:
+        pass  # refused in __init__ unless already done
+
+    def epoch(self):
+        xp, backend = self.model.xp, self.model.backend
+        self.sums, self.sizes, self.rows = [], [], 0
+        if self.iterator is None:
+            self.iterator, self.drawn = iter(self.x), 0
+        while self.steps_per_epoch is None or len(self.sizes) < self.steps_per_epoch:
+            raw = self.pending if self.pending is not None else self._next()
+            if raw is None:
+                break
+            xb, yb, wb = raw if raw is self.pending else self._prepare(raw)
+            self.pending = None
+            row_loss = xp.zeros(xb.shape[0], dtype=backend.dtype(self.model.dtype), device=backend.device)
+            yield xb, yb, wb, row_loss
+            self.sums.append(xp.sum(row_loss))
+            self.sizes.append(xb.shape[0])
+            self.rows += xb.shape[0]
+        if self.steps_per_epoch is None or (self.length is not None and self.drawn >= self.length):
+            self.iterator = None  # the next epoch reads x afresh
+
+    def batch_losses(self):
+        return self.model.xp.stack(self.sums), np.array(self.sizes, dtype=float)
+
+    def _next(self):
+        """The iterator's next item, or None when it is used up (mid-epoch with steps_per_epoch: warn, stop)."""
+        try:
+            raw = next(self.iterator)
+        except StopIteration:
+            if self.steps_per_epoch is not None:
+                warnings.warn(f"Your input ran out of data; interrupting training: x gave {self.count} batches "
+                              f"in all, and this epoch {len(self.sizes)} of "
+                              f"steps_per_epoch={self.steps_per_epoch}. Training stops after this epoch. Make sure "
+                              "that x can generate at least steps_per_epoch * epochs batches.", UserWarning,
+                              stacklevel=5)
+                self.model.stop_training = True
+            return None
+        self.drawn, self.count = self.drawn + 1, self.count + 1
+        return raw
+
+    def _prepare(self, raw, first=False):
+        """A batch checked and copied to the device: (X, y, row weights or None)."""
+        model, what = self.model, f"batch {self.count} of x"
+        if not isinstance(raw, (tuple, list)) or len(raw) not in (2, 3):
+            got = f" of {len(raw)} items" if isinstance(raw, (tuple, list)) else ""
+            raise ValueError(f"{what} is a {type(raw).__name__}{got}: x must yield (X, y) or (X, y, sample_weight)")
+        Xb, yb, wb = (_batch_array(model, a) for a in (*raw, None)[:3])
+        if first:
+            Xd, high, low = _prepare_X(model, Xb, what=f"X of {what}", stats=True)
+            if not model.built:
+                model.build(Xd.shape[1])
+            _warn_if_unscaled(model, high, low, what="X", stacklevel=7)
+        else:
+            Xd = _prepare_X(model, Xb, what=f"X of {what}")
+        yd = _prepare_y(model, self.loss, yb, Xd.shape[0], what=f"y of {what}")
+        return Xd, yd, _sample_weights(model, self.loss, yd, self.class_weight, wb)
+
+
+def _batch_array(model, a):
+    """One array of a batch as fit takes it: a PyTorch CPU tensor (what a DataLoader yields) is read as
+    NumPy, without a copy, on a model of another library (the backend refuses foreign arrays)."""
+    if type(a).__module__.split(".")[0] == "torch" and model.backend.name != "torch" and a.device.type == "cpu":
+        return to_numpy(a)
+    return a
+
+
+def _whole_set_logs(model, loss, metrics, data, validate: bool) -> dict:
+    """The epoch's logs computed on a whole set: validation loss and metrics (when ``validate``), or
+    without validation data, the callable metrics on the training set."""
+    if data.Xv is not None:
+        return {"val_" + k: v for k, v in _evaluate(model, loss, metrics, data.Xv, data.yv).items()} if validate else {}
+    called = [m for m in metrics if isinstance(m, CallableMetric)]
+    if not called:
+        return {}
+    p = to_numpy(loss.link(model.xp, _outputs(model, data.X, EVAL_BATCH)))
+    return {m.name: float(m.fn(to_numpy(data.y), p)) for m in called}
 
 
 def _log_keys(metrics, validation: bool) -> list[str]:
@@ -419,17 +662,17 @@ def _rows(xp, arrays, order, start, stop):
     return [None if a is None else _take_rows(xp, a, idx) for a in arrays]
 
 
-def _read_epoch(model, loss, step, row_loss, sizes, xb, yb, epoch):
+def _read_epoch(model, loss, step, data, xb, yb, epoch, first_epoch=0):
     """The epoch's one host read: (mean training loss, None, or why the epoch diverged).
 
-    It reads each batch's loss sum and a check of the last update (never evaluated by the
-    batches' losses, which come before each update): the loss of the updated weights on the last
-    batch ``xb, yb`` and their norm.
+    It reads each batch's loss sum (``data.batch_losses()``) and a check of the last update
+    (never evaluated by the batches' losses, which come before each update): the loss of the
+    updated weights on the last batch ``xb, yb`` and their norm. ``first_epoch`` is fit's first.
     """
     xp, limit = model.xp, _divergence_limit(model.dtype)
+    batch_sums, sizes = data.batch_losses()
     after = loss.forward(model.forward(xb), yb)
     norm2 = xp.sum(step.flat.data * step.flat.data)  # inf beyond the limit
-    batch_sums = xp.sum(xp.reshape(row_loss, (sizes.shape[0], row_loss.shape[0] // sizes.shape[0])), axis=1)
     read = to_numpy(xp.concat([batch_sums, xp.stack([after, norm2])])).astype(float)
     epoch_loss, after, norm = float(read[:-2].sum()) / float(sizes.sum()), float(read[-2]), math.sqrt(float(read[-1]))
     # NaN fails the comparison too: one test for "not finite or beyond the limit"
@@ -438,7 +681,7 @@ def _read_epoch(model, loss, step, row_loss, sizes, xb, yb, epoch):
     if bad_batch < 0 and after <= limit and norm <= limit:
         return epoch_loss, None
     return epoch_loss, _divergence_message(epoch, bad_batch, epoch_loss, after, norm, limit, model.dtype,
-                                           step.optimizer)
+                                           step.optimizer, first_epoch)
 
 
 def _diverged(callbacks, on_divergence: str, epoch: int, message: str) -> None:
@@ -480,18 +723,18 @@ def _divergence_limit(dtype: str) -> float:
     return math.sqrt(float(np.finfo(dtype).max))
 
 
-def _divergence_message(epoch, batch, value, after, norm, limit, dtype, optimizer) -> str:
+def _divergence_message(epoch, batch, value, after, norm, limit, dtype, optimizer, first_epoch=0) -> str:
     """Why training stopped and which weights were kept; epochs and batches are 1-based."""
     if batch >= 0:
         what = (f"the training loss became {value:g} in epoch {epoch + 1} (first at batch {batch + 1}: "
                 f"not finite, or above {limit:.3g}, the limit for {dtype})")
-        if epoch == 0 and batch == 0:
+        if epoch == first_epoch and batch == 0:
             what += "; already the starting weights gave it, so the inputs or targets are likely too large"
     else:
         what = (f"the last update of epoch {epoch + 1} made the weights diverge (the updated weights give a "
                 f"loss of {after:g} on the last batch and have a norm of {norm:g}; fit accepts up to "
                 f"{limit:.3g} for both in {dtype}) although the epoch's training loss was {value:g}")
-    kept = f"the weights from the end of epoch {epoch}" if epoch else "the weights this fit started from"
+    kept = f"the weights from the end of epoch {epoch}" if epoch > first_epoch else "the weights this fit started from"
     return (f"{what}; training stopped and {kept} were kept. Usual causes: "
             f"a learning rate too high (now {optimizer.current_lr():g}: try 10x smaller), unscaled inputs "
             "(scale them or use MLP(..., standardize=True)), or an output/loss that does not match the "
