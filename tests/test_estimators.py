@@ -200,8 +200,8 @@ def test_same_results_on_every_backend(case):
 
 def test_bad_parameters():
     X, y = _blobs(n=60)
-    with pytest.raises(ValueError, match="lbfgs is not supported"):
-        MLPClassifier(solver="lbfgs").fit(X, y)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        MLPClassifier(solver="newton").fit(X, y)
     with pytest.raises(ValueError, match="hidden_layer_sizes must be > 0"):
         MLPClassifier(hidden_layer_sizes=(0,)).fit(X, y)
     with pytest.raises(ValueError, match=r"class_weight names classes \[7\]"):
@@ -524,3 +524,85 @@ def test_sparse_input_without_sklearn():
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", SPARSE_WITHOUT_SKLEARN], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(80,) (80, 2)"
+
+
+def _targets(kind, X):
+    s = X @ np.array([1.0, -2.0, 0.5, 1.5])
+    if kind == "regression":
+        return s
+    if kind == "regression-2":
+        return np.stack([s, X[:, 0] * X[:, 1]], axis=1)
+    if kind == "binary":
+        return (s > 0).astype(int)
+    if kind == "multiclass":
+        return np.digitize(s, [-1.0, 1.0])
+    return np.stack([s > 0, X[:, 1] > 0, X[:, 2] + X[:, 3] > 0], axis=1).astype(int)  # multilabel
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("kind", ["regression", "regression-2", "binary", "multiclass", "multilabel"])
+@pytest.mark.parametrize("batching", ["full-weighted", "minibatch"])
+def test_epochs_from_the_same_weights_are_sklearns(kind, solver, batching):
+    """From the same weights, unshuffled, epochs of sgd (Nesterov momentum) and adam give
+    scikit-learn's weights and loss curve: its objective (half squared error for regression, summed
+    label log losses for multilabel, alpha on weights only, per unit of sample weight), its updates."""
+    from sklearn.neural_network import MLPClassifier as SkC
+    from sklearn.neural_network import MLPRegressor as SkR
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(60, 4))
+    y = _targets(kind, X)
+    weighted = batching == "full-weighted"
+    sw = rng.integers(0, 4, size=60).astype(float) if weighted else None
+    ours_cls, theirs_cls = (MLPRegressor, SkR) if kind.startswith("regression") else (MLPClassifier, SkC)
+    kw = dict(hidden_layer_sizes=(5,), activation="tanh", solver=solver, alpha=0.01, learning_rate_init=0.01,
+              batch_size=60 if weighted else 20, shuffle=False, n_iter_no_change=1000, warm_start=True,
+              random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning
+        theirs = theirs_cls(**kw, max_iter=1).fit(X, y)
+        ours = ours_cls(**kw, max_iter=1).fit(X, y)
+        start = [w.copy() for pair in zip(theirs.coefs_, theirs.intercepts_) for w in pair]
+        ours.model_.set_weights(start)
+        theirs.set_params(max_iter=5).fit(X, y, sample_weight=sw)
+        ours.set_params(max_iter=5).fit(X, y, sample_weight=sw)
+    # Adam is PyTorch's: epsilon is added to the bias-corrected root (scikit-learn adds it before the
+    # correction), a difference of order epsilon; sgd's updates are scikit-learn's to rounding
+    tol = dict(rtol=1e-9, atol=1e-12) if solver == "sgd" else dict(rtol=1e-4, atol=1e-6)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(a, b, **tol)
+    # with several batches the reported penalty is that of the epoch's starting weights (scikit-learn
+    # adds each batch's): a small part of the loss
+    np.testing.assert_allclose(ours.loss_curve_[-5:], theirs.loss_curve_[-5:], rtol=tol["rtol"] if weighted else 1e-3)
+
+
+@pytest.mark.parametrize("kind", ["regression", "binary", "multiclass", "multilabel"])
+def test_lbfgs_solver_reaches_sklearns_minimum_from_the_same_weights(kind):
+    """solver="lbfgs" minimises scikit-learn's objective: from the same start, the same weights,
+    loss_ and (nearly) the same number of iterations; no loss_curve_, as scikit-learn."""
+    from sklearn.neural_network import MLPClassifier as SkC
+    from sklearn.neural_network import MLPRegressor as SkR
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(80, 4))
+    y = _targets(kind, X)
+    ours_cls, theirs_cls = (MLPRegressor, SkR) if kind.startswith("regression") else (MLPClassifier, SkC)
+    kw = dict(hidden_layer_sizes=(4,), activation="tanh", solver="lbfgs", alpha=0.5, tol=1e-7, warm_start=True,
+              random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = theirs_cls(**kw, max_iter=1).fit(X, y)
+        ours = ours_cls(**kw, max_iter=1).fit(X, y)
+        ours.model_.set_weights([w.copy() for pair in zip(theirs.coefs_, theirs.intercepts_) for w in pair])
+        theirs.set_params(max_iter=500).fit(X, y)
+        ours.set_params(max_iter=500).fit(X, y)
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-5)  # both stop where the gradient is below tol
+    # the same minimum: the same predictions (the weights themselves to 1e-2: the valley is flat)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(a, b, atol=1e-2)
+    method = "predict" if kind == "regression" else "predict_proba"
+    np.testing.assert_allclose(getattr(ours, method)(X), getattr(theirs, method)(X), rtol=1e-3, atol=1e-3)
+    assert abs(ours.n_iter_ - theirs.n_iter_) <= 0.2 * theirs.n_iter_ + 3
+    assert not hasattr(ours, "loss_curve_") and not hasattr(theirs, "loss_curve_")
+    with pytest.raises(AttributeError, match="partial_fit is only available for stochastic optimizers"):
+        ours.partial_fit(X, y, **({"classes": np.unique(y)} if kind in ("binary", "multiclass") else {}))

@@ -244,13 +244,13 @@ def test_keyboard_interrupt_inside_an_update_leaves_the_last_completed_epoch(tmp
     def interrupted(xp, kernels):
         update = make_update(xp, kernels)
 
-        def update_or_interrupt(data, grad):
+        def update_or_interrupt(data, grad, decayed=None):
             calls["n"] += 1
             if calls["n"] == 8:  # epoch 3 (3 steps per epoch), in the middle of its second step
-                update(data, grad)  # the whole update applied, t advanced ...
+                update(data, grad, decayed)  # the whole update applied, t advanced ...
                 data[: data.shape[0] // 2] = 0.0  # ... and half of the weights overwritten: then stopped
                 raise KeyboardInterrupt
-            update(data, grad)
+            update(data, grad, decayed)
         return update_or_interrupt
 
     monkeypatch.setattr(opt, "make_update", interrupted)

@@ -28,6 +28,7 @@ from .backend import check_missing, host_array, is_device_library_array, is_spar
 from .callbacks import Callback
 from .metrics import r2_from_sums
 from .model import MLP, Sequential
+from .lbfgs import LBFGS
 from .optim import SGD, Adam, AdamW, RMSprop
 
 __all__ = ["MLPClassifier", "MLPRegressor", "NotFittedError", "ConvergenceWarning"]
@@ -49,7 +50,7 @@ except ImportError:
         return method
 
 _SK_ACTIVATIONS = {"logistic": "sigmoid", "identity": "identity"}
-_SOLVERS = ("sgd", "adam", "adamw", "rmsprop")
+_SOLVERS = ("lbfgs", "sgd", "adam", "adamw", "rmsprop")
 
 
 def _sklearn():
@@ -140,21 +141,29 @@ class _SklearnRules(Callback):
     with xpmlp's ``restore_best_weights``, without it, those of the lowest training loss).
     """
 
-    def __init__(self, est, penalty_scale: float, n: int, incremental: bool):
+    def __init__(self, est, penalty_scale: float, n: int, incremental: bool, loss_scale: float, scale: float,
+                 count: int, score: str):
         self.est, self.penalty_scale, self.n, self.incremental = est, penalty_scale, n, incremental
-        self.stopped, self.best = False, None
+        self.count, self.score = count, score  # the no-improvement count so far; the validation score's log key
+        # xpmlp's loss over scikit-learn's, and its gradient's (so its learning rate's meaning): _scales
+        self.loss_scale, self.scale = loss_scale, scale
+        self.stopped, self.best, self.squares = False, None, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # scikit-learn adds the penalty of the weights each batch starts from: those of the epoch's start
+        flat = self.model.flat
+        self.squares = float(to_numpy(self.model.xp.sum(flat.data[:flat.n_decay] ** 2))) if self.est.alpha else 0.0
 
     def on_epoch_end(self, epoch, logs=None):
         est, model = self.est, self.model
         flat = model.flat
-        squares = float(to_numpy(model.xp.sum(flat.data[:flat.n_decay] ** 2))) if est.alpha else 0.0
-        loss = logs["loss"] + 0.5 * est.alpha * squares * self.penalty_scale
+        loss = logs["loss"] / self.loss_scale + 0.5 * est.alpha * self.squares * self.penalty_scale
         est.loss_curve_.append(loss)
         est.loss_, est.n_iter_, est.t_ = loss, est.n_iter_ + 1, est.t_ + self.n
         if est.verbose:
             print(f"Iteration {est.n_iter_}, loss = {loss:.8f}")
         if est.early_stopping and not self.incremental:
-            score = logs["val_accuracy" if est._kind == "classifier" else "val_r2"]
+            score = logs[self.score]
             est.validation_scores_.append(score)
             if est.verbose:
                 print(f"Validation score: {score:f}")
@@ -166,18 +175,18 @@ class _SklearnRules(Callback):
             if loss < est.best_loss_ and est.restore_best_weights and not self.incremental:
                 self.best = flat.snapshot()  # xpmlp's option: keep the weights of the lowest training loss
             est.best_loss_ = min(est.best_loss_, loss)
-        est._no_improvement_count = est._no_improvement_count + 1 if worse else 0
+        self.count = self.count + 1 if worse else 0
         opt = model.optimizer
-        if est.solver == "sgd" and est.learning_rate == "invscaling":
-            opt.lr = est.learning_rate_init / (est.t_ + 1) ** est.power_t
-        if est._no_improvement_count > est.n_iter_no_change and not self.incremental:
+        if est.solver == "sgd" and est.learning_rate == "invscaling":  # lr in xpmlp's units: / scale
+            opt.lr = est.learning_rate_init / (est.t_ + 1) ** est.power_t / self.scale
+        if self.count > est.n_iter_no_change and not self.incremental:
             what = "Validation score" if est.early_stopping else "Training loss"
             message = f"{what} did not improve more than tol={est.tol:f} for {est.n_iter_no_change} consecutive epochs."
-            if est.solver == "sgd" and est.learning_rate == "adaptive" and opt.lr > 1e-6:
+            if est.solver == "sgd" and est.learning_rate == "adaptive" and opt.lr * self.scale > 1e-6:
                 opt.lr /= 5.0
-                est._no_improvement_count = 0
+                self.count = 0
                 if est.verbose:
-                    print(f"{message} Setting learning rate to {opt.lr:f}")
+                    print(f"{message} Setting learning rate to {opt.lr * self.scale:f}")
             else:
                 if est.verbose:
                     print(f"{message} Stopping.")
@@ -338,7 +347,7 @@ class _BaseMLP(_CallbackSupport, _Base):
 
     def _validate_params(self):
         if self.solver not in _SOLVERS:
-            raise ValueError(f"solver must be one of {_SOLVERS} (lbfgs is not supported), got {self.solver!r}")
+            raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}")
         if self.learning_rate not in ("constant", "invscaling", "adaptive"):
             raise ValueError(f"learning_rate must be 'constant', 'invscaling' or 'adaptive', got {self.learning_rate!r}")
         sizes = [self.hidden_layer_sizes] if np.isscalar(self.hidden_layer_sizes) else list(self.hidden_layer_sizes)
@@ -359,15 +368,55 @@ class _BaseMLP(_CallbackSupport, _Base):
             return int(rs.randint(2**31))
         return int(rs)
 
-    def _optimizer(self, weight_decay):
-        # scikit-learn's L2 term spares the biases
-        common = dict(lr=self.learning_rate_init, weight_decay=weight_decay, decay_bias=False)
+    def _scales(self, n_outputs) -> tuple[float, float]:
+        """(loss, gradient): xpmlp's loss and its gradient over scikit-learn's, for these targets.
+
+        scikit-learn minimises half the squared error and reports its mean over outputs, but its
+        gradient is that of their sum; it sums the labels' log losses where xpmlp averages them.
+        So regression is (2, 2 / k), k labels (1 / k, 1 / k), classes (1, 1). The estimators train
+        on xpmlp's loss with step sizes, epsilon, penalty and tolerances scaled by the gradient's
+        ratio, so each update is scikit-learn's, and report losses in scikit-learn's units.
+        """
+        if self._kind == "regressor":
+            return 2.0, 2.0 / n_outputs
+        if getattr(self, "_multilabel", False):
+            return 1.0 / n_outputs, 1.0 / n_outputs
+        return 1.0, 1.0
+
+    def _optimizer(self, weight_decay, scale):
+        # scikit-learn's L2 term spares the biases. The gradient is `scale` times scikit-learn's:
+        # SGD takes lr / scale, Adam and RMSprop (invariant to the gradient's scale but for
+        # epsilon) eps * scale, and the coupled penalty is scaled with the loss.
+        common = dict(weight_decay=weight_decay * scale, decay_bias=False)
         if self.solver == "sgd":
-            return SGD(momentum=self.momentum, nesterov=self.nesterovs_momentum and self.momentum > 0, **common)
+            return SGD(lr=self.learning_rate_init / scale, momentum=self.momentum,
+                       nesterov=self.nesterovs_momentum and self.momentum > 0, **common)
         if self.solver == "rmsprop":
-            return RMSprop(eps=self.epsilon, **common)
-        cls = Adam if self.solver == "adam" else AdamW
-        return cls(beta_1=self.beta_1, beta_2=self.beta_2, eps=self.epsilon, **common)
+            return RMSprop(lr=self.learning_rate_init, eps=self.epsilon * scale, **common)
+        if self.solver == "adamw":  # decoupled decay shrinks the weights directly: not scaled
+            return AdamW(lr=self.learning_rate_init, beta_1=self.beta_1, beta_2=self.beta_2, eps=self.epsilon * scale,
+                         weight_decay=weight_decay, decay_bias=False)
+        return Adam(lr=self.learning_rate_init, beta_1=self.beta_1, beta_2=self.beta_2, eps=self.epsilon * scale,
+                    **common)
+
+    def _fit_lbfgs(self, X, targets, loss, sample_weight, class_weight, scales):
+        """scikit-learn's solver="lbfgs": full batch, max_iter iterations, max_fun evaluations, gtol=tol,
+        on the objective whose gradient scikit-learn uses (scaled: see :meth:`_scales`)."""
+        loss_scale, grad_scale = scales
+        optimizer = LBFGS(max_iter=int(self.max_iter), max_fun=int(self.max_fun), tol=self.tol * grad_scale,
+                          l2=self.alpha * grad_scale)
+        self.model_.fit(X, targets, loss=loss, optimizer=optimizer, verbose=2 if self.verbose else 0,
+                        sample_weight=sample_weight, class_weight=class_weight)
+        # loss_ in scikit-learn's units: the data term over loss_scale, plus alpha/2 ||W||^2 / sum(w)
+        flat = self.model_.flat
+        total = float(len(X)) if sample_weight is None else float(np.sum(sample_weight))
+        penalty = 0.5 * self.alpha * float(to_numpy(self.model_.xp.sum(flat.data[:flat.n_decay] ** 2))) / total
+        self.n_iter_ = optimizer.n_iter_
+        self.loss_ = (optimizer.loss_ - grad_scale * penalty) / loss_scale + penalty
+        if not optimizer.converged_:
+            warnings.warn(f"lbfgs failed to converge after {optimizer.n_iter_} iteration(s): {optimizer.message_}. "
+                          "Increase the number of iterations (max_iter) or scale the data.",
+                          ConvergenceWarning, stacklevel=4)
 
     def _activations(self, n_hidden):
         acts = self.activation if isinstance(self.activation, (list, tuple)) else [self.activation] * n_hidden
@@ -388,10 +437,21 @@ class _BaseMLP(_CallbackSupport, _Base):
             self.model_ = MLP([X.shape[1], *sizes, n_outputs], activation=self._activations(len(sizes)),
                               dropout=self.dropout, init="glorot_uniform", device=backend, dtype=dtype,
                               seed=self._seed())
-            self.loss_curve_, self.t_, self._no_improvement_count = [], 0, 0
+            self.t_, self.n_iter_ = 0, 0
+            for name in ("loss_curve_", "validation_scores_", "best_loss_", "best_validation_score_"):
+                self.__dict__.pop(name, None)
+        if self.solver != "lbfgs" and not hasattr(self, "loss_curve_"):  # as scikit-learn: none for lbfgs
+            self.loss_curve_, self._no_improvement_count = [], 0
             self.validation_scores_ = [] if self.early_stopping else None
             self.best_loss_ = np.inf if not self.early_stopping else None
             self.best_validation_score_ = -np.inf if self.early_stopping else None
+        loss_scale, scale = self._scales(n_outputs)
+        if self.solver == "lbfgs":
+            if incremental:
+                raise AttributeError("partial_fit is only available for stochastic optimizers; "
+                                     f"{self.solver!r} is not stochastic")
+            self._fit_lbfgs(X, targets, loss, sample_weight, class_weight, (loss_scale, scale))
+            return self._fitted(sizes, n_outputs)
         # scikit-learn's objective per batch: (sum_i w_i loss_i + alpha/2 ||W||^2) / sum_i w_i. fit's
         # loss is sum_i w_i loss_i / rows, so weights scaled to a mean of 1 give the first part, and
         # the decay alpha * n / (batch_size * sum(w)) the second (exactly with one batch, on average
@@ -403,11 +463,12 @@ class _BaseMLP(_CallbackSupport, _Base):
         if incremental and getattr(self.model_, "optimizer", None) is not None:
             optimizer = self.model_.optimizer  # partial_fit goes on with the optimiser's state
         else:  # fit (warm_start too) starts a fresh optimiser, as scikit-learn does
-            optimizer = self._optimizer(self.alpha * n / (batch_size * total))
+            optimizer = self._optimizer(self.alpha * n / (batch_size * total), scale)
         self.n_iter_ = 0
         # t_ counts training rows: without the validation part fit holds out (round(fraction * n) rows)
         n_train = n - int(np.floor(self.validation_fraction * n + 0.5)) if self.early_stopping else n
-        rules = _SklearnRules(self, n_batches / total, n_train, incremental)
+        rules = _SklearnRules(self, n_batches / total, n_train, incremental, loss_scale, scale,
+                              self._no_improvement_count, "val_accuracy" if self._kind == "classifier" else "val_r2")
         callbacks, kwargs = [rules], {}
         if self.early_stopping:
             kwargs = dict(validation_split=self.validation_fraction,
@@ -422,15 +483,20 @@ class _BaseMLP(_CallbackSupport, _Base):
         self.model_.fit(X, targets, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                         shuffle=self.shuffle, verbose=0, sample_weight=sample_weight,
                         class_weight=class_weight, callbacks=callbacks, **kwargs)
+        self._no_improvement_count = rules.count
         if not incremental and not rules.stopped and self.n_iter_ == int(self.max_iter):
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                           "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+        self._fitted(sizes, n_outputs)
+        if context is not None:
+            context.call_on_fit_task_end(estimator=self, reconstruction_attributes={}, **data)
+        return self
+
+    def _fitted(self, sizes, n_outputs):
         weights = self.model_.get_weights()
         self.coefs_, self.intercepts_ = weights[0::2], weights[1::2]
         self.n_layers_ = len(sizes) + 2
         self.n_outputs_ = n_outputs
-        if context is not None:
-            context.call_on_fit_task_end(estimator=self, reconstruction_attributes={}, **data)
         return self
 
     def _outputs(self, X):
