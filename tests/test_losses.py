@@ -145,3 +145,16 @@ def test_cross_entropy_keeps_its_precision_for_confident_logits_of_1e4(case, lab
     np.testing.assert_allclose(rows, expected, rtol=4 * eps, atol=4 * eps)
     onehot = np.eye(3)[labels]
     np.testing.assert_allclose(grad, (p - onehot) / 2, rtol=4 * eps, atol=4 * eps)
+
+
+def test_sigmoid_probabilities_keep_their_relative_precision_in_both_tails(case):
+    """The binary link reports e / (1 + e), e = exp(-|z|), for z < 0: 3.1e-17 at z = -38 (float64), where
+    the tanh form gives exactly 0; large z gives 1 - tiny, and nothing overflows."""
+    z = np.array([[-38.0, -20.0, -1.0, 0.0, 1.0, 20.0, 1e4, -1e4]])
+    with np.errstate(over="raise"):
+        p = to_numpy(SigmoidBinaryCrossEntropy().link(case.backend.xp, case.asarray(z.astype(case.dtype))))
+    expected = 1 / (1 + np.exp(-z.clip(-700, 700)))
+    finite = np.abs(z) < 1e3
+    eps = float(np.finfo(case.dtype).eps)
+    np.testing.assert_allclose(p[finite], expected[finite], rtol=4 * eps)
+    assert p[0, -2] == 1.0 and 0.0 <= p[0, -1] < 1e-30  # far tails: the nearest representable values

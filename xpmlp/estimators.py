@@ -18,8 +18,10 @@ was changed, and the estimator keeps its model, so one bad batch does not end a 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
+import types
 import warnings
 
 import numpy as np
@@ -98,6 +100,23 @@ class _ParamsFallback:
         defaults = type(self)().get_params()
         changed = {k: v for k, v in self.get_params().items() if repr(v) != repr(defaults[k])}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+
+class _stochastic_only:
+    """A method that exists only for the stochastic solvers: with ``solver="lbfgs"`` reading it raises
+    AttributeError, so ``hasattr(est, "partial_fit")`` is False, as with scikit-learn's MLP."""
+
+    def __init__(self, method):
+        self.method = method
+        functools.update_wrapper(self, method)
+
+    def __get__(self, est, owner=None):
+        if est is None:
+            return self.method
+        if est.solver == "lbfgs":
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers; {est.solver!r} is "
+                                 "not stochastic")
+        return types.MethodType(self.method, est)
 
 
 class _ClassifierFallback:
@@ -409,7 +428,7 @@ class _BaseMLP(_CallbackSupport, _Base):
                         sample_weight=sample_weight, class_weight=class_weight)
         # loss_ in scikit-learn's units: the data term over loss_scale, plus alpha/2 ||W||^2 / sum(w)
         flat = self.model_.flat
-        total = float(len(X)) if sample_weight is None else float(np.sum(sample_weight))
+        total = float(X.shape[0]) if sample_weight is None else float(np.sum(sample_weight))
         penalty = 0.5 * self.alpha * float(to_numpy(self.model_.xp.sum(flat.data[:flat.n_decay] ** 2))) / total
         self.n_iter_ = optimizer.n_iter_
         self.loss_ = (optimizer.loss_ - grad_scale * penalty) / loss_scale + penalty
@@ -447,9 +466,6 @@ class _BaseMLP(_CallbackSupport, _Base):
             self.best_validation_score_ = -np.inf if self.early_stopping else None
         loss_scale, scale = self._scales(n_outputs)
         if self.solver == "lbfgs":
-            if incremental:
-                raise AttributeError("partial_fit is only available for stochastic optimizers; "
-                                     f"{self.solver!r} is not stochastic")
             self._fit_lbfgs(X, targets, loss, sample_weight, class_weight, (loss_scale, scale))
             return self._fitted(sizes, n_outputs)
         # scikit-learn's objective per batch: (sum_i w_i loss_i + alpha/2 ||W||^2) / sum_i w_i. fit's
@@ -577,6 +593,7 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
             return self._fit(X, targets, n_out, loss, incremental=False,
                              sample_weight=self._sample_weight(sample_weight, X), class_weight=self._class_weight(), y=y)
 
+    @_stochastic_only
     @_with_callbacks
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over (X, y); ``classes`` (all labels) is required on the first call.
@@ -653,6 +670,7 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
             return self._fit(X, targets, targets.shape[1], "mse", incremental=False,
                              sample_weight=self._sample_weight(sample_weight, X), y=y)
 
+    @_stochastic_only
     @_with_callbacks
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y).

@@ -14,6 +14,16 @@ def sigmoid(xp, x):
     return 0.5 * (1.0 + xp.tanh(0.5 * x))
 
 
+def probability(xp, x):
+    """The logistic function with its relative precision in both tails, for reported probabilities.
+
+    ``exp(-|x|)`` never overflows, and ``e / (1 + e)`` for negative x keeps tiny probabilities
+    (3e-17 at x = -38) where the tanh form (:func:`sigmoid`) rounds them to exactly 0.
+    """
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
 def log_softmax_rows(xp, z):
     """Row-wise log-softmax of a (n, k) array: ``(z - max) - log(sum(exp(z - max)))``.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import device_of, namespace_of
-from .functional import log_softmax_rows, sigmoid, softmax_rows
+from .functional import log_softmax_rows, probability, sigmoid, softmax_rows
 
 __all__ = ["Loss", "SoftmaxCrossEntropy", "SigmoidBinaryCrossEntropy", "MeanSquaredError",
            "MeanAbsoluteError", "Huber", "LOSSES", "get_loss"]
@@ -143,7 +143,7 @@ class SigmoidBinaryCrossEntropy(Loss):
         return (sigmoid(xp, self._z) - self._y) / _count(self._z)
 
     def link(self, xp, z):
-        return sigmoid(xp, z)
+        return probability(xp, z)  # reported probabilities: never exactly 0 or 1 short of the dtype's range
 
     def prepare_targets(self, y, backend, dtype, n_outputs, what="y"):
         t = _regression_targets(y, backend, dtype, n_outputs, what)
