@@ -548,7 +548,7 @@ def internal_memory() -> dict:
             raise RuntimeError(f"the model runs on {model.backend}, not CuPy")
         clock[0] = time.perf_counter()
         model.fit(X, y, loss="softmax_cross_entropy", optimizer=xpmlp.Adam(lr=1e-3), epochs=5, batch_size=128,
-                  callbacks=[PoolAfterEpoch()])
+                  callbacks=[PoolAfterEpoch()], verbose=0)
         kernels = fast_kernels(model.backend.xp)
         data["fast_kernels"] = getattr(kernels, "__name__", repr(kernels))
         pred = np.argmax(xpmlp.to_numpy(model.predict(Xt)), axis=1)

@@ -55,13 +55,13 @@ def count(sizes, activation, optimizer, dropout, batch_size, reference: bool) ->
     opt = xpmlp.SGD(lr=0.01, momentum=0.9) if optimizer == "sgd" else xpmlp.Adam(lr=1e-3)
     model = xpmlp.MLP(sizes, activation=activation, dropout=dropout, device="cuda", dtype="float32", seed=0)
     model.fit(X[:batch_size], y[:batch_size], loss="softmax_cross_entropy", optimizer=opt, epochs=1,
-              batch_size=batch_size)
+              batch_size=batch_size, verbose=0)
     with model.backend.activate():
         variant = make_train_step(model, model.loss, opt).variant
     counts = {}
     for steps in (2, 6):
         fake_cupy.COUNTS.reset()
-        model.fit(X[: batch_size * steps], y[: batch_size * steps], epochs=1, batch_size=batch_size)
+        model.fit(X[: batch_size * steps], y[: batch_size * steps], epochs=1, batch_size=batch_size, verbose=0)
         counts[steps] = (fake_cupy.COUNTS.snapshot(), dict(fake_cupy.COUNTS.by_name))
     per_step = {k: (counts[6][0][k] - counts[2][0][k]) / 4 for k in ("launches", "syncs", "h2d")}
     by_kernel = {k: (counts[6][1].get(k, 0) - counts[2][1].get(k, 0)) / 4 for k in counts[6][1]}

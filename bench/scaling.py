@@ -42,7 +42,7 @@ def _time_xpmlp(sizes, X, y, whole_epoch):
 
     model, opt = xpmlp.MLP(sizes, seed=0), xpmlp.Adam(lr=1e-3)
     fit = lambda Xs, ys: model.fit(Xs, ys, loss="softmax_cross_entropy", optimizer=opt, epochs=1,  # noqa: E731
-                                   batch_size=BATCH, shuffle=True)
+                                   batch_size=BATCH, shuffle=True, verbose=0)
     fit(X[:BATCH * WARMUP], y[:BATCH * WARMUP])
     n = len(X) if whole_epoch else BATCH * STEPS
     start = time.perf_counter()

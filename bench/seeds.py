@@ -134,7 +134,7 @@ def train_xpmlp(config, seed, batch, data, epochs):
         w0, logits0 = model.get_weights(), xpmlp.to_numpy(model.predict(Xt[:N_LOGITS]))
     accuracy, loss = [], []
     for _ in range(epochs):  # one epoch per fit: the shuffle rng and the optimiser carry on
-        history = model.fit(X, y, loss="softmax_cross_entropy", optimizer=opt, epochs=1, batch_size=batch)
+        history = model.fit(X, y, loss="softmax_cross_entropy", optimizer=opt, epochs=1, batch_size=batch, verbose=0)
         loss.append(float(history.history["loss"][-1]))
         accuracy.append(float(np.mean(np.argmax(xpmlp.to_numpy(model.predict(Xt)), axis=1) == yt)))
     return accuracy, loss, w0, logits0

@@ -24,7 +24,7 @@ def main(path=None, epochs: int = 200, seed: int = 0, device: str = "cpu") -> di
           f"stratified 75/25 split, seed {seed}")
     clf = xpmlp.MLP([13, 13, 1], activation="tanh", standardize=True, seed=seed, device=device)
     clf.fit(X_train, y_train, loss="sigmoid_binary_cross_entropy", optimizer=xpmlp.Adam(lr=1e-3),
-            epochs=epochs, batch_size=16)
+            epochs=epochs, batch_size=16, verbose=0)
     p = xpmlp.to_numpy(clf.predict(X_test)).ravel()
     accuracy = float(np.mean((p > 0.5) == y_test))
     print(f"held-out accuracy {accuracy:.3f} (majority class alone: {max(y_test.mean(), 1 - y_test.mean()):.3f}); "
@@ -33,7 +33,7 @@ def main(path=None, epochs: int = 200, seed: int = 0, device: str = "cpu") -> di
     X, severity = load_heart_disease(path, target="num")
     X_train, X_test, s_train, s_test = train_test_split(X, severity, test_size=0.25, seed=seed)
     reg = xpmlp.MLP([13, 13, 1], activation="tanh", standardize=True, seed=seed, device=device)
-    reg.fit(X_train, s_train.astype(float), loss="mse", optimizer=xpmlp.Adam(lr=1e-3), epochs=epochs, batch_size=16)
+    reg.fit(X_train, s_train.astype(float), loss="mse", optimizer=xpmlp.Adam(lr=1e-3), epochs=epochs, batch_size=16, verbose=0)
     pred = xpmlp.to_numpy(reg.predict(X_test)).ravel()
     mae = float(np.mean(np.abs(pred - s_test)))
     baseline = float(np.mean(np.abs(s_test - np.median(s_train))))

@@ -31,7 +31,7 @@ def train(name, X_train, y_train, X_test, y_test, *, epochs=None, seed=0, device
     optimizer = xpmlp.Adam(lr=lr)
     started = time.perf_counter()
     for epoch in range(epochs or default_epochs):
-        model.fit(X_train, y_train, loss="softmax_cross_entropy", optimizer=optimizer, epochs=1, batch_size=batch)
+        model.fit(X_train, y_train, loss="softmax_cross_entropy", optimizer=optimizer, epochs=1, batch_size=batch, verbose=0)
         optimizer.lr *= decay
     seconds = time.perf_counter() - started
     accuracy = float(np.mean(xpmlp.to_numpy(model.predict(X_test)).argmax(axis=1) == y_test))

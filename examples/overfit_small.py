@@ -18,7 +18,7 @@ def main(epochs: int = 100, seed: int = 0, device: str = "cpu") -> dict:
     X = images / 255.0
     model = xpmlp.MLP([12288, 64, 1], activation="relu", seed=seed, device=device)
     history = model.fit(X, labels, loss="sigmoid_binary_cross_entropy", optimizer=xpmlp.Adam(lr=1e-3),
-                        epochs=epochs, batch_size=10)
+                        epochs=epochs, batch_size=10, verbose=0)
     losses = history.history["loss"]
     print(f"loss: first epoch {losses[0]:.4f}, last epoch {losses[-1]:.2e}")
     return {"first_loss": losses[0], "final_loss": losses[-1]}

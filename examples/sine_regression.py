@@ -26,7 +26,7 @@ def main(epochs: int = 300, n: int = 2000, seed: int = 0, out: str | None = None
     """Returns {"mse": ..., "plot": the path of the picture, or None}."""
     X, y = make_sine(n, seed=seed)
     model = xpmlp.MLP([1, 32, 32, 1], activation="tanh", seed=seed, device=device)
-    model.fit(X, y, loss="mse", optimizer=xpmlp.Adam(lr=0.01), epochs=epochs, batch_size=64)
+    model.fit(X, y, loss="mse", optimizer=xpmlp.Adam(lr=0.01), epochs=epochs, batch_size=64, verbose=0)
     grid = np.linspace(0, 4 * np.pi, 1000)[:, None]
     pred = xpmlp.to_numpy(model.predict(grid))
     mse = float(np.mean((pred - np.abs(np.sin(grid))) ** 2))

@@ -16,7 +16,7 @@ def main(epochs: int = 500, seed: int = 1, device: str = "cpu") -> dict:
     y = np.array([0, 1, 1, 0])
     model = xpmlp.MLP([2, 3, 1], activation="tanh", seed=seed, device=device)
     history = model.fit(X, y, loss="sigmoid_binary_cross_entropy", optimizer=xpmlp.Adam(lr=0.1),
-                        epochs=epochs, batch_size=4)
+                        epochs=epochs, batch_size=4, verbose=0)
     p = xpmlp.to_numpy(model.predict(X)).ravel()
     for row, prob in zip(X, p):
         print(f"{row.astype(int)} -> P(1) = {prob:.4f}")

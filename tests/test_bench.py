@@ -37,6 +37,17 @@ def test_accuracy_vs_sklearn_quick(tmp_path, data_dir):
     assert (tmp_path / "accuracy_vs_sklearn.md").read_text().startswith("# xpmlp.MLPClassifier vs scikit-learn")
 
 
+def test_digits_vs_sklearn_quick(tmp_path):
+    pytest.importorskip("sklearn")
+    stdout = _run("digits_vs_sklearn.py", tmp_path)
+    result = json.loads((tmp_path / "digits_vs_sklearn.json").read_text())
+    (run,) = result["runs"]
+    for who in ("xpmlp", "sklearn"):
+        assert 1 <= run[who]["epochs"] <= 200 and run[who]["seconds"] > 0 and 0.5 < run[who]["test_accuracy"] <= 1
+    assert result["summary"]["epochs"]["ratio"] == run["xpmlp"]["epochs"] / run["sklearn"]["epochs"]
+    assert "seed 0: epochs" in stdout and (tmp_path / "digits_vs_sklearn.md").read_text().startswith("# xpmlp vs")
+
+
 def test_mnist_benchmark_quick(tmp_path, data_dir):
     if data_dir is None or not (data_dir / "mnist").is_dir():
         pytest.skip("MNIST not in $XPMLP_DATA")
