@@ -629,3 +629,16 @@ def test_lbfgs_solver_reaches_sklearns_minimum_from_the_same_weights(kind):
     assert not hasattr(ours, "loss_curve_") and not hasattr(theirs, "loss_curve_")
     with pytest.raises(AttributeError, match="partial_fit is only available for stochastic optimizers"):
         ours.partial_fit(X, y, **({"classes": np.unique(y)} if kind in ("binary", "multiclass") else {}))
+
+
+def test_sklearn_progress_bar(capsys):
+    """scikit-learn's ProgressBar (it needs rich, in the test extras) follows the epochs to the end,
+    also when training stops before max_iter."""
+    callback = pytest.importorskip("sklearn.callback")
+    pytest.importorskip("rich")
+    X, y = _blobs()
+    est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=300, tol=10.0, n_iter_no_change=2, random_state=0)
+    est.set_callbacks(callback.ProgressBar()).fit(X, y)
+    out = capsys.readouterr()
+    shown = out.out + out.err
+    assert est.n_iter_ == 4 and "MLPClassifier - fit" in shown and "100%" in shown, shown
