@@ -707,7 +707,9 @@ def first_nonfinite_layer(model, X):
     or None when every layer's output is finite. All layers are checked in one host read; the
     model is not changed (Dropout passes inputs through, nothing is kept for backward).
     """
-    model._require_built("look for non-finite values")
+    if not model.built:
+        raise ValueError("the model has no weights yet: fit it (or give in_features) before you look for "
+                         "non-finite values")
     with model.backend.activate(), model.backend.matmul_precision(model.tf32):
         x = _prepare_X(model, X)
         xp, flags = model.xp, []
