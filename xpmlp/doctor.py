@@ -236,7 +236,7 @@ def _unscaled_inputs(c: _Case) -> list[Finding]:
     hint = "divide raw 0-255 pixel values by 255" if pixels else "scale the features (e.g. sklearn's StandardScaler)"
     return [Finding("unscaled_inputs", "warning",
                     f"X looks unscaled: its values run from {c.low:g} to {c.high:g} (largest |x| {largest:g} > "
-                    f"{RAW_INPUT_LIMIT:g}){' (raw 0-255 pixels?)' if pixels else ''}; networks train best on "
+                    f"{RAW_INPUT_LIMIT:g}{'; raw 0-255 pixels?' if pixels else ''}); networks train best on "
                     "inputs of about unit scale.",
                     f"{hint[0].upper()}{hint[1:]}, or build the model with MLP(..., standardize=True).",
                     {"min": c.low, "max": c.high, "limit": RAW_INPUT_LIMIT})]
