@@ -15,6 +15,7 @@ from .optim import OPTIMIZERS, SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from . import callbacks, datasets, metrics, schedules
 from .io import ModelFileError
 from .train import DivergenceError, History
+from .doctor import DoctorWarning, Finding, Report, diagnose
 
 __version__ = "0.1.0"
 
@@ -37,5 +38,6 @@ __all__ = [
     "SoftmaxCrossEntropy",
     "MLP", "Sequential", "MLPClassifier", "MLPRegressor", "History", "DivergenceError", "load", "ModelFileError",
     "callbacks", "datasets", "metrics", "schedules",
+    "diagnose", "Finding", "Report", "DoctorWarning",
     "OPTIMIZERS", "SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "LBFGS",
 ]
