@@ -39,6 +39,7 @@ __all__ = ["LRFinderResult", "lr_find", "suggest_lr"]
 # skip_start=10 in LRFinder.plot): there the moving average is still settling on a flat loss.
 SKIP_START = 10
 
+
 class LRFinderResult:
     """The curve of a learning-rate range test and the rate it suggests.
 
@@ -128,8 +129,9 @@ def suggest_lr(lrs, losses) -> float | None:
     value is taken from the curve's point :data:`SKIP_START` (point 0 when the lowest loss comes
     sooner than that) up to the lowest smoothed loss: torch-lr-finder takes the steepest slope of
     the whole curve less its last 5 points, which can land past the minimum, where the loss of an
-    Adam run that never quite diverged falls back from a bump at rates in the tens (seen on
-    scikit-learn's digits); the descent that leads to the lowest loss is the one Smith's test reads.
+    Adam run that never quite diverged falls back from a bump at large rates (on scikit-learn's
+    digits that rule suggested 3.3 and 3.9 for two seeds, and one epoch at them reached 8% and 10%
+    accuracy); the descent that leads to the lowest loss is the one Smith's test reads.
 
     Returns None when fewer than 3 points lead to the lowest one, or none of them descends.
     """
