@@ -11,6 +11,7 @@ from .backend import resolve, to_numpy
 from .layers import LAYERS, Dense, Dropout, Layer, Standardize, activation_name, dense_for, get_activation
 from .params import FlatParameters, Parameter
 from .losses import get_loss
+from .lr_find import lr_find as _lr_find
 from .train import History, _prepare_X, _prepare_y, _sample_weights, evaluate, fit, predict
 
 __all__ = ["Sequential", "MLP", "load"]
@@ -206,6 +207,7 @@ class Sequential:
     fit = _on_device(fit)
     predict = _on_device(predict)
     evaluate = _on_device(evaluate)
+    lr_find = _on_device(_lr_find)  # the learning-rate range test: see xpmlp.lr_find
 
     # -- configuration and state ---------------------------------------------------------------
     def get_config(self) -> dict:
