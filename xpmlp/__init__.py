@@ -16,6 +16,7 @@ from . import callbacks, datasets, metrics, schedules
 from .io import ModelFileError
 from .train import DivergenceError, History
 from .doctor import DoctorWarning, Finding, Report, diagnose
+from .lr_find import LRFinderResult
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,6 @@ __all__ = [
     "SoftmaxCrossEntropy",
     "MLP", "Sequential", "MLPClassifier", "MLPRegressor", "History", "DivergenceError", "load", "ModelFileError",
     "callbacks", "datasets", "metrics", "schedules",
-    "diagnose", "Finding", "Report", "DoctorWarning",
+    "diagnose", "Finding", "Report", "DoctorWarning", "LRFinderResult",
     "OPTIMIZERS", "SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "LBFGS",
 ]
