@@ -221,7 +221,7 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
         shuffle: bool = True, seed: int | None = None, verbose="auto", validation_data=None,
         validation_split: float = 0.0, validation_freq=1, metrics=None, class_weight=None, sample_weight=None,
         callbacks=None, on_divergence: str = "raise", initial_epoch: int = 0,
-        steps_per_epoch: int | None = None) -> History:
+        steps_per_epoch: int | None = None, diagnose: bool = False) -> History:
     """Train the model with minibatch gradient descent.
 
     Parameters
@@ -279,6 +279,13 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
     steps_per_epoch : int >= 1, optional
         Batches per epoch drawn from an iterable X (required when X has no length, e.g. a
         generator): they come from one iterator that carries on from epoch to epoch.
+    diagnose : bool, default False
+        Run the MLP doctor: before training, the cheap checks of :func:`xpmlp.diagnose` on X and y
+        (arrays only: an iterable of batches skips them), and during training the checks of
+        :class:`xpmlp.vitals.Vitals` (once per epoch, on a fixed sample of 256 training rows, or
+        of the first batch of an iterable). Each finding is issued as a
+        :class:`xpmlp.doctor.DoctorWarning`; all of them are kept in ``history.doctor`` (a
+        :class:`xpmlp.doctor.Report`; None without ``diagnose``). Training itself is unchanged.
 
     Batches from an iterable: each batch is checked (as X and y are) and copied to the device
     when it is used, so the data never has to fit on the device. An iterable with a length (a
@@ -301,10 +308,22 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
         if y is None or initial_epoch or steps_per_epoch is not None or validation_freq != 1:
             raise ValueError("LBFGS trains on arrays X, y, all rows at once: it takes no iterable of batches, "
                              "initial_epoch, steps_per_epoch or validation_freq")
-        return fit_lbfgs(model, optimizer, X, y, loss=loss, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                         seed=seed, verbose=verbose, validation_data=validation_data,
-                         validation_split=validation_split, metrics=metrics, class_weight=class_weight,
-                         sample_weight=sample_weight, callbacks=callbacks, on_divergence=on_divergence)
+        vitals, before = None, []
+        if diagnose:
+            from .vitals import Vitals
+
+            before = _diagnose_before(model, loss, X, y, shuffle, validation_data)
+            vitals = Vitals(X, y)
+            callbacks = [*(callbacks or []), vitals]
+        try:
+            history = fit_lbfgs(model, optimizer, X, y, loss=loss, epochs=epochs, batch_size=batch_size,
+                                shuffle=shuffle, seed=seed, verbose=verbose, validation_data=validation_data,
+                                validation_split=validation_split, metrics=metrics, class_weight=class_weight,
+                                sample_weight=sample_weight, callbacks=callbacks, on_divergence=on_divergence)
+        finally:
+            if model.history is not None:
+                model.history.doctor = _doctor_report(before, vitals)
+        return history
     epochs, batch_size = _positive_int(epochs, "epochs"), _positive_int(batch_size, "batch_size")
     loss, optimizer, metrics, callbacks = _check_options(model, loss, optimizer, metrics, callbacks, on_divergence,
                                                          validation_data, validation_split)
@@ -314,7 +333,16 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
                           class_weight, sample_weight, steps_per_epoch, metrics)
     xp, streamed = model.xp, [m for m in metrics if not isinstance(m, CallableMetric)]
     history = History()
-    callbacks = [history, *([ProgbarLogger()] if verbose else []), *callbacks]
+    vitals, before = None, []
+    if diagnose:
+        from .vitals import Vitals
+
+        vitals = Vitals()
+        if data.X is not None:
+            vitals._use(data.X, data.y, weighted=data.weights is not None)
+        else:  # an iterable: the sample comes from its first batch
+            vitals._use(data.pending[0], data.pending[1], weighted=data.pending[2] is not None)
+    callbacks = [history, *([ProgbarLogger()] if verbose else []), *([vitals] if vitals else []), *callbacks]
     params, log_keys = {"verbose": verbose, "epochs": epochs, "steps": data.steps}, _log_keys(metrics, data.Xv is not None)
     for cb in callbacks:
         cb.model, cb.params = model, params
@@ -323,7 +351,10 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
     batch_hooks = [cb for cb in callbacks if type(cb).on_batch_end is not Callback.on_batch_end]
 
     data.adapt()
+    if diagnose and y is not None:  # after adapt: the checks run the model on the data
+        before = _diagnose_before(model, loss, X, y, shuffle, validation_data)
     model.loss, model.optimizer, model.stop_training, model.history = loss, optimizer, False, history
+    history.doctor = None
     step = make_train_step(model, loss, optimizer)
     begun = []  # callbacks whose on_train_begin ran: only they get on_train_end
     try:
@@ -371,9 +402,31 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
                 break
     except BaseException as error:
         _train_end(begun, error)
+        history.doctor = _doctor_report(before, vitals)
         raise
     _train_end(begun)
+    history.doctor = _doctor_report(before, vitals)
     return history
+
+
+def _diagnose_before(model, loss, X, y, shuffle, validation_data):
+    """fit(diagnose=True)'s checks before training (:func:`xpmlp.diagnose` without the overfit test),
+    issued as warnings pointing at the caller of fit; returns the Report."""
+    from . import doctor
+
+    diagnose = getattr(doctor, "diagnose", None)  # None until the pre-training checks are merged
+    if diagnose is None:
+        return doctor.Report()
+    report = diagnose(model, X, y, loss=loss, shuffle=shuffle, validation_data=validation_data, overfit=False)
+    report.warn(stacklevel=4)  # Report.warn, this function, fit, the model's method: the caller's line
+    return report
+
+
+def _doctor_report(before, vitals):
+    """``history.doctor``: the findings before and during training, or None without diagnose."""
+    from .doctor import Report
+
+    return None if vitals is None else Report([*before, *vitals.report])
 
 
 def _check_options(model, loss, optimizer, metrics, callbacks, on_divergence, validation_data, validation_split):
