@@ -45,6 +45,7 @@ Checks, their definitions and thresholds (module constants below, with their sou
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -55,7 +56,7 @@ from .callbacks import Callback
 from .doctor import DoctorWarning, Finding, Report
 from .layers import Dense, Dropout
 
-__all__ = ["Vitals", "SAMPLE_ROWS"]
+__all__ = ["Vitals", "inspect_model", "SAMPLE_ROWS", "INSPECT_COLUMNS"]
 
 SAMPLE_ROWS = 256  # rows of the fixed sample batch: enough for stable shares, cheap beside an epoch
 
@@ -114,14 +115,16 @@ def layer_pass(model, loss, X, y):
     gradient is left in ``model.flat.grad``: the caller saves and restores that buffer.
     """
     h, inputs, outputs = X, [], []
-    for layer in model.layers:
-        inputs.append(h)
-        h = h if isinstance(layer, Dropout) else layer.forward(h, True)
-        outputs.append(h)
-    loss.forward(h, y)
-    g = loss.backward()
-    for layer in reversed(model.layers):
-        g = g if isinstance(layer, Dropout) else layer.backward(g)
+    with warnings.catch_warnings():  # a diverged model's overflows: fit has warned of them already
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for layer in model.layers:
+            inputs.append(h)
+            h = h if isinstance(layer, Dropout) else layer.forward(h, True)
+            outputs.append(h)
+        loss.forward(h, y)
+        g = loss.backward()
+        for layer in reversed(model.layers):
+            g = g if isinstance(layer, Dropout) else layer.backward(g)
     return inputs, outputs
 
 
@@ -209,7 +212,7 @@ class Vitals(Callback):
         idx = np.sort(rng.choice(n, size=min(self.rows, n), replace=False))
         take = model.backend.from_host(idx)
         self.sample = (xp.take(Xd, take, axis=0), xp.take(yd, take, axis=0))
-        loss = model.loss
+        loss = self.loss = copy.copy(model.loss)  # its own caches: the train step's stay untouched
         if loss.is_classifier and (yd.ndim == 1 or yd.shape[1] == 1 or loss.name == "softmax_cross_entropy"):
             k = 2 if model.out_features == 1 else model.out_features
             labels = to_numpy(_class_index(model, yd)).astype(np.int64)  # one read, before training
@@ -282,7 +285,7 @@ class Vitals(Callback):
             return stats
         saved_grad = xp.asarray(model.flat.grad, copy=True)
         try:
-            inputs, outputs = layer_pass(model, model.loss, *self.sample)
+            inputs, outputs = layer_pass(model, self.loss, *self.sample)
             for j, (_, layer) in enumerate(self._dense()):
                 g = layer.parameters["W"].grad
                 stats.add(f"gW{j}", xp.sum(g * g))
@@ -456,3 +459,76 @@ class Vitals(Callback):
                        f"{amplitude:.3g} on average ({amplitude / np.mean(w):.0%} of its mean): the steps overshoot.",
                        "lower the learning rate (or the momentum), or use larger batches",
                        {"losses": [float(v) for v in w], "sign_changes": changes, "mean_abs_change": amplitude})
+
+
+# -- model.inspect ---------------------------------------------------------------------------------
+INSPECT_COLUMNS = ["type", "act_mean", "act_std", "act_frac_zero", "act_frac_saturated", "grad_mean", "grad_std",
+                   "grad_norm", "weight_mean", "weight_std", "weight_norm", "update_ratio"]
+
+
+def inspect_model(model, X, y, *, loss=None, optimizer=None):
+    """Per-layer statistics of activations, gradients, weights and one update: see :meth:`Sequential.inspect`."""
+    import pandas as pd
+
+    from .lbfgs import LBFGS
+    from .losses import get_loss
+    from .optim import Adam, Optimizer, get_optimizer
+    from .train import _prepare_X, _prepare_y
+
+    if not model.built:
+        raise ValueError("inspect needs a built model: give in_features (or the first size of MLP), or fit first")
+    if loss is None and model.loss is None:
+        raise ValueError("inspect needs a loss: pass loss=... or fit the model first")
+    loss = copy.copy(model.loss) if loss is None else get_loss(loss)
+    if optimizer is None:
+        optimizer = model.optimizer if model.optimizer is not None else Adam()
+    elif not isinstance(optimizer, LBFGS):
+        optimizer = get_optimizer(optimizer)
+    if not isinstance(optimizer, Optimizer):
+        raise ValueError(f"inspect takes a first-order optimiser (Adam, SGD, ...), got {type(optimizer).__name__}")
+    optimizer = copy.deepcopy(optimizer)  # its step count and state move on the copy only
+    xp, flat = model.xp, model.flat
+    Xd = _prepare_X(model, X)
+    yd = _prepare_y(model, loss, y, Xd.shape[0])
+    dtype = model.backend.dtype(model.dtype)
+    kept = [{k: layer.__dict__[k] for k in ("_x", "_y") if k in layer.__dict__} for layer in model.layers]
+    saved_grad = xp.asarray(flat.grad, copy=True)
+    try:
+        inputs, outputs = layer_pass(model, loss, Xd, yd)
+        grad = xp.asarray(flat.grad, copy=True)
+    finally:
+        flat.grad[...] = saved_grad
+        for layer, attrs in zip(model.layers, kept):
+            for k in ("_x", "_y"):
+                layer.__dict__.pop(k, None)
+            layer.__dict__.update(attrs)
+    after = flat.snapshot()
+    optimizer.make_update(xp)(after, grad, flat.n_decay)  # the reference update, on a copy of the values
+
+    offsets = {id(p): o for p, o in zip(flat.parameters, flat.offsets)}
+    stats = _Stats(xp, dtype)
+    nan = xp.asarray(float("nan"), dtype=dtype, device=model.backend.device)
+    for i, (layer, x, h) in enumerate(zip(model.layers, inputs, outputs)):
+        stats.add(f"act{i}", xp.stack([xp.mean(h), xp.std(h), xp.mean(xp.astype(h == 0, dtype))]))
+        name = getattr(layer, "name", "")
+        stats.add(f"sat{i}", xp.mean(xp.astype(xp.abs(x) > SATURATION_BOUND[name], dtype))
+                  if name in SATURATION_BOUND else nan)
+        if layer.parameters:
+            spans = [(offsets[id(p)], p.size) for p in layer.parameters.values()]
+            w, g, a = (xp.concat([b[o:o + n] for o, n in spans]) for b in (flat.data, grad, after))
+            d = a - w
+            stats.add(f"par{i}", xp.stack([xp.mean(g), xp.std(g), xp.sqrt(xp.sum(g * g)), xp.mean(w), xp.std(w),
+                                           xp.sqrt(xp.sum(w * w)), xp.sqrt(xp.sum(d * d))]))
+    s = stats.read()
+    rows = []
+    for i, layer in enumerate(model.layers):
+        act_mean, act_std, act_zero = s[f"act{i}"]
+        row = {"type": type(layer).__name__, "act_mean": act_mean, "act_std": act_std, "act_frac_zero": act_zero,
+               "act_frac_saturated": float(s[f"sat{i}"])}
+        if f"par{i}" in s:
+            g_mean, g_std, g_norm, w_mean, w_std, w_norm, d_norm = s[f"par{i}"]
+            row.update(grad_mean=g_mean, grad_std=g_std, grad_norm=g_norm, weight_mean=w_mean, weight_std=w_std,
+                       weight_norm=w_norm, update_ratio=d_norm / w_norm if w_norm > 0 else math.inf)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=INSPECT_COLUMNS, index=pd.RangeIndex(len(rows), name="layer"), dtype=object
+                        ).astype({c: float for c in INSPECT_COLUMNS[1:]})
