@@ -449,3 +449,38 @@ def test_doctor_cost_bench_quick(tmp_path, data_dir):
         assert len(result[key]) == result["settings"]["repeats"] and all(t > 0 for t in result[key])
     assert result["overhead"] == pytest.approx(result["diagnose_median_s"] / result["plain_median_s"] - 1)
     assert (tmp_path / "doctor_cost.md").read_text().startswith("# Cost of fit(diagnose=True)")
+
+
+# -- every backend ----------------------------------------------------------------------------------------
+def test_vitals_and_inspect_on_every_backend(case):
+    X, y = _binary(256)
+    model = xpmlp.MLP([20, 16, 2], seed=0, **case.model_kwargs())
+    v = Vitals(case.asarray(X), case.asarray(y))
+    with pytest.warns(DoctorWarning, match="update_ratio_too_large"):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, message="(?!.*update_ratio)")
+            model.fit(case.asarray(X), case.asarray(y), loss="softmax_cross_entropy", optimizer=Adam(lr=0.1),
+                      epochs=2, verbose=0, callbacks=[v])
+    assert v.report.checks() == ["update_ratio_too_large"] and len(v.records) == 2
+    reference = xpmlp.MLP([20, 16, 2], seed=0, dtype=case.dtype)
+    reference.set_weights(model.get_weights())
+    got = model.inspect(case.asarray(X), case.asarray(y), optimizer=SGD(lr=0.1))
+    want = reference.inspect(X, y, loss="softmax_cross_entropy", optimizer=SGD(lr=0.1))
+    numbers = INSPECT_COLUMNS[1:]
+    assert np.allclose(got[numbers].to_numpy(float), want[numbers].to_numpy(float), rtol=100 * case.rtol,
+                       atol=1e-6, equal_nan=True)
+
+
+def test_vitals_on_a_sparse_input(before_stub):
+    sparse = pytest.importorskip("scipy.sparse")
+    X, y = _binary()
+    Xs = sparse.csr_matrix(np.where(np.abs(X) > 1, X, 0))
+    v = _train(xpmlp.MLP([20, 16, 2], seed=0), Xs, y, loss="softmax_cross_entropy", epochs=2)
+    _assert_measured(v, 2, 2)
+    dense = _train(xpmlp.MLP([20, 16, 2], seed=0), Xs.toarray(), y, loss="softmax_cross_entropy", epochs=2)
+    assert v.records[1]["gW0"] == pytest.approx(dense.records[1]["gW0"], rel=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h = xpmlp.MLP([20, 16, 2], seed=0).fit(Xs, y, loss="softmax_cross_entropy", epochs=2, verbose=0,
+                                               diagnose=True)
+    assert h.doctor.checks() == ["stub_check"]

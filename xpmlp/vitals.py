@@ -193,7 +193,7 @@ class Vitals(Callback):
 
     # -- callback hooks ---------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
-        from .train import _class_index, _prepare_X, _prepare_y
+        from .train import _class_index, _prepare_X, _prepare_y, _take_rows
 
         model = self.model
         self.findings, self.fired, self.losses, self.records, self.collapsed_run = [], set(), [], [], 0
@@ -211,7 +211,7 @@ class Vitals(Callback):
         rng = np.random.default_rng(self.seed)
         idx = np.sort(rng.choice(n, size=min(self.rows, n), replace=False))
         take = model.backend.from_host(idx)
-        self.sample = (xp.take(Xd, take, axis=0), xp.take(yd, take, axis=0))
+        self.sample = (_take_rows(xp, Xd, take), xp.take(yd, take, axis=0))  # X may be sparse
         loss = self.loss = copy.copy(model.loss)  # its own caches: the train step's stay untouched
         if loss.is_classifier and (yd.ndim == 1 or yd.shape[1] == 1 or loss.name == "softmax_cross_entropy"):
             k = 2 if model.out_features == 1 else model.out_features
@@ -276,7 +276,8 @@ class Vitals(Callback):
     def _measure(self):
         """The sample's statistics, as a _Stats not yet read (no host sync here)."""
         model, xp = self.model, self.model.xp
-        stats = _Stats(xp, model.backend.dtype(model.dtype))
+        dt = model.backend.dtype(model.dtype)
+        stats = _Stats(xp, dt)
         if self.update is not None:
             for j, (d2, w2) in enumerate(self.update):
                 stats.add(f"upd{j}", d2)
@@ -293,20 +294,20 @@ class Vitals(Callback):
                 stats.add(f"finite{i}", xp.all(xp.isfinite(h)))
                 name = getattr(layer, "name", "")
                 if name == "relu":
-                    stats.add(f"dead{i}", xp.mean(xp.astype(xp.all(x <= 0, axis=0), model.dtype)))
+                    stats.add(f"dead{i}", xp.mean(xp.astype(xp.all(x <= 0, axis=0), dt)))
                 elif name in SATURATION_BOUND:
-                    stats.add(f"sat{i}", xp.mean(xp.astype(xp.abs(x) > SATURATION_BOUND[name], model.dtype)))
+                    stats.add(f"sat{i}", xp.mean(xp.astype(xp.abs(x) > SATURATION_BOUND[name], dt)))
             for p in model.parameters():
                 stats.add(f"pfinite:{p.name}", xp.all(xp.isfinite(p.value)))
             if self.sample_share is not None:
                 z = outputs[-1]
                 if z.shape[1] == 1:
-                    up = xp.mean(xp.astype(z[:, 0] > 0, model.dtype))
+                    up = xp.mean(xp.astype(z[:, 0] > 0, dt))
                     stats.add("pred", xp.stack([1.0 - up, up]))
                 else:
                     top = xp.argmax(z, axis=1)
                     classes = xp.arange(z.shape[1], dtype=top.dtype, device=model.backend.device)
-                    stats.add("pred", xp.mean(xp.astype(top[:, None] == classes[None, :], model.dtype), axis=0))
+                    stats.add("pred", xp.mean(xp.astype(top[:, None] == classes[None, :], dt), axis=0))
         finally:
             model.flat.grad[...] = saved_grad
         return stats
