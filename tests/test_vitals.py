@@ -437,6 +437,7 @@ def test_inspect_refuses_what_it_cannot_do():
 
 
 # -- the cost benchmark ------------------------------------------------------------------------------------
+@pytest.mark.slow  # about 5-10 s: reading MNIST and a few fits in a subprocess
 def test_doctor_cost_bench_quick(tmp_path, data_dir):
     if data_dir is None or not (data_dir / "mnist").is_dir():
         pytest.skip("MNIST not in $XPMLP_DATA")
