@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -89,6 +91,18 @@ OSCILLATION_AMPLITUDE = 0.05  # mean |difference| relative to the window's mean 
 OSCILLATION_FLOOR = 0.01  # ... and relative to the first epoch's loss
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller_level() -> int:
+    """The stacklevel, for a warning issued by our caller, of the first frame outside xpmlp (the line
+    that called fit), so that each finding points at the user's code whatever path led to it."""
+    frame, level = sys._getframe(1), 1  # our caller, the one that calls warnings.warn: level 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _nonfinite_layer_fallback(model, X):
     """(index, layer name) of the first layer whose output on X is NaN or infinite (inference
     mode), or None; one host read. Stands in for :func:`xpmlp.doctor.first_nonfinite_layer`."""
@@ -123,8 +137,10 @@ def layer_pass(model, loss, X, y):
             outputs.append(h)
         loss.forward(h, y)
         g = loss.backward()
-        for layer in reversed(model.layers):
+        first = next(i for i, layer in enumerate(model.layers) if layer.parameters)
+        for layer in reversed(model.layers[first + 1:]):
             g = g if isinstance(layer, Dropout) else layer.backward(g)
+        model.layers[first].backward_params(g)  # no input gradient: nobody reads it (as fit's steps)
     return inputs, outputs
 
 
@@ -331,7 +347,7 @@ class Vitals(Callback):
         self.findings.append(finding)
         self.report = Report(self.findings)
         if self.warn:
-            warnings.warn(str(finding), DoctorWarning, stacklevel=2)
+            warnings.warn(str(finding), DoctorWarning, stacklevel=_caller_level())
 
     def _check(self, epoch, s):
         layer, bad_params = self._nonfinite(s)
