@@ -308,21 +308,12 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
         if y is None or initial_epoch or steps_per_epoch is not None or validation_freq != 1:
             raise ValueError("LBFGS trains on arrays X, y, all rows at once: it takes no iterable of batches, "
                              "initial_epoch, steps_per_epoch or validation_freq")
-        vitals, before = None, []
-        if diagnose:
-            from .vitals import Vitals
-
-            before = _diagnose_before(model, loss, X, y, shuffle, validation_data)
-            vitals = Vitals(X, y)
-            callbacks = [*(callbacks or []), vitals]
-        try:
-            history = fit_lbfgs(model, optimizer, X, y, loss=loss, epochs=epochs, batch_size=batch_size,
-                                shuffle=shuffle, seed=seed, verbose=verbose, validation_data=validation_data,
-                                validation_split=validation_split, metrics=metrics, class_weight=class_weight,
-                                sample_weight=sample_weight, callbacks=callbacks, on_divergence=on_divergence)
-        finally:
-            if model.history is not None:
-                model.history.doctor = _doctor_report(before, vitals)
+        history = fit_lbfgs(model, optimizer, X, y, loss=loss, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                            seed=seed, verbose=verbose, validation_data=validation_data,
+                            validation_split=validation_split, metrics=metrics, class_weight=class_weight,
+                            sample_weight=sample_weight, on_divergence=on_divergence,
+                            callbacks=[*(callbacks or []), *_doctor(diagnose, None, X, y, shuffle, validation_data)])
+        history.doctor = getattr(history, "doctor", None)  # set by fit's Vitals with diagnose
         return history
     epochs, batch_size = _positive_int(epochs, "epochs"), _positive_int(batch_size, "batch_size")
     loss, optimizer, metrics, callbacks = _check_options(model, loss, optimizer, metrics, callbacks, on_divergence,
@@ -333,16 +324,9 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
                           class_weight, sample_weight, steps_per_epoch, metrics)
     xp, streamed = model.xp, [m for m in metrics if not isinstance(m, CallableMetric)]
     history = History()
-    vitals, before = None, []
-    if diagnose:
-        from .vitals import Vitals
-
-        vitals = Vitals()
-        if data.X is not None:
-            vitals._use(data.X, data.y, weighted=data.weights is not None)
-        else:  # an iterable: the sample comes from its first batch
-            vitals._use(data.pending[0], data.pending[1], weighted=data.pending[2] is not None)
-    callbacks = [history, *([ProgbarLogger()] if verbose else []), *([vitals] if vitals else []), *callbacks]
+    history.doctor = None  # with diagnose, fit's Vitals puts its Report here at the end of training
+    callbacks = [history, *([ProgbarLogger()] if verbose else []),
+                 *_doctor(diagnose, data, X, y, shuffle, validation_data), *callbacks]
     params, log_keys = {"verbose": verbose, "epochs": epochs, "steps": data.steps}, _log_keys(metrics, data.Xv is not None)
     for cb in callbacks:
         cb.model, cb.params = model, params
@@ -351,10 +335,7 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
     batch_hooks = [cb for cb in callbacks if type(cb).on_batch_end is not Callback.on_batch_end]
 
     data.adapt()
-    if diagnose and y is not None:  # after adapt: the checks run the model on the data
-        before = _diagnose_before(model, loss, X, y, shuffle, validation_data)
     model.loss, model.optimizer, model.stop_training, model.history = loss, optimizer, False, history
-    history.doctor = None
     step = make_train_step(model, loss, optimizer)
     begun = []  # callbacks whose on_train_begin ran: only they get on_train_end
     try:
@@ -402,31 +383,23 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
                 break
     except BaseException as error:
         _train_end(begun, error)
-        history.doctor = _doctor_report(before, vitals)
         raise
     _train_end(begun)
-    history.doctor = _doctor_report(before, vitals)
     return history
 
 
-def _diagnose_before(model, loss, X, y, shuffle, validation_data):
-    """fit(diagnose=True)'s checks before training (:func:`xpmlp.diagnose` without the overfit test),
-    issued as warnings pointing at the caller of fit; returns the Report."""
-    from . import doctor
+def _doctor(diagnose: bool, data, X, y, shuffle, validation_data) -> list:
+    """fit(diagnose=True)'s callback: a :class:`xpmlp.vitals.Vitals` that, as training begins, also runs
+    the pre-training checks (arrays only) and, as it ends, keeps every finding in ``history.doctor``."""
+    if not diagnose:
+        return []
+    from .vitals import Vitals
 
-    diagnose = getattr(doctor, "diagnose", None)  # None until the pre-training checks are merged
-    if diagnose is None:
-        return doctor.Report()
-    report = diagnose(model, X, y, loss=loss, shuffle=shuffle, validation_data=validation_data, overfit=False)
-    report.warn(stacklevel=4)  # Report.warn, this function, fit, the model's method: the caller's line
-    return report
-
-
-def _doctor_report(before, vitals):
-    """``history.doctor``: the findings before and during training, or None without diagnose."""
-    from .doctor import Report
-
-    return None if vitals is None else Report([*before, *vitals.report])
+    if data is None:  # L-BFGS: the arrays as given
+        return [Vitals._for_fit(X, y, None, (X, y, shuffle, validation_data))]
+    if data.X is None:  # an iterable: the sample comes from its first batch; no checks before training
+        return [Vitals._for_fit(None, None, (data.pending[0], data.pending[1], data.pending[2] is not None), None)]
+    return [Vitals._for_fit(None, None, (data.X, data.y, data.weights is not None), (X, y, shuffle, validation_data))]
 
 
 def _check_options(model, loss, optimizer, metrics, callbacks, on_divergence, validation_data, validation_split):

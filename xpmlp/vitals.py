@@ -187,7 +187,9 @@ class Vitals(Callback):
     Attributes
     ----------
     report : Report
-        The findings of the last fit, most serious first.
+        The findings of the last fit during training, most serious first.
+    before : Report
+        With ``fit(diagnose=True)``, the findings of the checks before training (else empty).
     records : list of dict
         Each epoch's raw measurements, as read from the device (for a closer look): ``gW{j}`` the
         squared gradient norm of the j-th Dense layer's W on the sample, ``upd{j}`` and ``w0_{j}``
@@ -200,20 +202,39 @@ class Vitals(Callback):
         if (X is None) != (y is None):
             raise ValueError("Vitals takes both X and y, or neither")
         self.X, self.y, self.rows, self.seed, self.warn = X, y, int(rows), seed, bool(warn)
-        self._device_data = None  # (X, y, weighted) on the device, given by fit
-        self.report = Report()
+        self._device_data = self._before_args = None  # given by fit (see _for_fit)
+        self._fit_made = False
+        self.report = self.before = Report()
 
-    def _use(self, Xd, yd, weighted: bool = False) -> None:
-        """fit's training arrays (already on the device)."""
-        self._device_data = (Xd, yd, weighted)
+    @classmethod
+    def _for_fit(cls, X, y, device_data, before):
+        """The Vitals of fit(diagnose=True): on fit's device arrays ``device_data`` (X, y, weighted) or on
+        X, y; ``before`` = (X, y, shuffle, validation_data) for the pre-training checks, or None."""
+        vitals = cls(X, y)
+        vitals._device_data, vitals._before_args, vitals._fit_made = device_data, before, True
+        return vitals
+
+    def _diagnose_before(self) -> Report:
+        """xpmlp.diagnose without the overfit test, issued as warnings at the line that called fit."""
+        from . import doctor
+
+        diagnose = getattr(doctor, "diagnose", None)  # None until the pre-training checks are merged
+        if self._before_args is None or diagnose is None:
+            return Report()
+        X, y, shuffle, validation_data = self._before_args
+        report = diagnose(self.model, X, y, loss=self.model.loss, shuffle=shuffle, validation_data=validation_data,
+                          overfit=False)
+        report.warn(stacklevel=_caller_level())
+        return report
 
     # -- callback hooks ---------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         from .train import _class_index, _prepare_X, _prepare_y, _take_rows
 
         model = self.model
+        self.before = self._diagnose_before()  # fit's: after Standardize adapted, before the first step
         self.findings, self.fired, self.losses, self.records, self.collapsed_run = [], set(), [], [], 0
-        self.report, self.pending, self.before, self.update = Report(), None, None, None
+        self.report, self.pending, self.snap, self.update = Report(), None, None, None
         self.sample = self.chance = self.sample_share = None
         weighted = False
         if self._device_data is not None:
@@ -239,12 +260,12 @@ class Vitals(Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.pending, self.update = None, None
-        self.before = self.model.flat.snapshot()
+        self.snap = self.model.flat.snapshot()
 
     def on_batch_end(self, batch, logs=None):
-        if batch == 0 and self.before is not None:
+        if batch == 0 and self.snap is not None:
             self.update = self._update_norms()
-            self.before = None  # freed: one copy per epoch held for one batch
+            self.snap = None  # freed: one copy per epoch held for one batch
         if batch == self.params["steps"] - 1:
             self.pending = self._measure()
 
@@ -272,13 +293,17 @@ class Vitals(Callback):
                     "nonfinite_parameters": bad_params})
         return False  # fit still raises or warns, as it was asked
 
+    def on_train_end(self, logs=None):
+        if self._fit_made:  # fit(diagnose=True)'s: every finding, before and during training
+            self.model.history.doctor = Report([*self.before, *self.report])
+
     # -- measurements (device side) ---------------------------------------------------------------
     def _dense(self):
         return [(i, layer) for i, layer in enumerate(self.model.layers) if isinstance(layer, Dense)]
 
     def _update_norms(self):
         """||W_after - W_before||^2 and ||W_before||^2 for each Dense layer's W (device scalars)."""
-        xp, flat, before = self.model.xp, self.model.flat, self.before
+        xp, flat, before = self.model.xp, self.model.flat, self.snap
         offsets = {id(p): o for p, o in zip(flat.parameters, flat.offsets)}
         out = []
         for _, layer in self._dense():
