@@ -7,7 +7,9 @@ overhead is the ratio of the medians of the fit times, minus one. ``diagnose=Tru
 fit, the pre-training checks of :func:`xpmlp.diagnose` (without its overfit test; counted only
 when this checkout has them, see ``pretraining_checks`` in the results) and, per epoch, the
 :class:`xpmlp.vitals.Vitals` checks: one copy of the flat parameters, one forward and backward
-pass of a 256-row sample and one host read.
+pass of a 256-row sample and one host read. Since the difference of two whole fits is of the order
+of their noise on a shared machine, ``repeats`` more fits with ``diagnose=True`` time the Vitals
+callback's hooks themselves (``hooks_s``, ``hooks_share``).
 
     python bench/doctor_cost.py                  # 60000 rows, 1 epoch per fit, 7 repeats
     python bench/doctor_cost.py --quick --out /tmp/d  # harness check: 3000 rows, 2 repeats
@@ -50,6 +52,35 @@ def one_fit(X, y, epochs: int, batch_size: int, diagnose: bool) -> float:
     return seconds
 
 
+def hook_seconds(X, y, epochs: int, batch_size: int) -> dict:
+    """One fit(diagnose=True) with the time spent inside the Vitals callback's hooks summed, by hook
+    (the wrappers' own cost, a clock read per call, is included): the doctor's cost without the noise
+    of two whole fits' difference."""
+    from xpmlp.vitals import Vitals
+
+    spent: dict = {}
+    hooks = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
+    originals = {name: getattr(Vitals, name) for name in hooks}
+
+    def timed(name):
+        def run(self, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return originals[name](self, *args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - started
+        return run
+
+    for name in hooks:
+        setattr(Vitals, name, timed(name))
+    try:
+        one_fit(X, y, epochs, batch_size, True)
+    finally:
+        for name, fn in originals.items():
+            setattr(Vitals, name, fn)
+    return spent
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a harness check: few rows and repeats")
@@ -73,12 +104,16 @@ def main(argv=None):
         for diagnose in ((False, True) if r % 2 == 0 else (True, False)):
             (diagnosed if diagnose else plain).append(one_fit(X, y, args.epochs, args.batch_size, diagnose))
         print(f"repeat {r + 1}/{repeats}: plain {plain[-1]:.3f} s, diagnose {diagnosed[-1]:.3f} s", flush=True)
+    hooks = [hook_seconds(X, y, args.epochs, args.batch_size) for _ in range(repeats)]
+    in_hooks = [sum(h.values()) for h in hooks]
     p, d = statistics.median(plain), statistics.median(diagnosed)
     result = {"settings": settings, "machine": describe("numpy", "xpmlp"),
               "load_average": {"start": list(load_before), "end": list(os.getloadavg())},
               "pretraining_checks": hasattr(doctor, "diagnose"),
               "plain_s": plain, "diagnose_s": diagnosed, "plain_median_s": p, "diagnose_median_s": d,
-              "overhead": d / p - 1, "overhead_per_epoch_s": (d - p) / args.epochs}
+              "overhead": d / p - 1, "overhead_per_epoch_s": (d - p) / args.epochs,
+              "hooks_s": in_hooks, "hooks_by_name_s": hooks,
+              "hooks_share": statistics.median(in_hooks) / p}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "doctor_cost.json").write_text(json.dumps(result, indent=2) + "\n")
     m = result["machine"]
@@ -90,7 +125,12 @@ def main(argv=None):
           "", "| fit | median s | all runs (s) |", "|---|---|---|",
           f"| plain | {p:.3f} | {', '.join(f'{t:.3f}' for t in plain)} |",
           f"| diagnose=True | {d:.3f} | {', '.join(f'{t:.3f}' for t in diagnosed)} |", "",
-          f"Overhead: **{result['overhead']:+.1%}** ({(d - p) * 1e3 / args.epochs:+.1f} ms per epoch); target < 5%."]
+          f"Overhead: **{result['overhead']:+.1%}** ({(d - p) * 1e3 / args.epochs:+.1f} ms per epoch); target < 5%.",
+          "", f"Time inside the doctor's callback hooks (the Vitals checks; {repeats} more fits with diagnose=True, "
+          f"each hook timed): median {statistics.median(in_hooks) * 1e3:.1f} ms per fit, "
+          f"**{result['hooks_share']:.2%}** of the plain fit's median time. By hook (ms, median run): "
+          + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in sorted(hooks, key=lambda h: sum(h.values()))[len(hooks) // 2].items())
+          + "."]
     (args.out / "doctor_cost.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -449,6 +449,8 @@ def test_doctor_cost_bench_quick(tmp_path, data_dir):
     for key in ("plain_s", "diagnose_s"):
         assert len(result[key]) == result["settings"]["repeats"] and all(t > 0 for t in result[key])
     assert result["overhead"] == pytest.approx(result["diagnose_median_s"] / result["plain_median_s"] - 1)
+    assert len(result["hooks_s"]) == result["settings"]["repeats"] and all(t > 0 for t in result["hooks_s"])
+    assert set(result["hooks_by_name_s"][0]) >= {"on_train_begin", "on_epoch_end", "on_batch_end"}
     assert (tmp_path / "doctor_cost.md").read_text().startswith("# Cost of fit(diagnose=True)")
 
 
