@@ -393,13 +393,13 @@ def _doctor(diagnose: bool, data, X, y, shuffle, validation_data) -> list:
     the pre-training checks (arrays only) and, as it ends, keeps every finding in ``history.doctor``."""
     if not diagnose:
         return []
-    from .vitals import Vitals
+    from .vitals import FitVitals
 
     if data is None:  # L-BFGS: the arrays as given
-        return [Vitals._for_fit(X, y, None, (X, y, shuffle, validation_data))]
+        return [FitVitals(None, (X, y, shuffle, validation_data), X, y)]
     if data.X is None:  # an iterable: the sample comes from its first batch; no checks before training
-        return [Vitals._for_fit(None, None, (data.pending[0], data.pending[1], data.pending[2] is not None), None)]
-    return [Vitals._for_fit(None, None, (data.X, data.y, data.weights is not None), (X, y, shuffle, validation_data))]
+        return [FitVitals((data.pending[0], data.pending[1], data.pending[2] is not None))]
+    return [FitVitals((data.X, data.y, data.weights is not None), (X, y, shuffle, validation_data))]
 
 
 def _check_options(model, loss, optimizer, metrics, callbacks, on_divergence, validation_data, validation_split):

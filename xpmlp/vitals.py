@@ -46,9 +46,9 @@ Checks, their definitions and thresholds (module constants below, with their sou
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import os
-import sys
 import warnings
 
 import numpy as np
@@ -58,7 +58,7 @@ from .callbacks import Callback
 from .doctor import DoctorWarning, Finding, Report
 from .layers import Dense, Dropout
 
-__all__ = ["Vitals", "inspect_model", "SAMPLE_ROWS", "INSPECT_COLUMNS"]
+__all__ = ["Vitals", "FitVitals", "inspect_model", "SAMPLE_ROWS", "INSPECT_COLUMNS"]
 
 SAMPLE_ROWS = 256  # rows of the fixed sample batch: enough for stable shares, cheap beside an epoch
 
@@ -97,7 +97,7 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 def _caller_level() -> int:
     """The stacklevel, for a warning issued by our caller, of the first frame outside xpmlp (the line
     that called fit), so that each finding points at the user's code whatever path led to it."""
-    frame, level = sys._getframe(1), 1  # our caller, the one that calls warnings.warn: level 1
+    frame, level = inspect.currentframe().f_back, 1  # our caller, the one that calls warnings.warn: level 1
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     return level
@@ -202,17 +202,9 @@ class Vitals(Callback):
         if (X is None) != (y is None):
             raise ValueError("Vitals takes both X and y, or neither")
         self.X, self.y, self.rows, self.seed, self.warn = X, y, int(rows), seed, bool(warn)
-        self._device_data = self._before_args = None  # given by fit (see _for_fit)
+        self._device_data = self._before_args = None  # given by fit (see FitVitals)
         self._fit_made = False
         self.report = self.before = Report()
-
-    @classmethod
-    def _for_fit(cls, X, y, device_data, before):
-        """The Vitals of fit(diagnose=True): on fit's device arrays ``device_data`` (X, y, weighted) or on
-        X, y; ``before`` = (X, y, shuffle, validation_data) for the pre-training checks, or None."""
-        vitals = cls(X, y)
-        vitals._device_data, vitals._before_args, vitals._fit_made = device_data, before, True
-        return vitals
 
     def _diagnose_before(self) -> Report:
         """xpmlp.diagnose without the overfit test, issued as warnings at the line that called fit."""
@@ -501,6 +493,26 @@ class Vitals(Callback):
                        f"{amplitude:.3g} on average ({amplitude / np.mean(w):.0%} of its mean): the steps overshoot.",
                        "lower the learning rate (or the momentum), or use larger batches",
                        {"losses": [float(v) for v in w], "sign_changes": changes, "mean_abs_change": amplitude})
+
+
+class FitVitals(Vitals):
+    """The :class:`Vitals` that ``fit(..., diagnose=True)`` adds: as training begins it also runs the checks
+    before training (:func:`xpmlp.diagnose` without its overfit test) as warnings, and as training ends it
+    keeps every finding, before and during training, in ``history.doctor``.
+
+    Parameters
+    ----------
+    device_data : (X, y, weighted) or None
+        fit's training arrays on the device (``weighted``: rows carry weights), the sample's source.
+    before : (X, y, shuffle, validation_data) or None
+        What the checks before training look at (None: an iterable of batches, no such checks).
+    X, y : arrays, optional
+        Instead of ``device_data`` (L-BFGS's fit, which keeps its arrays to itself).
+    """
+
+    def __init__(self, device_data=None, before=None, X=None, y=None):
+        super().__init__(X, y)
+        self._device_data, self._before_args, self._fit_made = device_data, before, True
 
 
 # -- model.inspect ---------------------------------------------------------------------------------
