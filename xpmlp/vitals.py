@@ -17,7 +17,10 @@ Checks, their definitions and thresholds (module constants below, with their sou
 - ``vanishing_gradient``, ``exploding_gradient``: AUTOTRAINER's definitions (Zhang et al., ICSE
   2021; its code, ``AutoTrainer/utils/monitor.py``, ``gradient_issue``): r = ||dW_first||_2 /
   ||dW_last||_2, the Frobenius norms of the gradients of the first and last weight matrices on a
-  batch; vanishing when r < 1e-3 and ||dW_first|| < 1e-4, exploding when r > 70.
+  batch; vanishing when r < 1e-3 and ||dW_first|| < 1e-4, exploding when r > 70. AUTOTRAINER takes
+  the gradient of a training batch and reports these only once accuracy stalls; here they come from
+  the fixed sample at each epoch's end and are reported as they occur (tests hold them quiet on
+  healthy runs).
 - ``dying_relu``: a ReLU layer with at least 70% of its units dead on the sample (input <= 0 on
   every row, so their weights get a zero gradient). AUTOTRAINER's gamma = 0.7 is for the share of
   zero gradient entries over all parameters; the issue asks it per layer, which we follow.
@@ -33,7 +36,8 @@ Checks, their definitions and thresholds (module constants below, with their sou
 - ``update_ratio_too_small`` / ``update_ratio_too_large``: ||W_after - W_before|| / ||W_before||
   for the epoch's first update of each weight matrix, against the rule of thumb of about 1e-3
   (Karpathy, CS231n notes, "Ratio of weights:updates"): every layer under 1e-5 (learning rate far
-  too low), or some layer over 1e-1 (far too high).
+  too low), or some layer over 1e-1 (far too high). It is the update actually applied: in float32 an
+  update under about 1e-7 of a weight is partly lost to rounding.
 - ``oscillating_loss``: over the last 8 epoch losses, at least 4 of the 6 possible sign changes of
   their successive differences, with a mean |difference| of at least 5% of the window's mean loss
   and 1% of the first epoch's loss (so a converged run's tiny noise stays quiet). Adapted from
