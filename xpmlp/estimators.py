@@ -252,7 +252,7 @@ class _BaseMLP(_CallbackSupport, _Base):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, device="cpu",
-                 dtype=None, dropout=0.0, class_weight=None, restore_best_weights=False):
+                 dtype=None, dropout=0.0, class_weight=None, restore_best_weights=False, diagnose=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -281,9 +281,15 @@ class _BaseMLP(_CallbackSupport, _Base):
         self.dropout = dropout
         self.class_weight = class_weight
         self.restore_best_weights = restore_best_weights
+        self.diagnose = diagnose
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "model_")
+
+    def _keep_doctor(self):
+        """With diagnose=True, the MLP doctor's findings of the last fit (or partial_fit) as ``doctor_``."""
+        if self.diagnose:
+            self.doctor_ = self.model_.history.doctor
 
     def _check_fitted(self):
         if not hasattr(self, "model_"):
@@ -425,7 +431,8 @@ class _BaseMLP(_CallbackSupport, _Base):
         optimizer = LBFGS(max_iter=int(self.max_iter), max_fun=int(self.max_fun), tol=self.tol * grad_scale,
                           l2=self.alpha * grad_scale)
         self.model_.fit(X, targets, loss=loss, optimizer=optimizer, verbose=2 if self.verbose else 0,
-                        sample_weight=sample_weight, class_weight=class_weight)
+                        sample_weight=sample_weight, class_weight=class_weight, diagnose=bool(self.diagnose))
+        self._keep_doctor()
         # loss_ in scikit-learn's units: the data term over loss_scale, plus alpha/2 ||W||^2 / sum(w)
         flat = self.model_.flat
         total = float(X.shape[0]) if sample_weight is None else float(np.sum(sample_weight))
@@ -498,7 +505,8 @@ class _BaseMLP(_CallbackSupport, _Base):
             callbacks.append(_SklearnCallbacks(self, context, **data))
         self.model_.fit(X, targets, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                         shuffle=self.shuffle, verbose=0, sample_weight=sample_weight,
-                        class_weight=class_weight, callbacks=callbacks, **kwargs)
+                        class_weight=class_weight, callbacks=callbacks, diagnose=bool(self.diagnose), **kwargs)
+        self._keep_doctor()
         self._no_improvement_count = rules.count
         if not incremental and not rules.stopped and self.n_iter_ == int(self.max_iter):
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
@@ -649,7 +657,9 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
     validation_fraction, beta_1, beta_2, epsilon. xpmlp's own: device ("cpu", "cuda", "auto"),
     dtype (None: the input's, as scikit-learn, on the CPU, and float32 on a GPU, where float64 is
     a silent slowdown; or "float32" or "float64"),
-    dropout, class_weight (classifier), restore_best_weights.
+    dropout, class_weight (classifier), restore_best_weights, diagnose (run the MLP doctor: see
+    ``xpmlp.fit``'s ``diagnose``; its findings are issued as ``DoctorWarning`` and kept as ``doctor_``,
+    a Report, for each fit or partial_fit call).
     The output layer is linear (``out_activation_ = "identity"``).
     """
 

@@ -203,6 +203,39 @@ class Sequential:
                  for p, start in zip(self.flat.parameters, self.flat.offsets)}
         return float(to_numpy(value)), grads
 
+    @_on_device
+    def inspect(self, X, y, *, loss=None, optimizer=None):
+        """Per-layer statistics of activations, gradients, weights and one update, as a pandas DataFrame.
+
+        One forward and backward pass of all of (X, y) (pass a batch: a few hundred rows) through
+        the layers, Dropout off; one host read. The model is left unchanged: weights, gradient
+        buffer, optimiser (its state and step count), loss, random streams and Dropout counters.
+
+        Parameters
+        ----------
+        X, y : arrays as ``fit`` takes them
+        loss : str or Loss, optional
+            By default the model's (the one it was fitted with).
+        optimizer : str or Optimizer, optional
+            The update whose size is measured: by default the model's own optimiser, with its state
+            (the next update fit would make on this batch), else ``Adam()``. It steps on a copy.
+
+        Returns
+        -------
+        pandas.DataFrame, one row per layer (index ``layer``, as ``model.layers``), columns:
+        ``type`` (the layer's class); ``act_mean``, ``act_std``, ``act_frac_zero`` of the layer's
+        output; ``act_frac_saturated``, for Sigmoid and Tanh layers, the share of their inputs
+        beyond the bound where the output is within 0.01 of an asymptote (|x| > 4.6 and > 2.65;
+        NaN for other layers); over all the layer's parameters (W and b together; NaN for layers
+        without): ``grad_mean``, ``grad_std``, ``grad_norm`` of d(loss)/d(parameters), the loss
+        being the mean over the rows, ``weight_mean``, ``weight_std``, ``weight_norm``, and
+        ``update_ratio`` = ||update|| / ||weights|| of one optimiser step from these gradients
+        (about 1e-3 is healthy: see :mod:`xpmlp.vitals`). Std is the population std; norms are L2.
+        """
+        from .vitals import inspect_model
+
+        return inspect_model(self, X, y, loss=loss, optimizer=optimizer)
+
     # -- training API ------------------------------------------------------------------------
     fit = _on_device(fit)
     predict = _on_device(predict)

@@ -221,7 +221,7 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
         shuffle: bool = True, seed: int | None = None, verbose="auto", validation_data=None,
         validation_split: float = 0.0, validation_freq=1, metrics=None, class_weight=None, sample_weight=None,
         callbacks=None, on_divergence: str = "raise", initial_epoch: int = 0,
-        steps_per_epoch: int | None = None) -> History:
+        steps_per_epoch: int | None = None, diagnose: bool = False) -> History:
     """Train the model with minibatch gradient descent.
 
     Parameters
@@ -279,6 +279,13 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
     steps_per_epoch : int >= 1, optional
         Batches per epoch drawn from an iterable X (required when X has no length, e.g. a
         generator): they come from one iterator that carries on from epoch to epoch.
+    diagnose : bool, default False
+        Run the MLP doctor: before training, the cheap checks of :func:`xpmlp.diagnose` on X and y
+        (arrays only: an iterable of batches skips them), and during training the checks of
+        :class:`xpmlp.vitals.Vitals` (once per epoch, on a fixed sample of 256 training rows, or
+        of the first batch of an iterable). Each finding is issued as a
+        :class:`xpmlp.doctor.DoctorWarning`; all of them are kept in ``history.doctor`` (a
+        :class:`xpmlp.doctor.Report`; None without ``diagnose``). Training itself is unchanged.
 
     Batches from an iterable: each batch is checked (as X and y are) and copied to the device
     when it is used, so the data never has to fit on the device. An iterable with a length (a
@@ -301,10 +308,13 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
         if y is None or initial_epoch or steps_per_epoch is not None or validation_freq != 1:
             raise ValueError("LBFGS trains on arrays X, y, all rows at once: it takes no iterable of batches, "
                              "initial_epoch, steps_per_epoch or validation_freq")
-        return fit_lbfgs(model, optimizer, X, y, loss=loss, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                         seed=seed, verbose=verbose, validation_data=validation_data,
-                         validation_split=validation_split, metrics=metrics, class_weight=class_weight,
-                         sample_weight=sample_weight, callbacks=callbacks, on_divergence=on_divergence)
+        history = fit_lbfgs(model, optimizer, X, y, loss=loss, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                            seed=seed, verbose=verbose, validation_data=validation_data,
+                            validation_split=validation_split, metrics=metrics, class_weight=class_weight,
+                            sample_weight=sample_weight, on_divergence=on_divergence,
+                            callbacks=[*(callbacks or []), *_doctor(diagnose, None, X, y, shuffle, validation_data)])
+        history.doctor = getattr(history, "doctor", None)  # set by fit's Vitals with diagnose
+        return history
     epochs, batch_size = _positive_int(epochs, "epochs"), _positive_int(batch_size, "batch_size")
     loss, optimizer, metrics, callbacks = _check_options(model, loss, optimizer, metrics, callbacks, on_divergence,
                                                          validation_data, validation_split)
@@ -314,7 +324,9 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
                           class_weight, sample_weight, steps_per_epoch, metrics)
     xp, streamed = model.xp, [m for m in metrics if not isinstance(m, CallableMetric)]
     history = History()
-    callbacks = [history, *([ProgbarLogger()] if verbose else []), *callbacks]
+    history.doctor = None  # with diagnose, fit's Vitals puts its Report here at the end of training
+    callbacks = [history, *([ProgbarLogger()] if verbose else []),
+                 *_doctor(diagnose, data, X, y, shuffle, validation_data), *callbacks]
     params, log_keys = {"verbose": verbose, "epochs": epochs, "steps": data.steps}, _log_keys(metrics, data.Xv is not None)
     for cb in callbacks:
         cb.model, cb.params = model, params
@@ -374,6 +386,20 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
         raise
     _train_end(begun)
     return history
+
+
+def _doctor(diagnose: bool, data, X, y, shuffle, validation_data) -> list:
+    """fit(diagnose=True)'s callback: a :class:`xpmlp.vitals.Vitals` that, as training begins, also runs
+    the pre-training checks (arrays only) and, as it ends, keeps every finding in ``history.doctor``."""
+    if not diagnose:
+        return []
+    from .vitals import FitVitals
+
+    if data is None:  # L-BFGS: the arrays as given
+        return [FitVitals(None, (X, y, shuffle, validation_data), X, y)]
+    if data.X is None:  # an iterable: the sample comes from its first batch; no checks before training
+        return [FitVitals((data.pending[0], data.pending[1], data.pending[2] is not None))]
+    return [FitVitals((data.X, data.y, data.weights is not None), (X, y, shuffle, validation_data))]
 
 
 def _check_options(model, loss, optimizer, metrics, callbacks, on_divergence, validation_data, validation_split):
