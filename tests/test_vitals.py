@@ -226,18 +226,6 @@ def test_nan_names_the_first_layer_and_fit_still_raises():
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_nonfinite_fallback_agrees_with_the_doctor():
-    X, _ = _binary()
-    model = xpmlp.MLP([20, 8, 2], seed=0)
-    assert vitals._nonfinite_layer_fallback(model, model.backend.asarray(X)) is None
-    w = model.get_weights()
-    w[2][0, 0] = np.inf
-    model.set_weights(w)
-    found = vitals._nonfinite_layer_fallback(model, model.backend.asarray(X))
-    assert found == (2, "Dense")
-    assert vitals._first_nonfinite_layer(model, model.backend.asarray(X))[0] == 2
-
-
 def test_a_vitals_object_starts_fresh_at_each_fit():
     X, y = _binary()
     v = Vitals(X, y)

@@ -88,15 +88,18 @@ class History(Callback):
     the same (starting afresh at each fit). ``epoch`` lists the epochs (from 0, from fit's
     ``initial_epoch``). As in Keras, a key's list holds only the epochs that logged it (with
     ``validation_freq``, ``val_*`` lists are shorter); :meth:`to_frame` aligns them by epoch.
+    ``doctor`` is None, or, after ``fit(..., diagnose=True)``, the MLP doctor's
+    :class:`~xpmlp.doctor.Report` of findings before and during training.
     """
 
     def __init__(self):
         self.epoch: list[int] = []
         self.history: dict[str, list[float]] = {}
         self._logged: dict[str, list[int]] = {}  # the epochs each key was logged at
+        self.doctor = None
 
     def on_train_begin(self, logs=None):
-        self.epoch, self.history, self._logged = [], {}, {}
+        self.epoch, self.history, self._logged, self.doctor = [], {}, {}, None
 
     def on_epoch_end(self, epoch, logs=None):
         self.append(epoch, logs)

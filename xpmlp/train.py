@@ -313,7 +313,6 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
                             validation_split=validation_split, metrics=metrics, class_weight=class_weight,
                             sample_weight=sample_weight, on_divergence=on_divergence,
                             callbacks=[*(callbacks or []), *_doctor(diagnose, None, X, y, shuffle, validation_data)])
-        history.doctor = getattr(history, "doctor", None)  # set by fit's Vitals with diagnose
         return history
     epochs, batch_size = _positive_int(epochs, "epochs"), _positive_int(batch_size, "batch_size")
     loss, optimizer, metrics, callbacks = _check_options(model, loss, optimizer, metrics, callbacks, on_divergence,
@@ -323,8 +322,7 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
     data = _training_data(model, loss, X, y, batch_size, shuffle, seed, validation_data, validation_split,
                           class_weight, sample_weight, steps_per_epoch, metrics)
     xp, streamed = model.xp, [m for m in metrics if not isinstance(m, CallableMetric)]
-    history = History()
-    history.doctor = None  # with diagnose, fit's Vitals puts its Report here at the end of training
+    history = History()  # with diagnose, fit's Vitals puts its Report in history.doctor as training ends
     callbacks = [history, *([ProgbarLogger()] if verbose else []),
                  *_doctor(diagnose, data, X, y, shuffle, validation_data), *callbacks]
     params, log_keys = {"verbose": verbose, "epochs": epochs, "steps": data.steps}, _log_keys(metrics, data.Xv is not None)

@@ -59,7 +59,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .callbacks import Callback
-from .doctor import DoctorWarning, Finding, Report
+from .doctor import DoctorWarning, Finding, Report, first_nonfinite_layer
 from .layers import Dense, Dropout
 
 __all__ = ["Vitals", "FitVitals", "inspect_model", "SAMPLE_ROWS", "INSPECT_COLUMNS"]
@@ -105,25 +105,6 @@ def _caller_level() -> int:
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     return level
-
-
-def _nonfinite_layer_fallback(model, X):
-    """(index, layer name) of the first layer whose output on X is NaN or infinite (inference
-    mode), or None; one host read. Stands in for :func:`xpmlp.doctor.first_nonfinite_layer`."""
-    xp, h, flags = model.xp, X, []
-    for layer in model.layers:
-        h = layer.forward(h, False)
-        flags.append(xp.all(xp.isfinite(h)))
-    bad = np.flatnonzero(~to_numpy(xp.stack(flags)).astype(bool))
-    return None if bad.size == 0 else (int(bad[0]), type(model.layers[int(bad[0])]).__name__)
-
-
-def _first_nonfinite_layer(model, X):
-    try:
-        from .doctor import first_nonfinite_layer
-    except ImportError:  # until engineer "before"'s doctor.py provides it
-        first_nonfinite_layer = _nonfinite_layer_fallback
-    return first_nonfinite_layer(model, X)
 
 
 def layer_pass(model, loss, X, y):
@@ -212,10 +193,9 @@ class Vitals(Callback):
 
     def _diagnose_before(self) -> Report:
         """xpmlp.diagnose without the overfit test, issued as warnings at the line that called fit."""
-        from . import doctor
+        from .doctor import diagnose
 
-        diagnose = getattr(doctor, "diagnose", None)  # None until the pre-training checks are merged
-        if self._before_args is None or diagnose is None:
+        if self._before_args is None:
             return Report()
         X, y, shuffle, validation_data = self._before_args
         report = diagnose(self.model, X, y, loss=self.model.loss, shuffle=shuffle, validation_data=validation_data,
@@ -277,7 +257,7 @@ class Vitals(Callback):
         stats = self._read() if self.pending is not None else {}
         layer, bad_params = self._nonfinite(stats)
         if layer is None and self.sample is not None:
-            layer = _first_nonfinite_layer(self.model, self.sample[0])
+            layer = first_nonfinite_layer(self.model, self.sample[0])
         where = (f"the first layer whose output on the sample was NaN or infinite is layers[{layer[0]}] ({layer[1]})"
                  if layer is not None else "the sample's pass through the layers stayed finite")
         params = f"; parameters not finite: {', '.join(bad_params)}" if bad_params else ""
