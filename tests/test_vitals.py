@@ -141,6 +141,20 @@ def test_dying_relu_from_a_large_negative_bias():
     assert v.records[-1]["dead1"] == pytest.approx(np.mean(np.all(Xs @ after[0] + after[1] <= 0, axis=0)))
 
 
+def test_all_units_dead_is_not_called_a_small_learning_rate():
+    """Every ReLU dead: no gradient reaches any weight matrix and every update is exactly 0. That is
+    the dead units (dying_relu says so), not a learning rate to multiply by 100."""
+    X, y = _binary()
+    model = xpmlp.MLP([20, 64, 2], seed=0)
+    w = model.get_weights()
+    w[1] = w[1] - 50.0
+    model.set_weights(w)
+    v = _train(model, X, y, loss="softmax_cross_entropy", epochs=2)
+    assert _once(v, "dying_relu").evidence["dead_share"] == 1.0
+    assert all(r == 0.0 for r in (v.records[0][k] for k in v.records[0] if k.startswith("upd")))
+    assert "update_ratio_too_small" not in v.report.checks()
+
+
 def test_saturated_sigmoid_units_from_a_huge_init():
     X, y = _binary()
     model = xpmlp.MLP([20, 64, 2], activation="sigmoid", seed=0)

@@ -37,7 +37,8 @@ Checks, their definitions and thresholds (module constants below, with their sou
   for the epoch's first update of each weight matrix, against the rule of thumb of about 1e-3
   (Karpathy, CS231n notes, "Ratio of weights:updates"): every layer under 1e-5 (learning rate far
   too low), or some layer over 1e-1 (far too high). It is the update actually applied: in float32 an
-  update under about 1e-7 of a weight is partly lost to rounding.
+  update under about 1e-7 of a weight is partly lost to rounding. Updates of exactly zero everywhere
+  mean no gradient (every ReLU dead, say), which other checks name: not a small learning rate.
 - ``oscillating_loss``: over the last 8 epoch losses, at least 4 of the 6 possible sign changes of
   their successive differences, with a mean |difference| of at least 5% of the window's mean loss
   and 1% of the first epoch's loss (so a converged run's tiny noise stays quiet). Adapted from
@@ -428,7 +429,7 @@ class Vitals(Callback):
                        f"one update changes layers[{high}]'s weights by {ratios[high]:.3g} of their norm (over "
                        f"{UPDATE_RATIO_HIGH:g}; about 1e-3 is healthy): the learning rate ({lr:g}) is likely too high.",
                        f"divide the learning rate by 10 (try {lr / 10:g}), or run model.lr_find", evidence)
-        elif max(ratios.values()) < UPDATE_RATIO_LOW:
+        elif 0 < max(ratios.values()) < UPDATE_RATIO_LOW:  # all 0: no gradient at all (dead units), not the rate
             self._fire(epoch, "update_ratio_too_small", "warning",
                        f"one update changes every layer's weights by at most {max(ratios.values()):.3g} of their "
                        f"norm (under {UPDATE_RATIO_LOW:g}; about 1e-3 is healthy): the learning rate ({lr:g}) is "
