@@ -104,3 +104,18 @@ def test_training_curves_example(data_dir, tmp_path):
     assert result["plot"] == str(tmp_path / "training_curves.png") and result["log"] == str(tmp_path / "training_log.csv")
     assert (tmp_path / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert len((tmp_path / "training_log.csv").read_text().splitlines()) == 4  # header + 3 epochs
+
+
+def test_doctor_example_names_each_mistake_and_the_fixed_runs_are_clean(data_dir):
+    _need(data_dir, "mnist")
+    lines = []
+    results = _example("doctor").main(n=2000, epochs=2, print_fn=lines.append)
+    expected = {"raw pixels": "unscaled_inputs", "sorted classes": "sorted_classes",
+                "sigmoid for ten classes": "targets_outside_output_range", "double softmax": "probabilities_as_logits",
+                "labels from 1": "label_range", "learning rate far too high": "update_ratio_too_large",
+                "learning rate far too low": "update_ratio_too_small"}
+    assert set(results) == set(expected)
+    for case, check in expected.items():
+        assert check in results[case]["found"], (case, results[case])
+        assert results[case]["fixed_found"] == [] and results[case]["fixed_accuracy"] > 0.75, (case, results[case])
+    assert any("MLP doctor:" in line and "error" in line for line in lines)
