@@ -488,6 +488,11 @@ def _training_data(model, loss, X, y, batch_size, shuffle, seed, validation_data
     if steps_per_epoch is not None:
         raise ValueError("steps_per_epoch is for x given as an iterable of batches (with y=None); "
                          "with arrays, batch_size sets the batches per epoch")
+    from .chunked import _ChunkedData, is_out_of_core  # here: chunked imports this module
+
+    if is_out_of_core(X):  # a memmap, a Dask array, .npy chunk files: streamed (see xpmlp.chunked)
+        return _ChunkedData(model, loss, X, y, batch_size, shuffle, seed, validation_data, validation_split,
+                            class_weight, sample_weight, metrics)
     return _ArrayData(model, *_prepare_data(model, loss, X, y, seed, validation_data, validation_split,
                                             class_weight, sample_weight, stacklevel=6), batch_size, shuffle)
 

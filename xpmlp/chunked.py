@@ -1,0 +1,252 @@
+"""Training data larger than memory: ``fit`` on a NumPy memmap, a Dask array or a list of ``.npy`` chunk files.
+
+``fit(model, X, y)`` streams such an X instead of copying it to the device at once. X is cut
+into *blocks* of at most ``chunk_rows`` rows (default :data:`CHUNK_ROWS`; a block never spans
+two chunk files), and each epoch reads them as follows, from fit's seeded rng (``seed=``, else
+the model's shuffle rng), so a seed gives the same run:
+
+1. ``order = rng.permutation(n_blocks)``: the blocks' order for this epoch;
+2. the blocks are taken two at a time in that order (``order[0:2]``, ``order[2:4]``, ...: the
+   *shuffle buffer*); the rows of each pair, concatenated in that order, are permuted with
+   ``rng.permutation(rows_in_pair)`` (one draw per pair);
+3. the permuted rows of the pairs form one stream, cut into batches of ``batch_size`` rows that
+   run across pairs; the last batch of the epoch may be short (as with in-memory arrays).
+
+Every row is trained on exactly once per epoch, rows mix within and across chunks (the pairs
+change with the order each epoch), and the host holds at most two blocks plus fewer than
+``batch_size`` leftover rows (the device holds one copy of them). With ``shuffle=False`` the
+blocks are read in order and unpermuted, so the batches are exactly those of the in-memory
+arrays with ``shuffle=False``: on NumPy the trained weights are bitwise equal.
+
+What differs from in-memory arrays: ``validation_split`` is refused (give ``validation_data``,
+held in memory as usual), as are ``class_weight="balanced"`` (it counts all of y) and metrics
+given as functions without ``validation_data``; Standardize layers are not adapted (adapt
+them beforehand on a sample: ``layer.adapt(X_sample)``); the unscaled-input warning looks at
+the first block only. Each block's finiteness is checked when it is read (one host read per pair).
+
+Not done: on a GPU, blocks are copied from ordinary (not pinned) host memory on the current
+stream; overlapping the copy of the next pair with training on the previous one is left undone.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["CHUNK_ROWS", "Chunked", "is_out_of_core"]
+
+CHUNK_ROWS = 65536  # rows per block: the host holds at most two blocks (plus one batch) at a time
+
+
+class Chunked:
+    """Out-of-core training data for ``fit``, with a chosen block size.
+
+    ``fit(model, Chunked(X, chunk_rows=10000), y)``. A bare memmap, Dask array or list of
+    ``.npy`` paths given to fit is read with ``chunk_rows=CHUNK_ROWS``.
+
+    Parameters
+    ----------
+    source : np.memmap (or an array viewing one, as ``np.load(path, mmap_mode="r")`` returns), a Dask
+        array, or an iterable of ``.npy`` file paths, each a 2-D chunk of X (n_i, n_features)
+    chunk_rows : int >= 1
+        The most rows read from the source at once (a chunk file larger than that is read in parts).
+    """
+
+    def __init__(self, source, chunk_rows: int = CHUNK_ROWS):
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        if not (_is_memmap(source) or _is_dask(source)) and not isinstance(source, (str, bytes, os.PathLike)):
+            try:
+                source = list(source)  # an iterator of paths is read once, here
+            except TypeError:
+                raise TypeError(f"Chunked takes a memmap, a Dask array or .npy paths, got {type(source).__name__}") \
+                    from None
+        self.source, self.chunk_rows = source, int(chunk_rows)
+
+
+def _is_memmap(a) -> bool:
+    """An np.memmap, or an ndarray viewing one (its ``.base`` chain ends in a memmap)."""
+    while isinstance(a, np.ndarray):
+        if isinstance(a, np.memmap):
+            return True
+        a = a.base
+    return isinstance(a, np.memmap)  # pragma: no cover (a memmap's base is an mmap)
+
+
+def _is_dask(a) -> bool:
+    return type(a).__module__.split(".")[0] == "dask" and hasattr(a, "compute")
+
+
+def _is_paths(a) -> bool:
+    return isinstance(a, (list, tuple)) and len(a) > 0 and all(isinstance(p, (str, os.PathLike)) for p in a)
+
+
+def is_out_of_core(X) -> bool:
+    """Whether ``fit`` streams X: a :class:`Chunked`, a memmap, a Dask array, or a list/tuple of paths."""
+    return isinstance(X, Chunked) or _is_memmap(X) or _is_dask(X) or _is_paths(X)
+
+
+def _open(path, what):
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what}: no such file {os.fspath(path)!r}") from None
+    except ValueError as error:  # an object array, or not an .npy file
+        raise ValueError(f"{what} ({os.fspath(path)!r}) is not a numeric .npy array: {error}") from None
+
+
+def _check_numeric(a, what):
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) or np.issubdtype(a.dtype, np.complexfloating):
+        raise TypeError(f"{what} has dtype {a.dtype}: it must be real numbers (float, int or bool)")
+
+
+def _sources(X, y, sample_weight):
+    """X as a list of row-sliceable parts, y and the weights cut alike: (xs, ys, ws or None)."""
+    names = [f"chunk {i} of X ({os.fspath(p)!r})" for i, p in enumerate(X)] if _is_paths(X) else ["X"]
+    if _is_paths(X):
+        xs = [_open(p, f"chunk {i} of X") for i, p in enumerate(X)]
+    elif isinstance(X, (list, tuple)):
+        raise TypeError("X as a list must list .npy file paths (str or os.PathLike), one per chunk")
+    else:
+        xs = [X]
+    for part, what in zip(xs, names):
+        _check_numeric(part, what)
+        if part.ndim != 2:
+            raise ValueError(f"{what} must be 2-D (n_samples, n_features), got shape {tuple(part.shape)}")
+        if part.shape[1] != xs[0].shape[1]:
+            raise ValueError(f"{what} has {part.shape[1]} features but {names[0]} has {xs[0].shape[1]}")
+    lengths = [int(part.shape[0]) for part in xs]
+    return xs, _cut(y, lengths, "y"), None if sample_weight is None else _cut(sample_weight, lengths, "sample_weight")
+
+
+def _cut(y, lengths, name):
+    """y (or weights) as parts of the given lengths: a matching list (of paths or arrays), or one array cut up."""
+    if _is_paths(y) or (isinstance(y, (list, tuple)) and y and getattr(y[0], "ndim", 0) >= 1):
+        parts = [_open(p, f"chunk {i} of {name}") if isinstance(p, (str, os.PathLike)) else p for i, p in enumerate(y)]
+        if len(parts) != len(lengths):
+            raise ValueError(f"{name} has {len(parts)} chunks but X has {len(lengths)}")
+    else:
+        if not hasattr(y, "shape"):
+            y = np.asarray(y)
+        if y.shape[0] != sum(lengths):
+            raise ValueError(f"X and {name} have different lengths: {sum(lengths)} and {y.shape[0]}")
+        offsets = np.cumsum([0, *lengths])
+        parts = [y[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    for i, (part, n) in enumerate(zip(parts, lengths)):
+        what = name if len(parts) == 1 else f"chunk {i} of {name}"
+        _check_numeric(part, what)
+        if part.shape[0] != n:
+            raise ValueError(f"{what} has {part.shape[0]} rows but chunk {i} of X has {n}")
+    return parts
+
+
+def _read(part, start, stop) -> np.ndarray:
+    """Rows start:stop of a part as a NumPy array in memory (a Dask slice is computed)."""
+    rows = part[start:stop]
+    return np.asarray(rows.compute() if _is_dask(rows) else rows)
+
+
+class _ChunkedData:
+    """fit's data source for X larger than memory (see the module notes): blocks read, shuffled and batched per epoch.
+
+    Same interface as ``xpmlp.train._ArrayData``; ``X, y`` are None (no training set held),
+    ``pending`` is the first batch (the doctor's sample).
+    """
+
+    def __init__(self, model, loss, X, y, batch_size, shuffle, seed, validation_data, validation_split,
+                 class_weight, sample_weight, metrics):
+        from .metrics import CallableMetric
+        from .train import _prepare_X, _prepare_y, _warn_if_unscaled
+
+        for given, why in (
+                (validation_split, "validation_split would hold a part of X in memory; give validation_data="
+                                   "(X_val, y_val)"),
+                (isinstance(class_weight, str), "class_weight='balanced' counts all of y; give a dict {class: weight}"),
+                (validation_data is None and any(isinstance(m, CallableMetric) for m in metrics),
+                 "metrics given as functions run on a whole set once per epoch; give validation_data")):
+            if given:
+                raise ValueError(f"X is read in chunks (out of core): {why}")
+        chunk_rows = X.chunk_rows if isinstance(X, Chunked) else CHUNK_ROWS
+        xs, ys, ws = _sources(X.source if isinstance(X, Chunked) else X, y, sample_weight)
+        self.model, self.loss, self.class_weight = model, loss, class_weight
+        self.parts = list(zip(xs, ys, ws or [None] * len(xs)))
+        # blocks: (part, start, stop), at most chunk_rows rows, never across two parts
+        self.blocks = [(i, a, min(a + chunk_rows, x.shape[0])) for i, x in enumerate(xs)
+                       for a in range(0, x.shape[0], chunk_rows)]
+        self.rows = sum(int(x.shape[0]) for x in xs)
+        if self.rows == 0:
+            raise ValueError("X has no samples")
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.rng = np.random.default_rng(seed) if seed is not None else model.shuffle_rng
+        self.steps = -(-self.rows // batch_size)
+        self.X = self.y = None
+
+        host = self._host(self.blocks[:1])
+        Xd, high, low = _prepare_X(model, host[0], stats=True)
+        if not model.built:
+            model.build(Xd.shape[1])
+        _warn_if_unscaled(model, high, low, stacklevel=7)
+        pending = [i for i, layer in enumerate(model.layers) if hasattr(layer, "adapt") and not layer.adapted]
+        if pending:
+            raise ValueError(f"model.layers[{pending[0]}] ({type(model.layers[pending[0]]).__name__}) learns its "
+                             "scaling from the whole training set, which X read in chunks does not give at once: "
+                             f"call model.layers[{pending[0]}].adapt(sample) first, with a representative sample of "
+                             "its inputs as an array of the model's library and dtype")
+        self.pending = tuple(None if a is None else a[:batch_size, ...] for a in self._prepare(*host, Xd=Xd))
+        self.Xv = self.yv = None
+        if validation_data is not None:
+            self.Xv = _prepare_X(model, validation_data[0], what="X_val")
+            self.yv = _prepare_y(model, loss, validation_data[1], self.Xv.shape[0], what="y_val")
+        backend = model.backend
+        # as _ArrayData: each row's loss lands here; rows past n stay 0, so a reshape sums each batch
+        self.row_loss = model.xp.zeros(self.steps * batch_size, dtype=backend.dtype(model.dtype), device=backend.device)
+        self.sizes = np.array([min(batch_size, self.rows - a) for a in range(0, self.rows, batch_size)], dtype=float)
+
+    def adapt(self) -> None:
+        pass  # refused in __init__ unless already done
+
+    def _host(self, blocks):
+        """The rows of these blocks, concatenated in order, in host memory: [X, y, weights or None]."""
+        read = [[_read(a, start, stop) if a is not None else None for a in self.parts[i]] for i, start, stop in blocks]
+        return [None if cols[0] is None else (cols[0] if len(cols) == 1 else np.concatenate(cols))
+                for cols in zip(*read)]
+
+    def _prepare(self, Xh, yh, wh, Xd=None):
+        """Host rows checked and copied to the device (X already there, if given): (X, y, row weights or None)."""
+        from .train import _prepare_X, _prepare_y, _sample_weights
+
+        Xd = _prepare_X(self.model, Xh) if Xd is None else Xd
+        yd = _prepare_y(self.model, self.loss, yh, Xd.shape[0])
+        return Xd, yd, _sample_weights(self.model, self.loss, yd, self.class_weight, wh)
+
+    def _stream(self):
+        """Host rows of the epoch, one shuffle buffer (two blocks) at a time, in the order the module notes give."""
+        order = self.rng.permutation(len(self.blocks)) if self.shuffle else np.arange(len(self.blocks))
+        for k in range(0, len(order), 2):
+            host = self._host([self.blocks[b] for b in order[k:k + 2]])
+            if self.shuffle:
+                perm = self.rng.permutation(host[0].shape[0])
+                host = [None if a is None else a[perm] for a in host]
+            yield host
+
+    def epoch(self):
+        done, leftover = 0, None  # rows yielded; host rows short of a batch, carried to the next pair
+        for host in self._stream():
+            if leftover is not None:
+                host = [None if a is None else np.concatenate([b, a]) for a, b in zip(host, leftover)]
+            n = host[0].shape[0]
+            full = n - n % self.batch_size if done + n < self.rows else n  # the epoch's last batch may be short
+            leftover = [None if a is None else a[full:] for a in host] if full < n else None
+            if full == 0:
+                continue
+            Xd, yd, wd = self._prepare(*(None if a is None else a[:full] for a in host))
+            for a in range(0, full, self.batch_size):
+                b = min(a + self.batch_size, full)
+                yield (Xd[a:b, ...], yd[a:b, ...], None if wd is None else wd[a:b],
+                       self.row_loss[done + a:done + b])
+            done += full
+
+    def batch_losses(self):
+        xp = self.model.xp
+        return xp.sum(xp.reshape(self.row_loss, (self.steps, self.batch_size)), axis=1), self.sizes
