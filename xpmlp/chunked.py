@@ -13,8 +13,9 @@ the model's shuffle rng), so a seed gives the same run:
    run across pairs; the last batch of the epoch may be short (as with in-memory arrays).
 
 Every row is trained on exactly once per epoch, rows mix within and across chunks (the pairs
-change with the order each epoch), and the host holds at most two blocks plus fewer than
-``batch_size`` leftover rows (the device holds one copy of them). With ``shuffle=False`` the
+change with the order each epoch), and memory holds one pair of blocks at a time (with its
+permuted copy and its copy in the model's dtype on the device, the pair before it released
+first) plus fewer than ``batch_size`` leftover rows. With ``shuffle=False`` the
 blocks are read in order and unpermuted, so the batches are exactly those of the in-memory
 arrays with ``shuffle=False``: on NumPy the trained weights are bitwise equal.
 
@@ -229,6 +230,7 @@ class _ChunkedData:
                 perm = self.rng.permutation(host[0].shape[0])
                 host = [None if a is None else a[perm] for a in host]
             yield host
+            del host  # before the next pair is read
 
     def epoch(self):
         done, leftover = 0, None  # rows yielded; host rows short of a batch, carried to the next pair
@@ -237,8 +239,10 @@ class _ChunkedData:
                 host = [None if a is None else np.concatenate([b, a]) for a, b in zip(host, leftover)]
             n = host[0].shape[0]
             full = n - n % self.batch_size if done + n < self.rows else n  # the epoch's last batch may be short
-            leftover = [None if a is None else a[full:] for a in host] if full < n else None
+            # a copy: a view would keep the whole pair in memory while the next one is read
+            leftover = [None if a is None else a[full:].copy() for a in host] if full < n else None
             if full == 0:
+                del host
                 continue
             Xd, yd, wd = self._prepare(*(None if a is None else a[:full] for a in host))
             for a in range(0, full, self.batch_size):
@@ -246,6 +250,7 @@ class _ChunkedData:
                 yield (Xd[a:b, ...], yd[a:b, ...], None if wd is None else wd[a:b],
                        self.row_loss[done + a:done + b])
             done += full
+            del host, Xd, yd, wd  # before the next pair is read: never two pairs in memory
 
     def batch_losses(self):
         xp = self.model.xp
