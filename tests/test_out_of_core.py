@@ -160,6 +160,10 @@ def test_a_dask_array_trains_as_the_memmap(tmp_path):
     from_dask.fit(Chunked(da.from_array(X, chunks=(250, D)), chunk_rows=300), da.from_array(y, chunks=250), **kw)
     from_memmap.fit(Chunked(_memmap(tmp_path, X), chunk_rows=300), y, **kw)
     assert _same(from_dask, from_memmap)
+    bare_dask, bare_memmap = _model(), _model()  # given as they are: read with chunk_rows=CHUNK_ROWS
+    bare_dask.fit(da.from_array(X, chunks=(250, D)), y, **kw)
+    bare_memmap.fit(_memmap(tmp_path, X, "X2.npy"), y, **kw)
+    assert _same(bare_dask, bare_memmap)
 
 
 def test_bad_out_of_core_inputs_get_clear_errors(tmp_path):
@@ -241,6 +245,7 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_DATA and /proc/self/status are Linux's")
 def test_training_on_a_memmap_four_times_larger_than_the_memory_limit_matches_in_memory_accuracy(tmp_path):
     """A child process with 64 MB of data memory above its start trains on a 256 MB memmap (float32, 64
     features, 1M rows), streamed in 8192-row blocks (2 MB; a pair
