@@ -17,6 +17,7 @@ from .io import ModelFileError
 from .train import DivergenceError, History
 from .doctor import DoctorWarning, Finding, Report, diagnose
 from .lr_find import LRFinderResult
+from .chunked import Chunked
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,6 @@ __all__ = [
     "SoftmaxCrossEntropy",
     "MLP", "Sequential", "MLPClassifier", "MLPRegressor", "History", "DivergenceError", "load", "ModelFileError",
     "callbacks", "datasets", "metrics", "schedules",
-    "diagnose", "Finding", "Report", "DoctorWarning", "LRFinderResult",
+    "diagnose", "Finding", "Report", "DoctorWarning", "LRFinderResult", "Chunked",
     "OPTIMIZERS", "SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "LBFGS",
 ]

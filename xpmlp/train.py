@@ -230,6 +230,8 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
         NumPy (or pandas, lists) for any backend, or an array of the model's own library/device.
         With ``y=None``, an iterable of ``(X, y)`` or ``(X, y, sample_weight)`` batches (a list of
         chunks, a PyTorch ``DataLoader``, a generator): see "Batches from an iterable" below.
+        Data larger than memory - a NumPy memmap, a Dask array, a list of ``.npy`` chunk files or
+        an :class:`xpmlp.chunked.Chunked` - is streamed in blocks (see :mod:`xpmlp.chunked`).
     y : array
         (n,) integer labels or (n, k) one-hot rows for softmax cross-entropy; (n,) or (n, k)
         targets for the other losses. None when X yields the batches.
