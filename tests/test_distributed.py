@@ -1,0 +1,141 @@
+"""Data-parallel fit (xpmlp.distributed): 2 MPI ranks against one process, single(), a failing rank.
+
+The MPI tests start ``mpiexec -n 2 python tests/mpi_fit.py`` themselves; they need mpi4py and
+an MPI library (``pip install mpi4py mpich``, as .ci/run does).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xpmlp
+from xpmlp import distributed
+
+sys.path.insert(0, str(Path(__file__).parent))
+from mpi_fit import CASES, data, run_case  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = {"float64": 1e-10, "float32": 1e-5}
+
+
+def _mpiexec():
+    """The mpiexec next to this Python (the mpich wheel puts it in the environment's bin/), or on PATH."""
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install mpi4py mpich)")
+    local = Path(sys.executable).parent / "mpiexec"
+    found = str(local) if local.exists() else shutil.which("mpiexec")
+    if found is None:
+        pytest.skip("no mpiexec found (pip install mpich)")
+    return found
+
+
+def _launch(tmp_path, *args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(ROOT / "tests" / "mpi_fit.py"), str(tmp_path),
+                           *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mpi")
+    done = _launch(out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [np.load(out / f"rank{r}.npz") for r in (0, 1)]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_ranks_equal_one_process(two_ranks, name):
+    """Shuffled and ordered epochs, a global batch not divisible by 2 (7, 5: the last batch of 1 row
+    leaves rank 1 an empty shard), float64 and float32: the final weights of both ranks equal those
+    of one process with the same global batch. Each rank's model had its own seed: rank 0's
+    weights were broadcast."""
+    dtype = CASES[name][0]
+    ref_weights, ref_history = run_case(name)
+    for ranked in two_ranks:
+        np.testing.assert_allclose(ranked[name + "/weights"], ref_weights, rtol=0, atol=TOL[dtype])
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            if key in ref_history:
+                np.testing.assert_allclose(ranked[f"{name}/history/{key}"], ref_history[key], rtol=0,
+                                           atol=TOL[dtype], err_msg=key)
+    # not trivially equal: training moved the weights away from the start
+    start = xpmlp.MLP([6, 16, 3], dtype=dtype, seed=7)
+    start.build(6)
+    assert np.abs(ref_weights - start.flat.to_host()).max() > 0.05
+
+
+def test_ranks_log_the_same_and_stop_together(two_ranks):
+    """Every epoch's logs (streamed training accuracy summed over shards, validation metrics) are the
+    same on both ranks, so EarlyStopping stopped both after the same epoch as one process."""
+    name = "f64_b7_shuffle_val"
+    keys = [k for k in two_ranks[0].files if k.startswith(name + "/history/")]
+    assert any(k.endswith("val_accuracy") for k in keys)
+    for key in keys:
+        np.testing.assert_array_equal(two_ranks[0][key], two_ranks[1][key], err_msg=key)
+    _, ref_history = run_case(name)
+    assert len(two_ranks[0][name + "/history/loss"]) == len(ref_history["loss"]) < 6  # stopped early
+
+
+def test_failing_rank_ends_every_rank(tmp_path):
+    """Rank 1 raises in the middle of a long fit; rank 0 would wait in the all-reduce forever without
+    the abort. The job ends within seconds with a non-zero status and the error."""
+    started = time.perf_counter()
+    done = _launch(tmp_path, "--fail-rank", "1", timeout=60)
+    assert done.returncode != 0
+    assert "rank failed on purpose" in done.stderr
+    assert "rank 1 of 2 failed" in done.stderr
+    assert time.perf_counter() - started < 30
+
+
+def test_single_is_bitwise_plain_fit():
+    """fit(comm=single()) is the ordinary fit, bit for bit."""
+    for name in CASES:
+        plain_w, plain_h = run_case(name)
+        w, h = run_case(name, comm=distributed.single())
+        np.testing.assert_array_equal(w, plain_w)
+        np.testing.assert_array_equal(h["loss"], plain_h["loss"])
+
+
+class _TwoRanksOfOne(distributed.Communicator):
+    """A pretend rank of 2 whose partner holds the same gradient: checks the wiring without MPI."""
+
+    rank, size, name = 0, 2, "fake"
+
+    def __init__(self):
+        self.calls = 0
+
+    def allreduce_mean(self, buf):
+        self.calls += 1  # the mean of two equal buffers is the buffer
+
+    def broadcast(self, buf, root=0):
+        pass
+
+    def allreduce_sum_host(self, a):
+        return 2 * np.asarray(a, dtype=np.float64)
+
+    def fail(self, error):
+        pass
+
+
+def test_one_all_reduce_per_step_and_bad_uses():
+    X, y, _, _ = data("float64")
+    comm = _TwoRanksOfOne()
+    model = xpmlp.MLP([6, 4, 3], dtype="float64", seed=0)
+    model.fit(X, y, loss="softmax_cross_entropy", epochs=2, batch_size=10, verbose=0, comm=comm)
+    assert comm.calls == 2 * 5  # 41 rows in batches of 10: 5 steps per epoch
+    with pytest.raises(ValueError, match="arrays X, y"):
+        model.fit([(X, y)], epochs=1, verbose=0, comm=comm)
+    with pytest.raises(TypeError, match="Communicator"):
+        model.fit(X, y, epochs=1, verbose=0, comm=object())
+    with pytest.raises(ValueError, match="at least as many training rows"):
+        model.fit(X[:1], y[:1], epochs=1, verbose=0, comm=comm)
+
+
+def test_mpi_without_mpi4py_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    with pytest.raises(ImportError, match="pip install mpi4py mpich"):
+        distributed.mpi()
