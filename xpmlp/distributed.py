@@ -179,21 +179,39 @@ class NCCLCommunicator(Communicator):
         self.backend, self.rank, self.size = backend, rank, n_devices
 
     def allreduce_mean(self, buf) -> None:
-        self.backend.all_reduce(buf, buf, op="sum")
-        buf /= self.size
+        d = _device(buf)
+        self.backend.all_reduce(d, d, op="sum")
+        d /= self.size
+        _back(buf, d)
 
     def broadcast(self, buf, root: int = 0) -> None:
-        self.backend.broadcast(buf, root=root)
+        d = _device(buf)
+        self.backend.broadcast(d, root=root)
+        _back(buf, d)
 
     def allreduce_sum_host(self, a: np.ndarray) -> np.ndarray:
-        import cupy  # the device's library: this communicator exists only for CuPy models
-
-        d = cupy.asarray(np.asarray(a, dtype=np.float64))
+        d = _device(np.array(a, dtype=np.float64))
         self.backend.all_reduce(d, d, op="sum")
-        return cupy.asnumpy(d)
+        return _cupy().asnumpy(d)
 
     def abort(self, code: int = 1) -> None:
         os._exit(code)  # NCCL has no abort of the other ranks: their collectives time out (NCCL_TIMEOUT)
+
+
+def _cupy():
+    import cupy  # lazily: the NCCL communicator exists only for CuPy models
+
+    return cupy
+
+
+def _device(buf):
+    """buf itself when it is on the device, else (a host array: seeds, logs) a device copy of it."""
+    return _cupy().asarray(buf) if isinstance(buf, np.ndarray) else buf
+
+
+def _back(buf, d) -> None:
+    if d is not buf:
+        buf[...] = _cupy().asnumpy(d)
 
 
 def nccl(n_devices: int | None = None, rank: int | None = None, *, host: str | None = None,

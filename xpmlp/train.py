@@ -414,7 +414,7 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
                 break
     except BaseException as error:
         _train_end(begun, error)
-        if comm is not None:
+        if comm is not None and not isinstance(error, DivergenceError):  # divergence is decided on every rank
             comm.fail(error)  # the other ranks may wait in a collective: abort them all
         raise
     _train_end(begun)
