@@ -192,3 +192,28 @@ def test_nccl_communicator_up_to_the_collective_call():
         assert backend.calls[0][0] == "broadcast" and backend.calls[0][1] is model.flat.data
         assert len(grads) == 5  # 41 rows in batches of 10
         assert np.isfinite(xpmlp.to_numpy(model.flat.data)).all()
+
+
+def test_cli_distributed_mpi_matches_one_process(tmp_path, capsys):
+    """``mpiexec -n 2 xpmlp train xor --distributed mpi`` saves the weights of the one-process run;
+    only rank 0 prints (one header line) and saves."""
+    from xpmlp import cli
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-m", "xpmlp", "train", "xor", "--epochs", "2",
+                           "--distributed", "mpi", "--save", str(tmp_path / "two.safetensors")],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("xpmlp: MLP") == 1 and done.stdout.count("model saved") == 1
+    assert cli.main(["train", "xor", "--epochs", "2", "--save", str(tmp_path / "one.safetensors")]) == 0
+    two, one = xpmlp.load(tmp_path / "two.safetensors"), xpmlp.load(tmp_path / "one.safetensors")
+    np.testing.assert_allclose(two.flat.to_host(), one.flat.to_host(), rtol=0, atol=1e-5)  # float32
+    assert capsys.readouterr().out.count("xpmlp: MLP") == 1
+
+
+def test_cli_distributed_without_mpi4py_is_a_usage_error(monkeypatch, capsys):
+    from xpmlp import cli
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    assert cli.main(["train", "xor", "--epochs", "1", "--distributed", "mpi"]) == cli.USAGE
+    assert "pip install mpi4py mpich" in capsys.readouterr().err
