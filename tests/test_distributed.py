@@ -217,3 +217,24 @@ def test_cli_distributed_without_mpi4py_is_a_usage_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     assert cli.main(["train", "xor", "--epochs", "1", "--distributed", "mpi"]) == cli.USAGE
     assert "pip install mpi4py mpich" in capsys.readouterr().err
+
+
+def test_distributed_mnist_example(tmp_path, data_dir):
+    """examples/distributed_mnist.py on 2 MPI processes saves the weights of its one-process run."""
+    if data_dir is None or not (data_dir / "mnist").is_dir():
+        pytest.skip("needs MNIST in $XPMLP_DATA/mnist")
+    import importlib.util
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = ["--subset", "2000", "--epochs", "1"]
+    done = subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(ROOT / "examples" / "distributed_mnist.py"),
+                           *args, "--save", str(tmp_path / "two.safetensors")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 process(es)" in done.stdout and done.stdout.count("test accuracy") == 1
+    spec = importlib.util.spec_from_file_location("distributed_mnist", ROOT / "examples" / "distributed_mnist.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(epochs=1, subset=2000, save=tmp_path / "one.safetensors")
+    two, one = xpmlp.load(tmp_path / "two.safetensors"), xpmlp.load(tmp_path / "one.safetensors")
+    np.testing.assert_allclose(two.flat.to_host(), one.flat.to_host(), rtol=0, atol=1e-5)
