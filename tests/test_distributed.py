@@ -129,7 +129,9 @@ class _TwoRanksOfOne(distributed.Communicator):
         pass
 
 
-def test_one_all_reduce_per_step_and_bad_uses():
+@pytest.mark.parametrize("reference", ["0", "1"], ids=["fused-step", "reference-step"])
+def test_one_all_reduce_per_step_and_bad_uses(monkeypatch, reference):
+    monkeypatch.setenv("XPMLP_REFERENCE", reference)
     X, y, _, _ = data("float64")
     comm = _TwoRanksOfOne()
     model = xpmlp.MLP([6, 4, 3], dtype="float64", seed=0)
