@@ -240,3 +240,19 @@ def test_distributed_mnist_example(tmp_path, data_dir):
     example.main(epochs=1, subset=2000, save=tmp_path / "one.safetensors")
     two, one = xpmlp.load(tmp_path / "two.safetensors"), xpmlp.load(tmp_path / "one.safetensors")
     np.testing.assert_allclose(two.flat.to_host(), one.flat.to_host(), rtol=0, atol=1e-5)
+
+
+def test_nccl_reads_the_launchers_environment(monkeypatch):
+    """nccl() takes the size, rank and rendezvous from mpiexec's (or torchrun's) variables, and says
+    what is missing without them."""
+    made = {}
+    monkeypatch.setattr(distributed, "NCCLCommunicator", lambda *args: made.setdefault("args", args))
+    for name in ("WORLD_SIZE", "RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PMI_SIZE", "4")
+    monkeypatch.setenv("PMI_RANK", "3")
+    distributed.nccl()
+    assert made["args"] == (4, 3, "127.0.0.1", 13333)
+    monkeypatch.delenv("PMI_RANK")
+    with pytest.raises(ValueError, match="PMI_RANK"):
+        distributed.nccl()

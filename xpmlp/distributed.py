@@ -223,8 +223,11 @@ def nccl(n_devices: int | None = None, rank: int | None = None, *, host: str | N
     ``PMI_*`` as mpiexec), with ``MASTER_ADDR`` and ``MASTER_PORT`` (default 127.0.0.1:13333).
     """
     env = os.environ
-    n_devices = int(n_devices if n_devices is not None else _first(env, "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"))
-    rank = int(rank if rank is not None else _first(env, "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"))
+    if n_devices is None:
+        n_devices = _first(env, "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+    if rank is None:
+        rank = _first(env, "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+    n_devices, rank = int(n_devices), int(rank)
     host = host if host is not None else env.get("MASTER_ADDR", "127.0.0.1")
     port = int(port if port is not None else env.get("MASTER_PORT", 13333))
     return NCCLCommunicator(n_devices, rank, host, port)
