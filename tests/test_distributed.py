@@ -256,3 +256,32 @@ def test_nccl_reads_the_launchers_environment(monkeypatch):
     monkeypatch.delenv("PMI_RANK")
     with pytest.raises(ValueError, match="PMI_RANK"):
         distributed.nccl()
+
+
+class _OtherRankDiverges(_TwoRanksOfOne):
+    """A pretend rank of 2 whose partner's last update diverged (it reports one failed check more)."""
+
+    def allreduce_sum_host(self, a):
+        a = 2 * np.asarray(a, dtype=np.float64)
+        return a + 1 if a.size == 1 else a
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the unscaled inputs that make it diverge
+def test_divergence_stops_every_rank_without_an_abort():
+    """A divergence found on one rank (here the other one) stops this rank too, with DivergenceError and
+    the weights of the epoch's start, and does not abort the job (comm.fail is not called)."""
+    X, y, _, _ = data("float64")
+    comm = _OtherRankDiverges()
+    comm.fail = lambda error: pytest.fail(f"aborted on {error!r}")
+    model = xpmlp.MLP([6, 4, 3], dtype="float64", seed=0)
+    model.build(6)
+    start = model.flat.to_host()
+    with pytest.raises(xpmlp.DivergenceError, match="another process in epoch 1"):
+        model.fit(X, y, loss="softmax_cross_entropy", epochs=2, batch_size=10, verbose=0, comm=comm)
+    np.testing.assert_array_equal(model.flat.to_host(), start)
+    comm = _TwoRanksOfOne()  # this rank diverges itself: its own message
+    comm.fail = lambda error: pytest.fail(f"aborted on {error!r}")
+    with pytest.raises(xpmlp.DivergenceError, match="training loss became nan in epoch 1") as caught:
+        with np.errstate(all="ignore"):
+            model.fit(X * 1e200, y, epochs=1, batch_size=10, verbose=0, optimizer=xpmlp.SGD(lr=1e10), comm=comm)
+    assert "another process" not in str(caught.value)

@@ -212,7 +212,9 @@ def _add(acc, stats):
     return list(stats) if acc is None else [a + s for a, s in zip(acc, stats)]
 
 
-def _result(metric, acc) -> float:
+def _result(metric, acc, data=None) -> float:
+    if isinstance(data, _ShardedData):  # this rank's statistics: sum them over the ranks
+        acc = data.sum_stats(acc)
     return metric.result([s if isinstance(s, float) else to_numpy(s) for s in acc])
 
 
@@ -332,16 +334,9 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
                                                          validation_data, validation_split)
     verbose, validates = _check_keras_options(verbose, initial_epoch, epochs, validation_freq, validation_data,
                                               validation_split)
-    comm = _check_comm(comm, y, steps_per_epoch)
-    if comm is not None:
-        if seed is None:  # every rank must draw the same permutations and validation split
-            seed = _shared_seed(comm, model)
-        if comm.rank != 0:
-            verbose = 0
-    data = _training_data(model, loss, X, y, batch_size, shuffle, seed, validation_data, validation_split,
-                          class_weight, sample_weight, steps_per_epoch, metrics)
-    if comm is not None:
-        data = _ShardedData(data, comm)
+    comm, seed, verbose = _distributed(comm, model, y, steps_per_epoch, seed, verbose)
+    data = _ShardedData.of(comm, _training_data(model, loss, X, y, batch_size, shuffle, seed, validation_data,
+                                                validation_split, class_weight, sample_weight, steps_per_epoch, metrics))
     xp, streamed = model.xp, [m for m in metrics if not isinstance(m, CallableMetric)]
     history = History()  # with diagnose, fit's Vitals puts its Report in history.doctor as training ends
     callbacks = [history, *([ProgbarLogger()] if verbose else []),
@@ -356,9 +351,7 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
     data.adapt()
     model.loss, model.optimizer, model.stop_training, model.history = loss, optimizer, False, history
     step = make_train_step(model, loss, optimizer)
-    if comm is not None:
-        comm.broadcast(model.flat.data, 0)
-        step.reduce_grad = data.reduce_grad
+    _ShardedData.start(data, step)  # with comm: rank 0's weights, the all-reduce between backward and update
     begun = []  # callbacks whose on_train_begin ran: only they get on_train_end
     try:
         for cb in callbacks:
@@ -380,25 +373,17 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
                         cb.on_batch_end(batch)  # counts only: reading the loss would wait for the device
                 if not data.rows:
                     break  # an iterator that ran out before this epoch's first batch (fit warned)
-                if comm is not None:  # this rank's last shard may be empty: check on its last rows
-                    xb, yb = data.last_rows
                 epoch_loss, message = _read_epoch(model, loss, step, data, xb, yb, epoch, initial_epoch)
-                if comm is not None:  # the check of the last update differs by shard: stop everywhere or nowhere
-                    if comm.allreduce_sum_host(np.array([message is not None]))[0] and message is None:
-                        message = f"training diverged on another process in epoch {epoch + 1} (see its message)"
                 if message is not None:
                     step.restore(saved)
                     _diverged(callbacks, on_divergence, epoch, message)  # raises, unless told to stop
                     break
 
-                if comm is not None:
-                    sums = [data.sum_stats(acc) for acc in sums]
-                logs = {"loss": epoch_loss, **{m.name: _result(m, acc) for m, acc in zip(streamed, sums)}}
+                logs = {"loss": epoch_loss, **{m.name: _result(m, acc, data) for m, acc in zip(streamed, sums)}}
                 logs.update(_whole_set_logs(model, loss, metrics, data, validates(epoch)))
                 seconds = time.perf_counter() - started
                 logs.update({"lr": optimizer.current_lr(), "epoch_time": seconds, "samples_per_s": data.rows / seconds})
-                if comm is not None:
-                    logs = data.same_logs(logs)
+                logs = data.same_logs(logs) if comm is not None else logs  # callbacks decide the same everywhere
                 for cb in callbacks:  # History first: from there on the epoch is recorded
                     cb.on_epoch_end(epoch, logs)
             except DivergenceError:
@@ -414,15 +399,24 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
                 break
     except BaseException as error:
         _train_end(begun, error)
-        if comm is not None and not isinstance(error, DivergenceError):  # divergence is decided on every rank
-            comm.fail(error)  # the other ranks may wait in a collective: abort them all
+        _ShardedData.fail(data, error)
         raise
     _train_end(begun)
     return history
 
 
+def _distributed(comm, model, y, steps_per_epoch, seed, verbose):
+    """fit's ``comm``, checked: (None for one process, else the communicator; the seed, the same on every
+    rank; verbose, 0 except on rank 0)."""
+    comm = _check_comm(comm, y, steps_per_epoch)
+    if comm is None:
+        return None, seed, verbose
+    if seed is None:  # every rank must draw the same permutations and validation split
+        seed = _shared_seed(comm, model)
+    return comm, seed, verbose if comm.rank == 0 else 0
+
+
 def _check_comm(comm, y, steps_per_epoch):
-    """fit's ``comm``: None for one process (also for a single-process communicator), else the communicator."""
     if comm is None:
         return None
     missing = [a for a in ("rank", "size", "allreduce_mean", "broadcast", "allreduce_sum_host", "fail")
@@ -460,7 +454,29 @@ class _ShardedData:
         self.inner, self.comm = data, comm
         self.scale, self.last_rows = 1.0, None
 
+    @classmethod
+    def of(cls, comm, data):
+        """data, or with a communicator of several ranks this rank's view of it."""
+        return data if comm is None else cls(data, comm)
+
+    @staticmethod
+    def start(data, step) -> None:
+        """As training starts: rank 0's weights everywhere, and the step's all-reduce hook (no-op for
+        other data)."""
+        if isinstance(data, _ShardedData):
+            data.comm.broadcast(step.flat.data, 0)
+            step.reduce_grad = data.reduce_grad
+
+    @staticmethod
+    def fail(data, error) -> None:
+        """fit raised on this rank: abort every rank (the others may wait in a collective). Not for a
+        divergence, which every rank detects together and raises."""
+        if isinstance(data, _ShardedData) and not isinstance(error, DivergenceError):
+            data.comm.fail(error)
+
     def __getattr__(self, name):  # rows, steps, X, y, Xv, yv, adapt: the whole set's
+        if name == "inner":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def _shard(self, start: int, stop: int):
@@ -490,6 +506,10 @@ class _ShardedData:
         sums, sizes = self.inner.batch_losses()
         host = self.comm.allreduce_sum_host(to_numpy(sums).astype(np.float64))
         return self.inner.model.backend.from_host(host.astype(to_numpy(sums).dtype)), sizes
+
+    def all_ok(self, ok: bool) -> bool:
+        """True when ``ok`` on every rank."""
+        return not self.comm.allreduce_sum_host(np.array([not ok], dtype=np.float64))[0]
 
     def sum_stats(self, acc):
         """A streamed metric's statistics, summed over ranks (host floats)."""
@@ -812,6 +832,8 @@ def _read_epoch(model, loss, step, data, xb, yb, epoch, first_epoch=0):
     (never evaluated by the batches' losses, which come before each update): the loss of the
     updated weights on the last batch ``xb, yb`` and their norm. ``first_epoch`` is fit's first.
     """
+    if isinstance(data, _ShardedData):  # this rank's last shard may be empty: check on its last rows
+        xb, yb = data.last_rows
     xp, limit = model.xp, _divergence_limit(model.dtype)
     batch_sums, sizes = data.batch_losses()
     after = loss.forward(model.forward(xb), yb)
@@ -821,7 +843,11 @@ def _read_epoch(model, loss, step, data, xb, yb, epoch, first_epoch=0):
     # NaN fails the comparison too: one test for "not finite or beyond the limit"
     bad = np.flatnonzero(~(read[:-2] / sizes <= limit))
     bad_batch = int(bad[0]) if bad.size else -1
-    if bad_batch < 0 and after <= limit and norm <= limit:
+    ok = bad_batch < 0 and after <= limit and norm <= limit
+    # the check of the last update differs by shard: every rank stops when one does (a collective: always asked)
+    if isinstance(data, _ShardedData) and not data.all_ok(ok) and ok:
+        return epoch_loss, f"training diverged on another process in epoch {epoch + 1} (see its message)"
+    if ok:
         return epoch_loss, None
     return epoch_loss, _divergence_message(epoch, bad_batch, epoch_loss, after, norm, limit, model.dtype,
                                            step.optimizer, first_epoch)
