@@ -24,6 +24,7 @@ Implementations: :func:`single` (one process, every call a no-op: the default), 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 
@@ -80,7 +81,7 @@ class SingleProcess(Communicator):
         return np.asarray(a, dtype=np.float64)
 
     def abort(self, code: int = 1) -> None:
-        os._exit(code)
+        raise SystemExit(code)  # no other process to stop
 
 
 def single() -> SingleProcess:
@@ -195,7 +196,9 @@ class NCCLCommunicator(Communicator):
         return _cupy().asnumpy(d)
 
     def abort(self, code: int = 1) -> None:
-        os._exit(code)  # NCCL has no abort of the other ranks: their collectives time out (NCCL_TIMEOUT)
+        # NCCL cannot stop the other ranks: end this process at once (no teardown that could wait on
+        # them); the launcher (mpiexec, torchrun) then ends the others.
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _cupy():
