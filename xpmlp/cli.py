@@ -5,6 +5,9 @@
     xpmlp train xor | sine                  the classic toy problems
     xpmlp info                              versions, and which backends work here
 
+Data-parallel training: ``mpiexec -n N xpmlp train ... --distributed mpi`` (or ``nccl``, one GPU
+per process); ``--batch-size`` stays the global batch, and only rank 0 prints and saves.
+
 Exit status: 0 done; 2 the command line is wrong (an unknown option or choice, a bad value
 such as ``--lr -1`` or ``--epochs 0``, a data file or folder that does not exist, a
 ``--target`` that is not a column of the file, a ``--save`` path that cannot be written);
@@ -16,6 +19,7 @@ line on stderr, starting with ``xpmlp: error:``, never a Python traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -47,7 +51,7 @@ def _train_epochs(model, X, y, loss, args):
     decay = LearningRateScheduler(lambda epoch, lr: args.lr * args.lr_decay ** epoch)
     started = time.perf_counter()
     model.fit(X, y, loss=loss, optimizer=get_optimizer(args.optimizer, lr=args.lr), epochs=args.epochs,
-              batch_size=args.batch_size, seed=args.seed, verbose=1, callbacks=[decay])
+              batch_size=args.batch_size, seed=args.seed, verbose=1, callbacks=[decay], comm=args.comm)
     model.backend.synchronize()
     return time.perf_counter() - started
 
@@ -89,7 +93,7 @@ def cmd_mnist(args) -> int:
 
 
 def _save(model, args) -> None:
-    if args.save:
+    if args.save and (args.comm is None or args.comm.rank == 0):
         model.save(args.save)
         print(f"model saved to {args.save} (load it with xpmlp.load)")
 
@@ -267,6 +271,9 @@ def _add_training_options(p, problem):
     p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument("--save", default=None, metavar="PATH",
                    help="save the trained model (safetensors); the folder is checked before training")
+    p.add_argument("--distributed", default=None, choices=["mpi", "nccl"],
+                   help="data-parallel training over the processes of mpiexec: mpi (mpi4py) or nccl (CuPy, "
+                        "one GPU per process, cuda:<local rank> unless --device says)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -305,6 +312,25 @@ def _check_device(args) -> None:
         raise UsageError(f"--device: {e}" if args.device is not None else str(e)) from None
 
 
+def _communicator(args):
+    """--distributed as a communicator (None without it); nccl picks the GPU of this process's local rank."""
+    kind = getattr(args, "distributed", None)
+    if kind is None:
+        return None
+    from . import distributed
+
+    try:
+        if kind == "mpi":
+            return distributed.mpi()
+        env = os.environ
+        local = next((env[k] for k in ("LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK") if k in env), "0")
+        if args.device is None:
+            args.device = f"cuda:{local}"
+        return distributed.nccl()
+    except ImportError as e:
+        raise UsageError(f"--distributed {kind}: {e}") from None
+
+
 def main(argv=None) -> int:
     """Run the command; returns the exit status (0, 1 failure, 2 usage, 130 interrupted)."""
     from .datasets import DataError
@@ -316,8 +342,12 @@ def main(argv=None) -> int:
     except SystemExit as e:  # argparse has printed the usage and the error (status 2), or --help (0)
         return e.code
     try:
+        args.comm = _communicator(args)
         _check_device(args)
         _check_save(getattr(args, "save", None))
+        if args.comm is not None and args.comm.rank != 0:  # only rank 0 prints
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                return args.run(args)
         return args.run(args)
     except KeyboardInterrupt:
         print("\nxpmlp: interrupted", file=sys.stderr)

@@ -48,6 +48,9 @@ class TrainStep:
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.flat = model.flat
         self.update = optimizer.make_update(model.xp, kernels)
+        # Data-parallel fit sets this to a callable reduce_grad(flat_grad) that averages the
+        # gradient across processes in place, between backward and the update; None: one process.
+        self.reduce_grad = None
         self._dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
 
     def __call__(self, xb, yb, wb, row_loss):
@@ -82,6 +85,8 @@ class ReferenceStep(TrainStep):
         z = model.forward(xb, training=True)
         row_loss[...] = self.loss.row_losses(z, yb, wb)
         model.backward(self.loss.backward(), input_grad=False)
+        if self.reduce_grad is not None:
+            self.reduce_grad(self.flat.grad)
         self.update(self.flat.data, self.flat.grad, self.flat.n_decay)
         return z
 
@@ -201,6 +206,8 @@ class FusedStep(TrainStep):
                 ops.mul(prev.g, prev.mask, prev.g)
             if before.act is not None:
                 ops.act_backward(prev.g, prev.z, prev.h, before.act)
+        if self.reduce_grad is not None:
+            self.reduce_grad(self.flat.grad)
         self.update(self.flat.data, self.flat.grad, self.flat.n_decay)
         return last.z
 

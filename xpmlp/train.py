@@ -212,7 +212,9 @@ def _add(acc, stats):
     return list(stats) if acc is None else [a + s for a, s in zip(acc, stats)]
 
 
-def _result(metric, acc) -> float:
+def _result(metric, acc, data=None) -> float:
+    if isinstance(data, _ShardedData):  # this rank's statistics: sum them over the ranks
+        acc = data.sum_stats(acc)
     return metric.result([s if isinstance(s, float) else to_numpy(s) for s in acc])
 
 
@@ -221,7 +223,7 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
         shuffle: bool = True, seed: int | None = None, verbose="auto", validation_data=None,
         validation_split: float = 0.0, validation_freq=1, metrics=None, class_weight=None, sample_weight=None,
         callbacks=None, on_divergence: str = "raise", initial_epoch: int = 0,
-        steps_per_epoch: int | None = None, diagnose: bool = False) -> History:
+        steps_per_epoch: int | None = None, diagnose: bool = False, comm=None) -> History:
     """Train the model with minibatch gradient descent.
 
     Parameters
@@ -288,6 +290,19 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
         of the first batch of an iterable). Each finding is issued as a
         :class:`xpmlp.doctor.DoctorWarning`; all of them are kept in ``history.doctor`` (a
         :class:`xpmlp.doctor.Report`; None without ``diagnose``). Training itself is unchanged.
+    comm : :class:`xpmlp.distributed.Communicator`, optional
+        Data-parallel training over the processes of ``comm`` (e.g. ``xpmlp.distributed.mpi()``
+        under ``mpiexec -n N``), arrays X, y only, the same on every process. ``batch_size`` stays
+        the global batch: each batch of the epoch's permutation (the same on every rank: without
+        ``seed``, rank 0's is broadcast) is split into ``comm.size`` contiguous shards (sizes
+        differing by at most one), each rank runs forward and backward on its shard, and one
+        all-reduce per step gives every rank the gradient of the whole batch (weighted by shard
+        size), so the optimiser runs identically everywhere and the run equals one process with
+        the same batch (up to rounding; Dropout masks excepted). The weights start as rank 0's.
+        Each epoch's logs (loss and metrics summed over ranks, validation on the whole validation
+        set) are rank 0's on every rank, so callbacks decide the same; only rank 0 shows progress.
+        An exception on one rank prints it and aborts every rank (``comm.fail``), never a hang.
+        None or a single-process communicator: the ordinary fit.
 
     Batches from an iterable: each batch is checked (as X and y are) and copied to the device
     when it is used, so the data never has to fit on the device. An iterable with a length (a
@@ -321,8 +336,9 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
                                                          validation_data, validation_split)
     verbose, validates = _check_keras_options(verbose, initial_epoch, epochs, validation_freq, validation_data,
                                               validation_split)
-    data = _training_data(model, loss, X, y, batch_size, shuffle, seed, validation_data, validation_split,
-                          class_weight, sample_weight, steps_per_epoch, metrics)
+    comm, seed, verbose = _distributed(comm, model, y, steps_per_epoch, seed, verbose)
+    data = _ShardedData.of(comm, _training_data(model, loss, X, y, batch_size, shuffle, seed, validation_data,
+                                                validation_split, class_weight, sample_weight, steps_per_epoch, metrics))
     xp, streamed = model.xp, [m for m in metrics if not isinstance(m, CallableMetric)]
     history = History()  # with diagnose, fit's Vitals puts its Report in history.doctor as training ends
     callbacks = [history, *([ProgbarLogger()] if verbose else []),
@@ -337,6 +353,7 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
     data.adapt()
     model.loss, model.optimizer, model.stop_training, model.history = loss, optimizer, False, history
     step = make_train_step(model, loss, optimizer)
+    _ShardedData.start(data, step)  # with comm: rank 0's weights, the all-reduce between backward and update
     begun = []  # callbacks whose on_train_begin ran: only they get on_train_end
     try:
         for cb in callbacks:
@@ -364,10 +381,11 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
                     _diverged(callbacks, on_divergence, epoch, message)  # raises, unless told to stop
                     break
 
-                logs = {"loss": epoch_loss, **{m.name: _result(m, acc) for m, acc in zip(streamed, sums)}}
+                logs = {"loss": epoch_loss, **{m.name: _result(m, acc, data) for m, acc in zip(streamed, sums)}}
                 logs.update(_whole_set_logs(model, loss, metrics, data, validates(epoch)))
                 seconds = time.perf_counter() - started
                 logs.update({"lr": optimizer.current_lr(), "epoch_time": seconds, "samples_per_s": data.rows / seconds})
+                logs = data.same_logs(logs) if comm is not None else logs  # callbacks decide the same everywhere
                 for cb in callbacks:  # History first: from there on the epoch is recorded
                     cb.on_epoch_end(epoch, logs)
             except DivergenceError:
@@ -383,9 +401,130 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
                 break
     except BaseException as error:
         _train_end(begun, error)
+        _ShardedData.fail(data, error)
         raise
     _train_end(begun)
     return history
+
+
+def _distributed(comm, model, y, steps_per_epoch, seed, verbose):
+    """fit's ``comm``, checked: (None for one process, else the communicator; the seed, the same on every
+    rank; verbose, 0 except on rank 0)."""
+    comm = _check_comm(comm, y, steps_per_epoch)
+    if comm is None:
+        return None, seed, verbose
+    if seed is None:  # every rank must draw the same permutations and validation split
+        seed = _shared_seed(comm, model)
+    return comm, seed, verbose if comm.rank == 0 else 0
+
+
+def _check_comm(comm, y, steps_per_epoch):
+    if comm is None:
+        return None
+    missing = [a for a in ("rank", "size", "allreduce_mean", "broadcast", "allreduce_sum_host", "fail")
+               if not hasattr(comm, a)]
+    if missing:
+        raise TypeError(f"comm must be an xpmlp.distributed.Communicator (e.g. xpmlp.distributed.mpi()), "
+                        f"got {type(comm).__name__} without {', '.join(missing)}")
+    if comm.size == 1:
+        return None
+    if y is None or steps_per_epoch is not None:
+        raise ValueError("fit with comm over several processes trains on arrays X, y (the same on every process), "
+                         "not an iterable of batches")
+    return comm
+
+
+def _shared_seed(comm, model) -> int:
+    """A seed drawn by rank 0 from the model's shuffling generator, the same on every rank."""
+    seed = np.array([model.shuffle_rng.integers(2**62) if comm.rank == 0 else 0], dtype=np.int64)
+    comm.broadcast(seed, 0)
+    return int(seed[0])
+
+
+class _ShardedData:
+    """An :class:`_ArrayData` seen by one rank of a data-parallel fit: each global batch of the epoch's
+    permutation is cut into ``comm.size`` contiguous shards, and this rank trains on its own.
+
+    Each row's loss lands in the global batch's place of ``row_loss``, so the per-batch sums,
+    summed over ranks, are the one-process sums; ``reduce_grad`` (the train step's hook) weights
+    this rank's gradient (its shard's mean) by its share of the batch before the all-reduce.
+    """
+
+    def __init__(self, data, comm):
+        if data.rows < comm.size:
+            raise ValueError(f"fit over {comm.size} processes needs at least as many training rows, got {data.rows}")
+        self.inner, self.comm = data, comm
+        self.scale, self.last_rows = 1.0, None
+
+    @classmethod
+    def of(cls, comm, data):
+        """data, or with a communicator of several ranks this rank's view of it."""
+        return data if comm is None else cls(data, comm)
+
+    @staticmethod
+    def start(data, step) -> None:
+        """As training starts: rank 0's weights everywhere, and the step's all-reduce hook (no-op for
+        other data)."""
+        if isinstance(data, _ShardedData):
+            data.comm.broadcast(step.flat.data, 0)
+            step.reduce_grad = data.reduce_grad
+
+    @staticmethod
+    def fail(data, error) -> None:
+        """fit raised on this rank: abort every rank (the others may wait in a collective). Not for a
+        divergence, which every rank detects together and raises."""
+        if isinstance(data, _ShardedData) and not isinstance(error, DivergenceError):
+            data.comm.fail(error)
+
+    def __getattr__(self, name):  # rows, steps, X, y, Xv, yv, adapt: the whole set's
+        if name == "inner":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _shard(self, start: int, stop: int):
+        n, size, rank = stop - start, self.comm.size, self.comm.rank
+        q, r = divmod(n, size)  # the first r shards have one row more
+        lo = start + rank * q + min(rank, r)
+        return lo, lo + q + (rank < r)
+
+    def epoch(self):
+        d = self.inner
+        order = d.model.backend.from_host(d.rng.permutation(d.rows)) if d.shuffle else None
+        for start, stop in _batches(d.rows, d.batch_size):
+            lo, hi = self._shard(start, stop)
+            # allreduce_mean divides by size: size * n_r / B makes it the batch's mean gradient
+            self.scale = self.comm.size * (hi - lo) / (stop - start)
+            xb, yb, wb = _rows(d.model.xp, (d.X, d.y, d.weights), order, lo, hi)
+            if hi > lo:
+                self.last_rows = xb, yb
+            yield xb, yb, wb, d.row_loss[lo:hi]
+
+    def reduce_grad(self, grad) -> None:
+        if self.scale != 1.0:
+            grad *= self.scale
+        self.comm.allreduce_mean(grad)
+
+    def batch_losses(self):
+        sums, sizes = self.inner.batch_losses()
+        host = self.comm.allreduce_sum_host(to_numpy(sums).astype(np.float64))
+        return self.inner.model.backend.from_host(host.astype(to_numpy(sums).dtype)), sizes
+
+    def all_ok(self, ok: bool) -> bool:
+        """True when ``ok`` on every rank."""
+        return not self.comm.allreduce_sum_host(np.array([not ok], dtype=np.float64))[0]
+
+    def sum_stats(self, acc):
+        """A streamed metric's statistics, summed over ranks (host floats)."""
+        if acc is None:
+            return acc
+        return [self.comm.allreduce_sum_host(np.asarray(s if isinstance(s, float) else to_numpy(s), dtype=np.float64))
+                for s in acc]
+
+    def same_logs(self, logs: dict) -> dict:
+        """Rank 0's logs on every rank (the validation metrics agree up to rounding already)."""
+        values = np.array([float(v) for v in logs.values()], dtype=np.float64)
+        self.comm.broadcast(values, 0)
+        return dict(zip(logs, (float(v) for v in values)))
 
 
 def _doctor(diagnose: bool, data, X, y, shuffle, validation_data) -> list:
@@ -700,6 +839,8 @@ def _read_epoch(model, loss, step, data, xb, yb, epoch, first_epoch=0):
     (never evaluated by the batches' losses, which come before each update): the loss of the
     updated weights on the last batch ``xb, yb`` and their norm. ``first_epoch`` is fit's first.
     """
+    if isinstance(data, _ShardedData):  # this rank's last shard may be empty: check on its last rows
+        xb, yb = data.last_rows
     xp, limit = model.xp, _divergence_limit(model.dtype)
     batch_sums, sizes = data.batch_losses()
     after = loss.forward(model.forward(xb), yb)
@@ -709,7 +850,11 @@ def _read_epoch(model, loss, step, data, xb, yb, epoch, first_epoch=0):
     # NaN fails the comparison too: one test for "not finite or beyond the limit"
     bad = np.flatnonzero(~(read[:-2] / sizes <= limit))
     bad_batch = int(bad[0]) if bad.size else -1
-    if bad_batch < 0 and after <= limit and norm <= limit:
+    ok = bad_batch < 0 and after <= limit and norm <= limit
+    # the check of the last update differs by shard: every rank stops when one does (a collective: always asked)
+    if isinstance(data, _ShardedData) and not data.all_ok(ok) and ok:
+        return epoch_loss, f"training diverged on another process in epoch {epoch + 1} (see its message)"
+    if ok:
         return epoch_loss, None
     return epoch_loss, _divergence_message(epoch, bad_batch, epoch_loss, after, norm, limit, model.dtype,
                                            step.optimizer, first_epoch)

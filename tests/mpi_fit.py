@@ -1,0 +1,72 @@
+"""Data-parallel fits for tests/test_distributed.py, run as ``mpiexec -n N python tests/mpi_fit.py OUT``.
+
+Each rank writes OUT/rank<r>.npz: every case's final weights and history. ``run_case`` is also
+imported by the test to make the one-process reference (comm=None) of the same case.
+``python tests/mpi_fit.py OUT --fail-rank R`` instead raises on rank R in the middle of fit.
+"""
+
+import sys
+
+import numpy as np
+
+import xpmlp
+from xpmlp.callbacks import Callback, EarlyStopping
+
+# (dtype, global batch, shuffle, validation): 41 rows, so batches of 5 end with 1 row (an empty shard)
+CASES = {
+    "f64_b7_shuffle_val": ("float64", 7, True, True),
+    "f32_b8_shuffle": ("float32", 8, True, False),
+    "f64_b5_ordered": ("float64", 5, False, False),
+}
+
+
+def data(dtype):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((41, 6)).astype(dtype)
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int) + (X[:, 3] > 1)
+    Xv = rng.standard_normal((13, 6)).astype(dtype)
+    yv = (Xv[:, 0] + Xv[:, 1] * Xv[:, 2] > 0).astype(int) + (Xv[:, 3] > 1)
+    return X, y, Xv, yv
+
+
+def run_case(name, comm=None, seed=7):
+    dtype, batch, shuffle, val = CASES[name]
+    X, y, Xv, yv = data(dtype)
+    # under MPI each rank's model has its own seed: the weights must come from rank 0 (seed 7)
+    model = xpmlp.MLP([6, 16, 3], dtype=dtype, seed=seed)
+    callbacks = [EarlyStopping(monitor="val_loss", patience=0, min_delta=0.1)] if val else []
+    history = model.fit(X, y, loss="softmax_cross_entropy", optimizer=xpmlp.Adam(lr=0.02), epochs=6,
+                        batch_size=batch, shuffle=shuffle, seed=3, verbose=0, metrics=["accuracy"],
+                        validation_data=(Xv, yv) if val else None, callbacks=callbacks, comm=comm)
+    return model.flat.to_host(), {k: np.array(v) for k, v in history.history.items()}
+
+
+class _Fail(Callback):
+    def __init__(self, rank):
+        self.rank = rank
+
+    def on_batch_end(self, batch):
+        if batch == 2 and self.rank == int(sys.argv[3]):
+            raise RuntimeError("rank failed on purpose")
+
+
+def main():
+    from xpmlp.distributed import mpi
+
+    out, comm = sys.argv[1], mpi()
+    if "--fail-rank" in sys.argv:
+        X, y, _, _ = data("float64")
+        model = xpmlp.MLP([6, 16, 3], dtype="float64", seed=1)
+        model.fit(X, y, loss="softmax_cross_entropy", epochs=1000, batch_size=4, verbose=0,
+                  callbacks=[_Fail(comm.rank)], comm=comm)
+        return
+    saved = {}
+    for name in CASES:
+        weights, history = run_case(name, comm, seed=7 + 100 * comm.rank)
+        saved[name + "/weights"] = weights
+        saved.update({f"{name}/history/{k}": v for k, v in history.items()})
+    np.savez(f"{out}/rank{comm.rank}.npz", **saved)
+
+
+if __name__ == "__main__":
+    main()

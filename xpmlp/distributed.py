@@ -1,0 +1,243 @@
+"""Communicators for data-parallel ``fit(..., comm=...)``: who am I, how many are we, and the two
+collectives an MLP step needs (an all-reduce of the flat gradient buffer, a broadcast of the
+weights).
+
+This is host and transport code: mpi4py and CuPy's ``cupyx.distributed`` are imported lazily,
+only by the communicator that needs them, and device arrays are reached through
+:mod:`xpmlp.backend`.
+
+The protocol (:class:`Communicator`):
+
+- ``rank``, ``size``: this process's number (0 .. size-1) and the number of processes;
+- ``allreduce_mean(buf)``: replace ``buf`` (a 1-D array, e.g. ``model.flat.grad``) in place by
+  the mean of every rank's ``buf``;
+- ``broadcast(buf, root=0)``: replace ``buf`` in place by rank ``root``'s;
+- ``allreduce_sum_host(a)``: the element-wise sum over ranks of a NumPy float64 array (for the
+  epoch's loss sums and metric statistics, read on the host once per epoch);
+- ``abort(code)``: end every rank now (a failing rank must not leave the others waiting in a
+  collective).
+
+Implementations: :func:`single` (one process, every call a no-op: the default), :func:`mpi`
+(mpi4py) and :func:`nccl` (NCCL through ``cupyx.distributed.NCCLBackend``, for CuPy models).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+
+import numpy as np
+
+__all__ = ["Communicator", "single", "mpi", "nccl", "SingleProcess", "MPICommunicator", "NCCLCommunicator"]
+
+
+class Communicator:
+    """The protocol ``fit`` uses; see the module notes. Subclasses set ``rank`` and ``size``."""
+
+    rank: int = 0
+    size: int = 1
+    name: str = ""
+
+    def allreduce_mean(self, buf) -> None:
+        raise NotImplementedError
+
+    def broadcast(self, buf, root: int = 0) -> None:
+        raise NotImplementedError
+
+    def allreduce_sum_host(self, a: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def abort(self, code: int = 1) -> None:
+        raise NotImplementedError
+
+    def fail(self, error: BaseException) -> None:
+        """Called by ``fit`` when it raises on this rank while others may wait in a collective:
+        print the error and end every rank (with several ranks; one process just lets it raise)."""
+        if self.size > 1:
+            sys.stderr.write(f"xpmlp: rank {self.rank} of {self.size} failed; aborting every rank\n")
+            traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+            sys.stderr.flush()
+            self.abort(1)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
+
+
+class SingleProcess(Communicator):
+    """One process: rank 0 of 1; every collective leaves its buffer as it is."""
+
+    name = "single"
+
+    def allreduce_mean(self, buf) -> None:
+        pass
+
+    def broadcast(self, buf, root: int = 0) -> None:
+        if root != 0:
+            raise ValueError(f"root must be 0 in a single process, got {root}")
+
+    def allreduce_sum_host(self, a: np.ndarray) -> np.ndarray:
+        return np.asarray(a, dtype=np.float64)
+
+    def abort(self, code: int = 1) -> None:
+        raise SystemExit(code)  # no other process to stop
+
+
+def single() -> SingleProcess:
+    """The single-process communicator (what ``fit`` does without ``comm``)."""
+    return SingleProcess()
+
+
+class MPICommunicator(Communicator):
+    """MPI through mpi4py, on host buffers.
+
+    NumPy buffers are passed to MPI in place (the buffer interface: no copy, no pickling). Other
+    arrays (CuPy, torch) take one copy to the host and back per collective: CUDA-aware MPI (passing
+    device pointers) is not used, even where the MPI library supports it.
+    """
+
+    name = "mpi"
+
+    def __init__(self, comm=None):
+        from mpi4py import MPI  # lazily: an optional dependency (pip install "xpmlp[mpi]")
+
+        self._MPI = MPI
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+
+    def allreduce_mean(self, buf) -> None:
+        host, back = _host(buf)
+        self.comm.Allreduce(self._MPI.IN_PLACE, host, op=self._MPI.SUM)
+        host /= self.size
+        back(host)
+
+    def broadcast(self, buf, root: int = 0) -> None:
+        host, back = _host(buf)
+        self.comm.Bcast(host, root=root)
+        back(host)
+
+    def allreduce_sum_host(self, a: np.ndarray) -> np.ndarray:
+        a = np.array(a, dtype=np.float64)
+        self.comm.Allreduce(self._MPI.IN_PLACE, a, op=self._MPI.SUM)
+        return a
+
+    def abort(self, code: int = 1) -> None:
+        self.comm.Abort(code)
+
+
+def mpi(comm=None) -> MPICommunicator:
+    """A communicator over MPI (mpi4py's ``COMM_WORLD``, or the mpi4py communicator given).
+
+    Launch with ``mpiexec -n N python script.py``; needs ``pip install "xpmlp[mpi]"`` (mpi4py and
+    the MPICH library from a wheel).
+    """
+    try:
+        return MPICommunicator(comm)
+    except ImportError as error:
+        raise ImportError("xpmlp.distributed.mpi() needs mpi4py and an MPI library: "
+                          "pip install mpi4py mpich (or xpmlp[mpi])") from error
+
+
+def _host(buf):
+    """(a contiguous NumPy array holding buf's values, a function that puts values back into buf)."""
+    if isinstance(buf, np.ndarray):
+        if not buf.flags.c_contiguous:
+            raise ValueError("a communicator's buffer must be contiguous")
+        return buf, lambda host: None  # in place: nothing to copy back
+    from .backend import to_numpy
+
+    host = np.ascontiguousarray(to_numpy(buf)).copy()
+
+    def back(values):
+        buf[...] = _like(buf, values)
+
+    return host, back
+
+
+def _like(buf, values):
+    from .backend import namespace_of
+
+    xp = namespace_of(buf)
+    return xp.asarray(values, device=buf.device)
+
+
+class NCCLCommunicator(Communicator):
+    """NCCL through ``cupyx.distributed.NCCLBackend``, on CuPy device buffers (one GPU per rank).
+
+    The collectives run on the device with no host copy. Host arrays (``allreduce_sum_host``) take
+    one copy to the device and back. NOT run on real GPUs: tested only with the fake-GPU stand-in up
+    to the collective call.
+    """
+
+    name = "nccl"
+
+    def __init__(self, n_devices: int, rank: int, host: str = "127.0.0.1", port: int = 13333, backend=None):
+        if backend is None:
+            from cupyx.distributed import NCCLBackend  # lazily: needs CuPy, a GPU and the NCCL wheel
+
+            backend = NCCLBackend(n_devices, rank, host=host, port=port)
+        self.backend, self.rank, self.size = backend, rank, n_devices
+
+    def allreduce_mean(self, buf) -> None:
+        d = _device(buf)
+        self.backend.all_reduce(d, d, op="sum")
+        d /= self.size
+        _back(buf, d)
+
+    def broadcast(self, buf, root: int = 0) -> None:
+        d = _device(buf)
+        self.backend.broadcast(d, root=root)
+        _back(buf, d)
+
+    def allreduce_sum_host(self, a: np.ndarray) -> np.ndarray:
+        d = _device(np.array(a, dtype=np.float64))
+        self.backend.all_reduce(d, d, op="sum")
+        return _cupy().asnumpy(d)
+
+    def abort(self, code: int = 1) -> None:
+        # NCCL cannot stop the other ranks: end this process at once (no teardown that could wait on
+        # them); the launcher (mpiexec, torchrun) then ends the others.
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _cupy():
+    import cupy  # lazily: the NCCL communicator exists only for CuPy models
+
+    return cupy
+
+
+def _device(buf):
+    """buf itself when it is on the device, else (a host array: seeds, logs) a device copy of it."""
+    return _cupy().asarray(buf) if isinstance(buf, np.ndarray) else buf
+
+
+def _back(buf, d) -> None:
+    if d is not buf:
+        buf[...] = _cupy().asnumpy(d)
+
+
+def nccl(n_devices: int | None = None, rank: int | None = None, *, host: str | None = None,
+         port: int | None = None) -> NCCLCommunicator:
+    """A communicator over NCCL for CuPy models, one GPU per process.
+
+    By default the number of processes, this rank and the rendezvous address come from the
+    environment a launcher sets (``WORLD_SIZE``/``RANK`` as torchrun, or ``OMPI_COMM_WORLD_*``/
+    ``PMI_*`` as mpiexec), with ``MASTER_ADDR`` and ``MASTER_PORT`` (default 127.0.0.1:13333).
+    """
+    env = os.environ
+    if n_devices is None:
+        n_devices = _first(env, "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+    if rank is None:
+        rank = _first(env, "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+    n_devices, rank = int(n_devices), int(rank)
+    host = host if host is not None else env.get("MASTER_ADDR", "127.0.0.1")
+    port = int(port if port is not None else env.get("MASTER_PORT", 13333))
+    return NCCLCommunicator(n_devices, rank, host, port)
+
+
+def _first(env, *names):
+    for name in names:
+        if name in env:
+            return env[name]
+    raise ValueError(f"nccl() needs the number of processes and this rank: pass them, or set one of {names}")
