@@ -17,6 +17,9 @@ CASES = {
     "f64_b7_shuffle_val": ("float64", 7, True, True),
     "f32_b8_shuffle": ("float32", 8, True, False),
     "f64_b5_ordered": ("float64", 5, False, False),
+    # Dropout: each rank's masks are its rows of the whole batch's masks
+    "f64_b7_shuffle_dropout": ("float64", 7, True, False, 0.3),
+    "f32_b8_dropout": ("float32", 8, False, False, 0.5),
 }
 
 
@@ -30,10 +33,11 @@ def data(dtype):
 
 
 def run_case(name, comm=None, seed=7):
-    dtype, batch, shuffle, val = CASES[name]
+    dtype, batch, shuffle, val, *dropout = CASES[name]
     X, y, Xv, yv = data(dtype)
-    # under MPI each rank's model has its own seed: the weights must come from rank 0 (seed 7)
-    model = xpmlp.MLP([6, 16, 3], dtype=dtype, seed=seed)
+    # under MPI each rank's model has its own seed: the weights and the Dropout keys must come from
+    # rank 0 (seed 7)
+    model = xpmlp.MLP([6, 16, 3], dtype=dtype, seed=seed, dropout=dropout[0] if dropout else 0.0)
     callbacks = [EarlyStopping(monitor="val_loss", patience=0, min_delta=0.1)] if val else []
     history = model.fit(X, y, loss="softmax_cross_entropy", optimizer=xpmlp.Adam(lr=0.02), epochs=6,
                         batch_size=batch, shuffle=shuffle, seed=3, verbose=0, metrics=["accuracy"],

@@ -393,11 +393,13 @@ def test_host_dropout_kernel_gives_the_reference_bits(host_compiler, dtype, rate
     from xpmlp.rng import dropout_mask, keep_threshold, round_keys
 
     kernel = HostElementwiseKernel(*SPECS["dropout_mask"])
-    for key, counter, shape in ((0, 0, (7, 13)), (2**63 - 1, 12345, (128, 512)), (987654321, 3, (1, 1))):
+    for key, counter, shape, offset in ((0, 0, (7, 13), 0), (2**63 - 1, 12345, (128, 512), 0),
+                                        (987654321, 3, (1, 1), 0), (5, 7, (3, 13), 4 * 13),
+                                        (11, 2, (2, 8), 2**32 - 16)):  # a part of a larger mask, up to the last word
         out = np.empty(shape, dtype=dtype)
         k0, k1 = round_keys(key, counter)
-        kernel(k0, k1, keep_threshold(rate), 1.0 / (1.0 - rate), out)
-        np.testing.assert_array_equal(out, dropout_mask(np, shape, rate, key, counter, dtype))
+        kernel(k0, k1, keep_threshold(rate), 1.0 / (1.0 - rate), offset, out)
+        np.testing.assert_array_equal(out, dropout_mask(np, shape, rate, key, counter, dtype, offset=offset))
 
 
 def test_host_kernel_cache_is_private(tmp_path, monkeypatch):

@@ -393,3 +393,24 @@ def test_bad_dropout_states_are_refused(tmp_path, edit, message):
     bad = _rewrite_rng(path, tmp_path / "bad.safetensors", edit)
     with pytest.raises(ModelFileError, match=message):
         xpmlp.load(bad, device="cpu")
+
+
+def test_a_mask_at_an_offset_is_that_part_of_the_whole_mask(case):
+    """rows r0.. of a batch (a rank's shard in a data-parallel fit) get exactly those rows of the whole
+    batch's mask: through the reference and, on the fake GPU, the CUDA kernel's source run on the host."""
+    b = case.backend
+    full = to_numpy(dropout_mask(b.xp, (9, 7), 0.4, 1234, 5, case.dtype, b.device))
+    part = to_numpy(dropout_mask(b.xp, (3, 7), 0.4, 1234, 5, case.dtype, b.device, offset=4 * 7))
+    np.testing.assert_array_equal(part, full[4:7])
+    layer = Dropout(0.4)
+    layer.build(7, b, case.dtype, np.random.default_rng(0))
+    with b.activate():
+        whole = to_numpy(layer.draw_mask((9, 7), b.dtype(case.dtype)))
+        layer.counter, layer.row_offset = 0, 4
+        rows = to_numpy(layer.draw_mask((3, 7), b.dtype(case.dtype)))
+    np.testing.assert_array_equal(rows, whole[4:7])
+    # the last words of the 2**32 a draw holds, the same on every backend as in NumPy
+    bits = to_numpy(random_bits(b.xp, (2, 3), 9, 1, b.device, offset=2**32 - 6))
+    np.testing.assert_array_equal(bits.ravel(), random_bits(np, (6,), 9, 1, offset=2**32 - 6))
+    with pytest.raises(ValueError, match="at offset"):
+        random_bits(np, (2, 3), 9, 1, offset=2**32 - 5)

@@ -80,12 +80,13 @@ SPECS: dict[str, KernelSpec] = {
     # The dropout mask of xpmlp.rng in one launch: word i = fmix32(fmix32(i ^ k0) ^ k1), kept iff
     # word >= threshold; mask = scale (1 / (1 - rate), rounded to T as the reference's
     # ``astype(keep, T) * scale`` is) or 0. i is CuPy's element index in C order, as the reference's
-    # arange; unsigned 32-bit arithmetic wraps by definition, so the bits equal the reference's.
+    # arange (from ``offset``: a part of a larger mask); unsigned 32-bit arithmetic wraps by
+    # definition, so the bits equal the reference's.
     "dropout_mask": KernelSpec(
-        "uint32 k0, uint32 k1, uint32 threshold, float64 scale",
+        "uint32 k0, uint32 k1, uint32 threshold, float64 scale, uint32 offset",
         "T mask",
         """
-        unsigned int x = ((unsigned int)i) ^ k0;
+        unsigned int x = ((unsigned int)i + offset) ^ k0;
         x ^= x >> 16; x *= 0x85EBCA6Bu; x ^= x >> 13; x *= 0xC2B2AE35u; x ^= x >> 16;
         x ^= k1;
         x ^= x >> 16; x *= 0x85EBCA6Bu; x ^= x >> 13; x *= 0xC2B2AE35u; x ^= x >> 16;
@@ -307,17 +308,17 @@ class Kernels:
                     and a.shape == first.shape for a in arrays)
                 and str(first.dtype) in DTYPES)
 
-    def dropout_mask(self, shape, dtype, rate: float, key: int, counter: int):
+    def dropout_mask(self, shape, dtype, rate: float, key: int, counter: int, offset: int = 0):
         """``xpmlp.rng.dropout_mask`` in one launch (bit for bit), or None where it does not apply."""
         n = 1
         for d in shape:
             n *= int(d)
         threshold = keep_threshold(rate)
-        if str(np.dtype(dtype)) not in DTYPES or threshold > 0xFFFFFFFF or n > MAX_ELEMENTS:
+        if str(np.dtype(dtype)) not in DTYPES or threshold > 0xFFFFFFFF or offset + n > MAX_ELEMENTS:
             return None
         k0, k1 = round_keys(key, counter)
         out = self._cupy.empty(tuple(shape), dtype=dtype)
-        self._kernels["dropout_mask"](k0, k1, threshold, 1.0 / (1.0 - float(rate)), out)
+        self._kernels["dropout_mask"](k0, k1, threshold, 1.0 / (1.0 - float(rate)), offset, out)
         return out
 
     def probe(self) -> None:

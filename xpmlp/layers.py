@@ -238,6 +238,10 @@ class Dropout(Layer):
     training forwards. Both are Python ints, saved with the model, so a run resumed from a
     file draws the masks the uninterrupted run would have. Inference passes inputs through.
 
+    ``row_offset`` (0 unless a data-parallel fit sets it) is the row of the whole batch where this
+    pass's rows start: the mask of rows ``row_offset ..`` is then that part of the whole batch's
+    mask, so N ranks, each with its shard, drop what one process drops.
+
     Parameters
     ----------
     rate : float in [0, 1)
@@ -253,6 +257,7 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.key: int | None = None  # set by build
         self.counter = 0
+        self.row_offset = 0
         self._mask = None
 
     def build(self, in_features, backend, dtype, rng):
@@ -275,11 +280,12 @@ class Dropout(Layer):
         counter, self.counter = self.counter, self.counter + 1
         if self.rate == 0.0:
             return None
+        offset = self.row_offset * math.prod(shape[1:])  # this pass's rows of the whole batch's draw
         fused = getattr(fast_kernels(self.xp), "dropout_mask", None)  # CuPy: one launch, same bits
-        mask = None if fused is None else fused(shape, dtype, self.rate, self.key, counter)
+        mask = None if fused is None else fused(shape, dtype, self.rate, self.key, counter, offset)
         if mask is None:
             mask = dropout_mask(self.xp, shape, self.rate, self.key, counter, dtype, self._device,
-                                bits_dtype=self._bits_dtype)
+                                bits_dtype=self._bits_dtype, offset=offset)
         return mask
 
     def backward(self, grad_out):

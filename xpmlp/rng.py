@@ -146,7 +146,7 @@ def fmix32(xp, x):
     return _fmix32_inplace(x ^ 0, _is_uint32(xp, x.dtype))
 
 
-def random_bits(xp, shape, key: int, counter: int, device=None, *, dtype=None):
+def random_bits(xp, shape, key: int, counter: int, device=None, *, dtype=None, offset: int = 0):
     """32 random bits per element, the same on every backend for the same (key, counter).
 
     Parameters
@@ -162,6 +162,9 @@ def random_bits(xp, shape, key: int, counter: int, device=None, *, dtype=None):
         Where to make the array (``xp.arange(..., device=)``); nothing is copied from the host.
     dtype : ``xp.uint32`` or ``xp.int64``, optional
         Representation of the words; :func:`word_dtype` by default. The values are the same.
+    offset : int, default 0
+        Element ``i`` holds word ``offset + i``: a draw of ``shape`` at ``offset`` is that part of a
+        larger draw (a rank's rows of the whole batch's mask).
 
     Returns
     -------
@@ -173,13 +176,15 @@ def random_bits(xp, shape, key: int, counter: int, device=None, *, dtype=None):
         if d < 0:
             raise ValueError(f"negative dimension in shape {shape}")
         n *= d
-    if n > MAX_ELEMENTS:
-        raise ValueError(f"random_bits draws at most 2**32 elements per call, got shape {shape}")
+    offset = operator.index(offset)
+    if offset < 0 or offset + n > MAX_ELEMENTS:
+        raise ValueError(f"random_bits draws at most 2**32 elements (words 0 .. 2**32 - 1), got shape {shape} "
+                         f"at offset {offset}")
     k0, k1 = round_keys(key, counter)
     if dtype is None:
         dtype = word_dtype(xp, device)
     narrow = _is_uint32(xp, dtype)
-    x = xp.arange(n, dtype=dtype, device=device)
+    x = xp.arange(offset, offset + n, dtype=dtype, device=device)
     x ^= k0
     x = _fmix32_inplace(x, narrow)
     x ^= k1
@@ -195,7 +200,8 @@ def keep_threshold(rate: float) -> int:
     return round(rate * 2**32)
 
 
-def dropout_mask(xp, shape, rate: float, key: int, counter: int, dtype, device=None, *, bits_dtype=None):
+def dropout_mask(xp, shape, rate: float, key: int, counter: int, dtype, device=None, *, bits_dtype=None,
+                 offset: int = 0):
     """An inverted-dropout mask: 0 where dropped, ``1 / (1 - rate)`` where kept.
 
     Element ``i`` is kept iff ``random_bits(...)[i] >= round(rate * 2**32)``, so each element
@@ -213,6 +219,8 @@ def dropout_mask(xp, shape, rate: float, key: int, counter: int, dtype, device=N
     device : optional
     bits_dtype : optional
         ``dtype`` of :func:`random_bits` (callers in a loop pass :func:`word_dtype`'s answer).
+    offset : int, default 0
+        As for :func:`random_bits`: this mask is elements ``offset ..`` of a larger one.
 
     Returns
     -------
@@ -223,6 +231,7 @@ def dropout_mask(xp, shape, rate: float, key: int, counter: int, dtype, device=N
         dtype = getattr(xp, dtype)
     if threshold > _MASK32:  # rate within 2**-33 of 1: no word reaches it (nor fits a uint32)
         return xp.zeros(tuple(shape), dtype=dtype, device=device)
-    mask = xp.astype(random_bits(xp, shape, key, counter, device, dtype=bits_dtype) >= threshold, dtype)
+    mask = xp.astype(random_bits(xp, shape, key, counter, device, dtype=bits_dtype, offset=offset) >= threshold,
+                     dtype)
     mask *= 1.0 / (1.0 - float(rate))  # a Python float keeps the mask's dtype
     return mask

@@ -50,7 +50,7 @@ import numpy as np
 
 from .backend import is_sparse, sparse_rows, to_numpy
 from .callbacks import Callback, History, ProgbarLogger
-from .layers import Dense, Standardize
+from .layers import Dense, Dropout, Standardize
 from .losses import get_loss
 from .metrics import CallableMetric, get_metric
 from .optim import Adam, get_optimizer
@@ -298,7 +298,8 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
         differing by at most one), each rank runs forward and backward on its shard, and one
         all-reduce per step gives every rank the gradient of the whole batch (weighted by shard
         size), so the optimiser runs identically everywhere and the run equals one process with
-        the same batch (up to rounding; Dropout masks excepted). The weights start as rank 0's.
+        the same batch (up to rounding; each rank's Dropout masks are its rows of the whole batch's
+        masks, so Dropout too). The weights start as rank 0's.
         Each epoch's logs (loss and metrics summed over ranks, validation on the whole validation
         set) are rank 0's on every rank, so callbacks decide the same; only rank 0 shows progress.
         An exception on one rank prints it and aborts every rank (``comm.fail``), never a hang.
@@ -467,6 +468,12 @@ class _ShardedData:
         other data)."""
         if isinstance(data, _ShardedData):
             data.comm.broadcast(step.flat.data, 0)
+            dropouts = [layer for layer in data.inner.model.layers if isinstance(layer, Dropout)]
+            if dropouts:  # rank 0's mask streams too (keys are below 2**63: int64 holds them)
+                state = np.array([[layer.key, layer.counter] for layer in dropouts], dtype=np.int64)
+                data.comm.broadcast(state, 0)
+                for layer, (key, counter) in zip(dropouts, state.tolist()):
+                    layer.key, layer.counter = int(key), int(counter)
             step.reduce_grad = data.reduce_grad
 
     @staticmethod
@@ -490,14 +497,21 @@ class _ShardedData:
     def epoch(self):
         d = self.inner
         order = d.model.backend.from_host(d.rng.permutation(d.rows)) if d.shuffle else None
-        for start, stop in _batches(d.rows, d.batch_size):
-            lo, hi = self._shard(start, stop)
-            # allreduce_mean divides by size: size * n_r / B makes it the batch's mean gradient
-            self.scale = self.comm.size * (hi - lo) / (stop - start)
-            xb, yb, wb = _rows(d.model.xp, (d.X, d.y, d.weights), order, lo, hi)
-            if hi > lo:
-                self.last_rows = xb, yb
-            yield xb, yb, wb, d.row_loss[lo:hi]
+        dropouts = [layer for layer in d.model.layers if isinstance(layer, Dropout)]
+        try:
+            for start, stop in _batches(d.rows, d.batch_size):
+                lo, hi = self._shard(start, stop)
+                # allreduce_mean divides by size: size * n_r / B makes it the batch's mean gradient
+                self.scale = self.comm.size * (hi - lo) / (stop - start)
+                for layer in dropouts:  # this shard's rows of the whole batch's masks
+                    layer.row_offset = lo - start
+                xb, yb, wb = _rows(d.model.xp, (d.X, d.y, d.weights), order, lo, hi)
+                if hi > lo:
+                    self.last_rows = xb, yb
+                yield xb, yb, wb, d.row_loss[lo:hi]
+        finally:
+            for layer in dropouts:
+                layer.row_offset = 0
 
     def reduce_grad(self, grad) -> None:
         if self.scale != 1.0:
