@@ -158,7 +158,7 @@ class _ChunkedData:
     def __init__(self, model, loss, X, y, batch_size, shuffle, seed, validation_data, validation_split,
                  class_weight, sample_weight, metrics):
         from .metrics import CallableMetric
-        from .train import _prepare_X, _prepare_y, _warn_if_unscaled
+        from .train import _prepare_X, _refuse_unadapted, _validation_arrays, _warn_if_unscaled
 
         for given, why in (
                 (validation_split, "validation_split would hold a part of X in memory; give validation_data="
@@ -188,17 +188,9 @@ class _ChunkedData:
         if not model.built:
             model.build(Xd.shape[1])
         _warn_if_unscaled(model, high, low, stacklevel=7)
-        pending = [i for i, layer in enumerate(model.layers) if hasattr(layer, "adapt") and not layer.adapted]
-        if pending:
-            raise ValueError(f"model.layers[{pending[0]}] ({type(model.layers[pending[0]]).__name__}) learns its "
-                             "scaling from the whole training set, which X read in chunks does not give at once: "
-                             f"call model.layers[{pending[0]}].adapt(sample) first, with a representative sample of "
-                             "its inputs as an array of the model's library and dtype")
+        _refuse_unadapted(model, "X read in chunks does")
         self.pending = tuple(None if a is None else a[:batch_size, ...] for a in self._prepare(*host, Xd=Xd))
-        self.Xv = self.yv = None
-        if validation_data is not None:
-            self.Xv = _prepare_X(model, validation_data[0], what="X_val")
-            self.yv = _prepare_y(model, loss, validation_data[1], self.Xv.shape[0], what="y_val")
+        self.Xv, self.yv = _validation_arrays(model, loss, validation_data)
         backend = model.backend
         # as _ArrayData: each row's loss lands here; rows past n stay 0, so a reshape sums each batch
         self.row_loss = model.xp.zeros(self.steps * batch_size, dtype=backend.dtype(model.dtype), device=backend.device)

@@ -146,6 +146,12 @@ except ImportError:
     _Base, _ClassifierMixin, _RegressorMixin = _ParamsFallback, _ClassifierFallback, _RegressorFallback
 
 
+def _kernel_squares(model) -> float:
+    """Sum of the squared weights alpha penalises: the Dense kernels, ``flat.data[:n_decay]`` (one host read)."""
+    flat = model.flat
+    return float(to_numpy(model.xp.sum(flat.data[:flat.n_decay] ** 2)))
+
+
 class _SklearnRules(Callback):
     """scikit-learn's MLP bookkeeping and stopping rules, epoch by epoch, for the stochastic solvers.
 
@@ -170,8 +176,7 @@ class _SklearnRules(Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         # scikit-learn adds the penalty of the weights each batch starts from: those of the epoch's start
-        flat = self.model.flat
-        self.squares = float(to_numpy(self.model.xp.sum(flat.data[:flat.n_decay] ** 2))) if self.est.alpha else 0.0
+        self.squares = _kernel_squares(self.model) if self.est.alpha else 0.0
 
     def on_epoch_end(self, epoch, logs=None):
         est, model = self.est, self.model
@@ -434,9 +439,8 @@ class _BaseMLP(_CallbackSupport, _Base):
                         sample_weight=sample_weight, class_weight=class_weight, diagnose=bool(self.diagnose))
         self._keep_doctor()
         # loss_ in scikit-learn's units: the data term over loss_scale, plus alpha/2 ||W||^2 / sum(w)
-        flat = self.model_.flat
         total = float(X.shape[0]) if sample_weight is None else float(np.sum(sample_weight))
-        penalty = 0.5 * self.alpha * float(to_numpy(self.model_.xp.sum(flat.data[:flat.n_decay] ** 2))) / total
+        penalty = 0.5 * self.alpha * _kernel_squares(self.model_) / total
         self.n_iter_ = optimizer.n_iter_
         self.loss_ = (optimizer.loss_ - grad_scale * penalty) / loss_scale + penalty
         if not optimizer.converged_:

@@ -29,7 +29,7 @@ import numpy as np
 
 from .backend import namespace_of, to_numpy
 from .callbacks import Callback, History, LearningRateScheduler, ProgbarLogger, ReduceLROnPlateau
-from .layers import Dense, Dropout
+from .layers import Dropout
 from .metrics import CallableMetric
 from .train import _adapt, _check_options, _diverged, _evaluate, _log_keys, _prepare_data, _train_end
 from .train import fit as _fit
@@ -320,12 +320,11 @@ def loss_and_gradient(model, loss, X, y, sample_weight=None, *, denominator: flo
 
 
 def _kernel_mask(model):
-    """1.0 over the values of every Dense layer's W in the flat buffer, 0.0 elsewhere (biases, other layers)."""
-    kernels = {id(layer.parameters["W"]) for layer in model.layers if isinstance(layer, Dense)}
+    """1.0 over the Dense kernels in the flat buffer, 0.0 over the biases: the parameters marked
+    ``decay``, which the buffer holds first (``flat.n_decay``), as weight decay with
+    ``decay_bias=False`` takes them."""
     flat, mask = model.flat, np.zeros(model.flat.size, dtype=model.dtype)
-    for p, start in zip(flat.parameters, flat.offsets):
-        if id(p) in kernels:
-            mask[start:start + p.size] = 1.0
+    mask[:flat.n_decay] = 1.0
     return model.backend.from_host(mask)
 
 

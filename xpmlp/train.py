@@ -601,9 +601,27 @@ def _prepare_data(model, loss, X, y, seed, validation_data, validation_split, cl
         Xd, yd = _take_rows(xp, Xd, train_idx), xp.take(yd, train_idx, axis=0)
         weights = None if weights is None else xp.take(weights, train_idx, axis=0)
     elif validation_data is not None:
-        Xv = _prepare_X(model, validation_data[0], what="X_val")
-        yv = _prepare_y(model, loss, validation_data[1], Xv.shape[0], what="y_val")
+        Xv, yv = _validation_arrays(model, loss, validation_data)
     return Xd, yd, weights, Xv, yv, rng
+
+
+def _validation_arrays(model, loss, validation_data):
+    """``validation_data`` (X_val, y_val) checked and on the device, or (None, None)."""
+    if validation_data is None:
+        return None, None
+    Xv = _prepare_X(model, validation_data[0], what="X_val")
+    return Xv, _prepare_y(model, loss, validation_data[1], Xv.shape[0], what="y_val")
+
+
+def _refuse_unadapted(model, source: str) -> None:
+    """Standardize layers learn their scaling from the whole training set: refuse one not adapted yet
+    when the data comes in parts (``source`` says how, with its verb: "X read in chunks does")."""
+    pending = [i for i, layer in enumerate(model.layers) if hasattr(layer, "adapt") and not layer.adapted]
+    if pending:
+        raise ValueError(f"model.layers[{pending[0]}] ({type(model.layers[pending[0]]).__name__}) learns its "
+                         f"scaling from the whole training set, which {source} not give at once: call "
+                         f"model.layers[{pending[0]}].adapt(sample) first, with a representative sample of its "
+                         "inputs as an array of the model's library and dtype")
 
 
 def _check_keras_options(verbose, initial_epoch, epochs, validation_freq, validation_data, validation_split):
@@ -736,16 +754,8 @@ class _IterableData:
         self.drawn = self.count = 1  # batches from the current iterator, and in all
         self.rows, self.sizes, self.sums = 0, [], []  # the last epoch's rows, batch sizes and loss sums
         self.pending = self._prepare(first, first=True)
-        pending = [i for i, layer in enumerate(model.layers) if hasattr(layer, "adapt") and not layer.adapted]
-        if pending:
-            raise ValueError(f"model.layers[{pending[0]}] ({type(model.layers[pending[0]]).__name__}) learns its "
-                             "scaling from the whole training set, which batches from an iterable do not give at "
-                             f"once: call model.layers[{pending[0]}].adapt(sample) first, with a representative "
-                             "sample of its inputs as an array of the model's library and dtype")
-        self.Xv = self.yv = None
-        if validation_data is not None:
-            self.Xv = _prepare_X(model, validation_data[0], what="X_val")
-            self.yv = _prepare_y(model, loss, validation_data[1], self.Xv.shape[0], what="y_val")
+        _refuse_unadapted(model, "batches from an iterable do")
+        self.Xv, self.yv = _validation_arrays(model, loss, validation_data)
 
     def adapt(self) -> None:
         pass  # refused in __init__ unless already done
