@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import xpmlp
+from fit_data import random_targets
 from xpmlp import Dense, to_numpy
 from xpmlp.testing import gradcheck
 
@@ -32,12 +33,7 @@ TORCH_LOSSES = {
 }
 
 
-def _targets(loss, n, k, rng):
-    if loss == "softmax_cross_entropy":
-        return rng.integers(0, k, size=n)
-    if loss == "sigmoid_binary_cross_entropy":
-        return rng.integers(0, 2, size=(n, k)).astype(float)
-    return rng.normal(size=(n, k))
+_targets = random_targets
 
 
 def _torch_grads(model, x, y, loss):

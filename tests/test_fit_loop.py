@@ -11,23 +11,19 @@ import numpy as np
 import pytest
 
 import xpmlp
+from fit_data import small_mlp, three_classes
 import xpmlp.train
 from xpmlp.backend import to_numpy
 from xpmlp.callbacks import Callback, History, LearningRateScheduler, ProgbarLogger, TerminateOnNaN
 
-rng = np.random.default_rng(0)
-X = rng.normal(size=(60, 4))
-Y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int64) + (X[:, 2] > 0.8)
-Xv = rng.normal(size=(20, 4))
-Yv = (Xv[:, 0] + 0.5 * Xv[:, 1] > 0).astype(np.int64) + (Xv[:, 2] > 0.8)
+X, Y, Xv, Yv = three_classes(60, 20)
 CE = "softmax_cross_entropy"
 HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_divergence", "on_train_end")
 overflow_is_the_point = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning",
                                                    "ignore:X looks unscaled:UserWarning")
 
 
-def _model(**kw):
-    return xpmlp.MLP([4, 8, 3], activation="tanh", **{"device": "cpu", "dtype": "float64", "seed": 0, **kw})
+_model = small_mlp
 
 
 def _event(name, args):

@@ -13,24 +13,19 @@ import numpy as np
 import pytest
 
 import xpmlp
+from fit_data import small_mlp, three_classes
 from xpmlp import to_numpy
 from xpmlp.callbacks import (Callback, CSVLogger, EarlyStopping, LearningRateScheduler, ModelCheckpoint,
                              ReduceLROnPlateau, TerminateOnNaN)
 from xpmlp.schedules import Scaled, StepDecay
 
-rng = np.random.default_rng(0)
-X = rng.normal(size=(120, 4))
-Y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int64) + (X[:, 2] > 0.8)
-Xv = rng.normal(size=(40, 4))
-Yv = (Xv[:, 0] + 0.5 * Xv[:, 1] > 0).astype(np.int64) + (Xv[:, 2] > 0.8)
+X, Y, Xv, Yv = three_classes(120, 40)
 CE = "softmax_cross_entropy"
 overflow_is_the_point = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning",
                                                    "ignore:X looks unscaled:UserWarning")
 
 
-def _model(**kw):
-    kw = {"device": "cpu", "dtype": "float64", "seed": 0, **kw}
-    return xpmlp.MLP([4, 8, 3], activation="tanh", **kw)
+_model = small_mlp
 
 
 class Recorder(Callback):

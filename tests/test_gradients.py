@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import xpmlp
+from fit_data import random_targets
 from xpmlp import to_numpy
 from xpmlp.backend import namespace_of
 from xpmlp.lbfgs import loss_and_gradient
@@ -30,12 +31,7 @@ ROW_LOSSES = {
 NAMES = sorted(ACTIVATIONS)
 
 
-def _targets(loss, n, k, rng):
-    if loss == "softmax_cross_entropy":
-        return rng.integers(0, k, size=n)
-    if loss == "sigmoid_binary_cross_entropy":
-        return rng.integers(0, 2, size=(n, k)).astype(float)
-    return rng.normal(size=(n, k))
+_targets = random_targets
 
 
 def _torch_loss_and_grads(model, x, y, loss, weights):

@@ -12,20 +12,16 @@ import pandas as pd
 import pytest
 
 import xpmlp
+from fit_data import small_mlp, three_classes
 from xpmlp.backend import to_numpy
 from xpmlp.callbacks import (Callback, CSVLogger, EarlyStopping, LearningRateScheduler, ModelCheckpoint,
                              ReduceLROnPlateau)
 
-rng = np.random.default_rng(0)
-X = rng.normal(size=(60, 4))
-Y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int64) + (X[:, 2] > 0.8)
-Xv = rng.normal(size=(20, 4))
-Yv = (Xv[:, 0] + 0.5 * Xv[:, 1] > 0).astype(np.int64) + (Xv[:, 2] > 0.8)
+X, Y, Xv, Yv = three_classes(60, 20)
 CE = "softmax_cross_entropy"
 
 
-def _model(**kw):
-    return xpmlp.MLP([4, 8, 3], activation="tanh", **{"device": "cpu", "dtype": "float64", "seed": 0, **kw})
+_model = small_mlp
 
 
 def _chunks(batch_size=16, weights=None):
@@ -253,7 +249,7 @@ def test_a_list_of_batches_trains_exactly_as_the_arrays_without_shuffling(case):
 
 
 def test_batches_carry_their_sample_weights_and_class_weight_applies_per_batch():
-    w = rng.uniform(0.5, 2.0, size=len(X))
+    w = np.random.default_rng(1).uniform(0.5, 2.0, size=len(X))
     kw = dict(loss=CE, epochs=2, class_weight={0: 2.0, 2: 0.5}, verbose=0)
     arrays, chunks = _model(), _model()
     arrays.fit(X, Y, batch_size=16, shuffle=False, sample_weight=w, **kw)
