@@ -1,16 +1,19 @@
 """Data-parallel fits for tests/test_distributed.py, run as ``mpiexec -n N python tests/mpi_fit.py OUT``.
 
-Each rank writes OUT/rank<r>.npz: every case's final weights and history. ``run_case`` is also
+Each rank writes OUT/rank<r>.npz: every case's final weights and history; then a fit with a CSVLogger
+and a ModelCheckpoint whose paths name the rank (only rank 0's files must appear). ``run_case`` is also
 imported by the test to make the one-process reference (comm=None) of the same case.
 ``python tests/mpi_fit.py OUT --fail-rank R`` instead raises on rank R in the middle of fit.
 """
 
 import sys
+import tempfile
 
 import numpy as np
 
 import xpmlp
-from xpmlp.callbacks import Callback, EarlyStopping
+from xpmlp.callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint
+from xpmlp.chunked import Chunked
 
 # (dtype, global batch, shuffle, validation): 41 rows, so batches of 5 end with 1 row (an empty shard)
 CASES = {
@@ -20,6 +23,10 @@ CASES = {
     # Dropout: each rank's masks are its rows of the whole batch's masks
     "f64_b7_shuffle_dropout": ("float64", 7, True, False, 0.3),
     "f32_b8_dropout": ("float32", 8, False, False, 0.5),
+    # out of core: X a memmap streamed in blocks of 10 (or 16) rows, each rank copying only its shards
+    "f64_b7_shuffle_val_memmap": ("float64", 7, True, True, 0.0, 10),
+    "f32_b8_shuffle_dropout_memmap": ("float32", 8, True, False, 0.3, 16),
+    "f64_b5_ordered_memmap": ("float64", 5, False, False, 0.0, 10),
 }
 
 
@@ -33,11 +40,27 @@ def data(dtype):
 
 
 def run_case(name, comm=None, seed=7):
-    dtype, batch, shuffle, val, *dropout = CASES[name]
+    dtype, batch, shuffle, val, *extra = CASES[name]
+    chunk_rows = extra[1] if len(extra) > 1 else None
     X, y, Xv, yv = data(dtype)
+    if chunk_rows is None:
+        return _run(name, X, y, Xv, yv, comm, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        mm = np.lib.format.open_memmap(f"{tmp}/X.npy", mode="w+", dtype=X.dtype, shape=X.shape)
+        mm[...] = X
+        mm.flush()
+        result = _run(name, Chunked(np.load(f"{tmp}/X.npy", mmap_mode="r"), chunk_rows=chunk_rows), y, Xv, yv,
+                      comm, seed)
+        del mm
+        return result
+
+
+def _run(name, X, y, Xv, yv, comm, seed):
+    dtype, batch, shuffle, val, *extra = CASES[name]
+    dropout = extra[0] if extra else 0.0
     # under MPI each rank's model has its own seed: the weights and the Dropout keys must come from
     # rank 0 (seed 7)
-    model = xpmlp.MLP([6, 16, 3], dtype=dtype, seed=seed, dropout=dropout[0] if dropout else 0.0)
+    model = xpmlp.MLP([6, 16, 3], dtype=dtype, seed=seed, dropout=dropout)
     callbacks = [EarlyStopping(monitor="val_loss", patience=0, min_delta=0.1)] if val else []
     history = model.fit(X, y, loss="softmax_cross_entropy", optimizer=xpmlp.Adam(lr=0.02), epochs=6,
                         batch_size=batch, shuffle=shuffle, seed=3, verbose=0, metrics=["accuracy"],
@@ -70,6 +93,12 @@ def main():
         saved[name + "/weights"] = weights
         saved.update({f"{name}/history/{k}": v for k, v in history.items()})
     np.savez(f"{out}/rank{comm.rank}.npz", **saved)
+    # files: each rank names its own, so the test sees which ranks wrote (only rank 0 must)
+    X, y, Xv, yv = data("float64")
+    model = xpmlp.MLP([6, 4, 3], dtype="float64", seed=0)
+    model.fit(X, y, loss="softmax_cross_entropy", epochs=2, batch_size=8, verbose=0, validation_data=(Xv, yv),
+              callbacks=[CSVLogger(f"{out}/log-rank{comm.rank}.csv"),
+                         ModelCheckpoint(f"{out}/ckpt-rank{comm.rank}-{{epoch}}.safetensors")], comm=comm)
 
 
 if __name__ == "__main__":

@@ -49,11 +49,16 @@ def _launch(tmp_path, *args, timeout=120):
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
+def two_ranks_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("mpi")
     done = _launch(out)
     assert done.returncode == 0, done.stdout + done.stderr
-    return [np.load(out / f"rank{r}.npz") for r in (0, 1)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_ranks(two_ranks_dir):
+    return [np.load(two_ranks_dir / f"rank{r}.npz") for r in (0, 1)]
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -74,6 +79,15 @@ def test_two_ranks_equal_one_process(two_ranks, name):
     start = xpmlp.MLP([6, 16, 3], dtype=dtype, seed=7)
     start.build(6)
     assert np.abs(ref_weights - start.flat.to_host()).max() > 0.05
+
+
+def test_only_rank_0_writes_checkpoints_and_csv_logs(two_ranks_dir):
+    """ModelCheckpoint and CSVLogger run on both ranks (their paths name the rank) but write on rank 0 only."""
+    assert sorted(p.name for p in two_ranks_dir.iterdir() if not p.name.endswith(".npz")) == [
+        "ckpt-rank0-1.safetensors", "ckpt-rank0-2.safetensors", "log-rank0.csv"]
+    rows = (two_ranks_dir / "log-rank0.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,loss") and len(rows) == 3
+    assert xpmlp.load(two_ranks_dir / "ckpt-rank0-2.safetensors").flat.to_host().shape == (6 * 4 + 4 + 4 * 3 + 3,)
 
 
 def test_ranks_log_the_same_and_stop_together(two_ranks):
@@ -143,6 +157,24 @@ def test_one_all_reduce_per_step_and_bad_uses(monkeypatch, reference):
         model.fit(X, y, epochs=1, verbose=0, comm=object())
     with pytest.raises(ValueError, match="at least as many training rows"):
         model.fit(X[:1], y[:1], epochs=1, verbose=0, comm=comm)
+
+
+def test_out_of_core_ranks_copy_only_their_shards(tmp_path, monkeypatch):
+    """With X a memmap, rank 0 of 2 copies to the device only its rows of each global batch: 21 of the
+    41 rows per epoch in batches of 10 (5, 5, 5, 5 and 1), plus the first batch fit reads as it starts."""
+    from xpmlp import chunked
+
+    X, y, _, _ = data("float64")
+    np.save(tmp_path / "X.npy", X)
+    prepared, prepare = [], chunked._ChunkedData._prepare
+    monkeypatch.setattr(chunked._ChunkedData, "_prepare",
+                        lambda self, Xh, *a, **k: prepared.append(Xh.shape[0]) or prepare(self, Xh, *a, **k))
+    comm = _TwoRanksOfOne()
+    model = xpmlp.MLP([6, 4, 3], dtype="float64", seed=0)
+    model.fit(chunked.Chunked(np.load(tmp_path / "X.npy", mmap_mode="r"), chunk_rows=8), y,
+              loss="softmax_cross_entropy", epochs=2, batch_size=10, seed=1, verbose=0, comm=comm)
+    assert prepared[0] == 8 and sum(prepared[1:]) == 2 * 21
+    assert comm.calls == 2 * 5
 
 
 def test_mpi_without_mpi4py_says_what_to_install(monkeypatch):

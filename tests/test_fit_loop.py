@@ -82,7 +82,7 @@ def test_history_and_progress_get_the_same_calls_as_a_user_callback_in_the_same_
     assert [c[1] for c in spy.calls if c[0] in ("on_epoch_begin", "on_epoch_end")] == [0, 0, 1, 1, 2, 2]
     ends = [c for c in spy.calls if c[0] == "on_epoch_end"]
     assert all(logs == {k: v[e] for k, v in history.history.items()} for (_, e, logs) in ends)
-    assert spy.seen == (model, {"verbose": 2, "epochs": 3, "steps": 3},
+    assert spy.seen == (model, {"verbose": 2, "epochs": 3, "steps": 3, "rank": 0, "size": 1},
                         ["loss", "accuracy", "lr", "epoch_time", "samples_per_s"])
     # fit's own History and ProgbarLogger got exactly the same calls, each just before the user's
     assert [c for who, c in log if who == "History"] == spy.calls

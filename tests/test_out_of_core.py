@@ -135,6 +135,47 @@ def test_at_most_chunk_rows_are_read_at_once(tmp_path, monkeypatch):
     assert max(sizes) == 128 and sum(sizes) == 2 * (2 * N + 128)  # x and y per epoch, and the first block
 
 
+def test_the_next_pair_is_read_on_a_background_thread_and_changes_nothing(tmp_path, monkeypatch):
+    """prefetch=True (the default) reads each pair after the first of an epoch on the reader thread while
+    the caller trains on the pair before; the run is bitwise the run without prefetching (the random
+    draws stay on fit's thread, in the same order)."""
+    import threading
+
+    X, y = _problem()
+    threads, read = [], chunked._read
+    monkeypatch.setattr(chunked, "_read", lambda part, a, b: threads.append(threading.current_thread().name)
+                        or read(part, a, b))
+    kw = dict(loss=CE, epochs=2, batch_size=50, seed=4, verbose=0)
+    ahead, inline = _model(), _model()
+    ahead.fit(Chunked(_memmap(tmp_path, X), chunk_rows=128), y, **kw)
+    on_reader = sum(name.startswith("xpmlp-chunk-reader") for name in threads)
+    assert on_reader == len(threads) - 2  # all but the first block's x and y, read by fit as it starts
+    threads.clear()
+    inline.fit(Chunked(_memmap(tmp_path, X), chunk_rows=128, prefetch=False), y, **kw)
+    assert threads and not any(name.startswith("xpmlp-chunk-reader") for name in threads)
+    assert _same(ahead, inline)
+    with pytest.raises(TypeError, match="prefetch must be True or False"):
+        Chunked(_memmap(tmp_path, X), prefetch="yes")
+
+
+def test_a_read_error_on_the_reader_thread_reaches_fit_and_leaves_no_thread(tmp_path, monkeypatch):
+    import threading
+
+    X, y = _problem()
+    calls, read = [], chunked._read
+
+    def failing(part, a, b):
+        calls.append(a)
+        if len(calls) == 9:  # in the first epoch, on the reader thread
+            raise OSError("disk went away")
+        return read(part, a, b)
+
+    monkeypatch.setattr(chunked, "_read", failing)
+    with pytest.raises(OSError, match="disk went away"):
+        _model().fit(Chunked(_memmap(tmp_path, X), chunk_rows=128), y, loss=CE, epochs=2, batch_size=50, verbose=0)
+    assert not any(t.name.startswith("xpmlp-chunk-reader") for t in threading.enumerate())
+
+
 def test_chunk_files_train_as_the_memmap(tmp_path):
     """Files of 300 rows are the memmap's blocks of 300 rows: the same seeded run, bitwise."""
     X, y = _problem()

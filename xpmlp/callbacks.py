@@ -36,7 +36,11 @@ class Callback:
     """Base class: every hook does nothing.
 
     Before training ``fit`` sets ``self.model`` (the model being trained) and ``self.params``
-    (``{"verbose": 0, 1 or 2, "epochs": ..., "steps": batches per epoch}``), then calls ``check``.
+    (``{"verbose": 0, 1 or 2, "epochs": ..., "steps": batches per epoch, "rank": ..., "size": ...}``),
+    then calls ``check``. ``rank`` and ``size`` are the process's place in a data-parallel fit
+    (``fit(comm=)``; 0 and 1 otherwise): every rank runs every callback with the same logs, so they
+    decide alike, but only rank 0 should print or write files (:meth:`writes` says whether this one
+    does; ModelCheckpoint and CSVLogger ask it, and verbose is 0 on the other ranks).
     Then, in this order: ``on_train_begin()``; for each epoch ``on_epoch_begin(epoch)``,
     ``on_batch_end(batch)`` after each batch's update (``batch`` counts from 0 in each epoch) and
     ``on_epoch_end(epoch, logs)``; ``on_train_end()``. Epochs count from 0 (from fit's
@@ -59,6 +63,10 @@ class Callback:
 
     def check(self, log_keys: list[str]) -> None:
         """Called before training with the names the logs will hold; raise on a bad option."""
+
+    def writes(self) -> bool:
+        """Whether this process writes files: rank 0 of a data-parallel fit, or a fit of one process."""
+        return not self.params or self.params.get("rank", 0) == 0
 
     def on_train_begin(self, logs=None):
         pass
@@ -339,6 +347,8 @@ class ModelCheckpoint(_Monitor):
             if not self.improved(logs[self.monitor]):
                 return
             self.best = logs[self.monitor]
+        if not self.writes():  # another rank of a data-parallel fit: rank 0 saves (the same weights)
+            return
         path = self.path.format(epoch=epoch + 1, **logs)
         (self.model.save_weights if self.save_weights_only else self.model.save)(path)
 
@@ -435,11 +445,15 @@ class CSVLogger(Callback):
 
     def on_train_begin(self, logs=None):
         self._writer = None
+        if not self.writes():  # another rank of a data-parallel fit: rank 0 logs (the same rows)
+            return
         exists = self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0
         self._file = open(self.path, "a" if self.append else "w", newline="")
         self._header = not exists
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._file is None:
+            return
         row = {"epoch": epoch, **logs}
         if self._writer is None:
             keys = self._keys or []  # fit's names, then any a callback added to the logs

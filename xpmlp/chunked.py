@@ -32,6 +32,7 @@ stream; overlapping the copy of the next pair with training on the previous one 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -52,9 +53,12 @@ class Chunked:
         array, or an iterable of ``.npy`` file paths, each a 2-D chunk of X (n_i, n_features)
     chunk_rows : int >= 1
         The most rows read from the source at once (a chunk file larger than that is read in parts).
+    prefetch : bool, default True
+        Read the next pair of blocks on a background thread while the model trains on this one, so
+        that disk reads overlap training. The host then holds two pairs at once instead of one.
     """
 
-    def __init__(self, source, chunk_rows: int = CHUNK_ROWS):
+    def __init__(self, source, chunk_rows: int = CHUNK_ROWS, prefetch: bool = True):
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         if not (_is_memmap(source) or _is_dask(source)) and not isinstance(source, (str, bytes, os.PathLike)):
@@ -63,7 +67,9 @@ class Chunked:
             except TypeError:
                 raise TypeError(f"Chunked takes a memmap, a Dask array or .npy paths, got {type(source).__name__}") \
                     from None
-        self.source, self.chunk_rows = source, int(chunk_rows)
+        if not isinstance(prefetch, (bool, np.bool_)):
+            raise TypeError(f"prefetch must be True or False, got {prefetch!r}")
+        self.source, self.chunk_rows, self.prefetch = source, int(chunk_rows), bool(prefetch)
 
 
 def _is_memmap(a) -> bool:
@@ -169,6 +175,7 @@ class _ChunkedData:
             if given:
                 raise ValueError(f"X is read in chunks (out of core): {why}")
         chunk_rows = X.chunk_rows if isinstance(X, Chunked) else CHUNK_ROWS
+        self.prefetch = X.prefetch if isinstance(X, Chunked) else True
         xs, ys, ws = _sources(X.source if isinstance(X, Chunked) else X, y, sample_weight)
         self.model, self.loss, self.class_weight = model, loss, class_weight
         self.parts = list(zip(xs, ys, ws or [None] * len(xs)))
@@ -214,17 +221,42 @@ class _ChunkedData:
         return Xd, yd, _sample_weights(self.model, self.loss, yd, self.class_weight, wh)
 
     def _stream(self):
-        """Host rows of the epoch, one shuffle buffer (two blocks) at a time, in the order the module notes give."""
-        order = self.rng.permutation(len(self.blocks)) if self.shuffle else np.arange(len(self.blocks))
-        for k in range(0, len(order), 2):
-            host = self._host([self.blocks[b] for b in order[k:k + 2]])
-            if self.shuffle:
-                perm = self.rng.permutation(host[0].shape[0])
-                host = [None if a is None else a[perm] for a in host]
-            yield host
-            del host  # before the next pair is read
+        """Host rows of the epoch, one shuffle buffer (two blocks) at a time, in the order the module notes give.
 
-    def epoch(self):
+        The next pair is read on a background thread while the caller trains on this one (the
+        random draws stay on the caller's thread, in the same order, so a seed gives the same run).
+        """
+        order = self.rng.permutation(len(self.blocks)) if self.shuffle else np.arange(len(self.blocks))
+        pairs = [[self.blocks[b] for b in order[k:k + 2]] for k in range(0, len(order), 2)]
+
+        def draw(pair):  # the pair's permutation, drawn on this thread in the pairs' order
+            return self.rng.permutation(sum(stop - start for _, start, stop in pair)) if self.shuffle else None
+
+        if not self.prefetch:
+            for pair in pairs:
+                yield self._read_pair(pair, draw(pair))
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xpmlp-chunk-reader") as reader:
+            ahead = reader.submit(self._read_pair, pairs[0], draw(pairs[0]))
+            try:
+                for k in range(len(pairs)):
+                    host = ahead.result()
+                    ahead = reader.submit(self._read_pair, pairs[k + 1], draw(pairs[k + 1])) \
+                        if k + 1 < len(pairs) else None
+                    yield host
+                    del host
+            finally:  # an epoch left early (an exception, a stop): drop the read not yet started
+                if ahead is not None:
+                    ahead.cancel()
+
+    def _read_pair(self, pair, perm):
+        host = self._host(pair)
+        return host if perm is None else [None if a is None else a[perm] for a in host]
+
+    def epoch(self, shard=None):
+        """Each batch's (X, y, weights or None, row losses) on the device; with ``shard`` (global batch
+        start, stop -> this rank's lo, hi: see ``xpmlp.train._ShardedData``) only rows lo:hi of each
+        batch are copied to the device and yielded."""
         done, leftover = 0, None  # rows yielded; host rows short of a batch, carried to the next pair
         for host in self._stream():
             if leftover is not None:
@@ -236,13 +268,26 @@ class _ChunkedData:
             if full == 0:
                 del host
                 continue
-            Xd, yd, wd = self._prepare(*(None if a is None else a[:full] for a in host))
-            for a in range(0, full, self.batch_size):
-                b = min(a + self.batch_size, full)
-                yield (Xd[a:b, ...], yd[a:b, ...], None if wd is None else wd[a:b],
+            spans = [(a, min(a + self.batch_size, full)) for a in range(0, full, self.batch_size)]
+            if shard is None:
+                rows = [None if a is None else a[:full] for a in host]
+            else:  # this rank's rows of each batch, batch after batch
+                spans = [(lo - done, hi - done) for lo, hi in (shard(done + a, done + b) for a, b in spans)]
+                keep = np.concatenate([np.arange(a, b) for a, b in spans])
+                rows = [None if a is None else a[keep] for a in host]
+            del host
+            if rows[0].shape[0]:
+                Xd, yd, wd = self._prepare(*rows)
+            else:  # none of this pair's rows are this rank's (a last batch of fewer rows than ranks)
+                Xd, yd, wd = (None if a is None else a[:0, ...] for a in self.pending)
+            del rows
+            at = 0
+            for a, b in spans:
+                yield (Xd[at:at + b - a, ...], yd[at:at + b - a, ...], None if wd is None else wd[at:at + b - a],
                        self.row_loss[done + a:done + b])
+                at += b - a
             done += full
-            del host, Xd, yd, wd  # before the next pair is read: never two pairs in memory
+            del Xd, yd, wd  # before the next pair is read: never two pairs in memory
 
     def batch_losses(self):
         xp = self.model.xp

@@ -344,7 +344,7 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
     history = History()  # with diagnose, fit's Vitals puts its Report in history.doctor as training ends
     callbacks = [history, *([ProgbarLogger()] if verbose else []),
                  *_doctor(diagnose, data, X, y, shuffle, validation_data), *callbacks]
-    params, log_keys = {"verbose": verbose, "epochs": epochs, "steps": data.steps}, _log_keys(metrics, data.Xv is not None)
+    params, log_keys = _params(verbose, epochs, data.steps, comm), _log_keys(metrics, data.Xv is not None)
     for cb in callbacks:
         cb.model, cb.params = model, params
         cb.check(log_keys)
@@ -408,6 +408,12 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
     return history
 
 
+def _params(verbose, epochs, steps, comm) -> dict:
+    """The callbacks' ``params``: with ``comm``, this process's ``rank`` of ``size`` (only rank 0 writes files)."""
+    return {"verbose": verbose, "epochs": epochs, "steps": steps, "rank": 0 if comm is None else comm.rank,
+            "size": 1 if comm is None else comm.size}
+
+
 def _distributed(comm, model, y, steps_per_epoch, seed, verbose):
     """fit's ``comm``, checked: (None for one process, else the communicator; the seed, the same on every
     rank; verbose, 0 except on rank 0)."""
@@ -443,8 +449,9 @@ def _shared_seed(comm, model) -> int:
 
 
 class _ShardedData:
-    """An :class:`_ArrayData` seen by one rank of a data-parallel fit: each global batch of the epoch's
-    permutation is cut into ``comm.size`` contiguous shards, and this rank trains on its own.
+    """An :class:`_ArrayData` (or out-of-core :class:`xpmlp.chunked._ChunkedData`) seen by one rank of a
+    data-parallel fit: each global batch of the epoch's permutation is cut into ``comm.size``
+    contiguous shards, and this rank trains on its own (the inner data's ``epoch(shard=)`` gives it).
 
     Each row's loss lands in the global batch's place of ``row_loss``, so the per-batch sums,
     summed over ranks, are the one-process sums; ``reduce_grad`` (the train step's hook) weights
@@ -496,19 +503,18 @@ class _ShardedData:
 
     def epoch(self):
         d = self.inner
-        order = d.model.backend.from_host(d.rng.permutation(d.rows)) if d.shuffle else None
         dropouts = [layer for layer in d.model.layers if isinstance(layer, Dropout)]
         try:
-            for start, stop in _batches(d.rows, d.batch_size):
+            # the inner data yields this rank's rows of each global batch, in the global batches' order
+            for (start, stop), batch in zip(_batches(d.rows, d.batch_size), d.epoch(shard=self._shard)):
                 lo, hi = self._shard(start, stop)
                 # allreduce_mean divides by size: size * n_r / B makes it the batch's mean gradient
                 self.scale = self.comm.size * (hi - lo) / (stop - start)
                 for layer in dropouts:  # this shard's rows of the whole batch's masks
                     layer.row_offset = lo - start
-                xb, yb, wb = _rows(d.model.xp, (d.X, d.y, d.weights), order, lo, hi)
                 if hi > lo:
-                    self.last_rows = xb, yb
-                yield xb, yb, wb, d.row_loss[lo:hi]
+                    self.last_rows = batch[0], batch[1]
+                yield batch
         finally:
             for layer in dropouts:
                 layer.row_offset = 0
@@ -694,11 +700,13 @@ class _ArrayData:
     def adapt(self) -> None:
         _adapt(self.model, self.X)
 
-    def epoch(self):
+    def epoch(self, shard=None):
+        """Each batch's (X, y, weights or None, row losses); with ``shard`` (global batch start, stop ->
+        this rank's lo, hi: see :class:`_ShardedData`), only rows lo:hi of each batch."""
         order = self.model.backend.from_host(self.rng.permutation(self.rows)) if self.shuffle else None
         for start, stop in _batches(self.rows, self.batch_size):
-            yield (*_rows(self.model.xp, (self.X, self.y, self.weights), order, start, stop),
-                   self.row_loss[start:stop])
+            lo, hi = (start, stop) if shard is None else shard(start, stop)
+            yield (*_rows(self.model.xp, (self.X, self.y, self.weights), order, lo, hi), self.row_loss[lo:hi])
 
     def batch_losses(self):
         xp = self.model.xp
