@@ -92,7 +92,10 @@ def main():
         weights, history = run_case(name, comm, seed=7 + 100 * comm.rank)
         saved[name + "/weights"] = weights
         saved.update({f"{name}/history/{k}": v for k, v in history.items()})
-    np.savez(f"{out}/rank{comm.rank}.npz", **saved)
+    from threadpoolctl import threadpool_info
+
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    np.savez(f"{out}/rank{comm.rank}.npz", blas_threads=np.array([comm.blas_threads or 0, *blas]), **saved)
     # files: each rank names its own, so the test sees which ranks wrote (only rank 0 must)
     X, y, Xv, yv = data("float64")
     model = xpmlp.MLP([6, 4, 3], dtype="float64", seed=0)

@@ -65,8 +65,8 @@ def _model(sizes, args, **kwargs):
     from . import MLP
 
     model = MLP(sizes, activation=args.activation, dropout=args.dropout, device=args.device,
-                seed=args.seed, **kwargs)
-    print(f"xpmlp: MLP {sizes}, {args.activation}, dropout {args.dropout}, on {model.backend}; "
+                seed=args.seed, dtype=args.dtype, **kwargs)
+    print(f"xpmlp: MLP {sizes}, {args.activation}, dropout {args.dropout}, {args.dtype}, on {model.backend}; "
           f"{args.optimizer} lr={args.lr} (x{args.lr_decay} per epoch), batch {args.batch_size}")
     return model
 
@@ -269,6 +269,8 @@ def _add_training_options(p, problem):
     p.add_argument("--lr-decay", type=_number(float, 0.0, low_included=False), default=d["lr_decay"],
                    help=f"learning rate factor after each epoch, > 0 (default {d['lr_decay']})")
     p.add_argument("--seed", type=_number(int, 0), default=0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="the weights' and the computation's float type (default float32)")
     p.add_argument("--save", default=None, metavar="PATH",
                    help="save the trained model (safetensors); the folder is checked before training")
     p.add_argument("--distributed", default=None, choices=["mpi", "nccl"],
