@@ -224,18 +224,31 @@ class Backend:
 class CopyTicket:
     """The device arrays of one :meth:`CopyAhead.submit`; :meth:`arrays` hands them to the current stream."""
 
-    def __init__(self, mover: "CopyAhead", arrays: tuple, event=None):
-        self._mover, self._arrays, self._event = mover, arrays, event
+    def __init__(self, backend: Backend, arrays: tuple, event=None):
+        self._backend, self._arrays, self._event = backend, arrays, event
         self._ordered = event is None  # the current stream waited for the copies (or there was nothing to wait for)
+
+    @property
+    def ordered(self) -> bool:
+        """Whether work queued on the current stream from now on runs after the copies."""
+        return self._ordered
+
+    def order(self) -> None:
+        """Make the current stream wait for the copies (CuPy: ``wait_event``, no host sync); once is enough."""
+        if not self._ordered:
+            import cupy
+
+            with self._backend.activate():
+                cupy.cuda.get_current_stream().wait_event(self._event)
+            self._ordered = True
 
     def arrays(self) -> tuple:
         """The device arrays, in the order given (None stays None), safe to use on the current stream from now on.
 
-        On CuPy the current stream waits for the copies' event (``wait_event``: no host sync). Calling it
+        On CuPy the current stream waits for the copies' event (:meth:`order`: no host sync). Calling it
         again returns the same arrays.
         """
-        if not self._ordered:
-            self._mover._order(self)
+        self.order()
         return self._arrays
 
 
@@ -267,10 +280,7 @@ class CopyAhead:
     def submit(self, arrays) -> CopyTicket:
         """Start copying ``arrays`` (host NumPy arrays or None) to the device; returns at once."""
         self._check_open()
-        return CopyTicket(self, tuple(None if a is None else self.backend.from_host(a) for a in arrays))
-
-    def _order(self, ticket: CopyTicket) -> None:
-        ticket._ordered = True
+        return CopyTicket(self.backend, tuple(None if a is None else self.backend.from_host(a) for a in arrays))
 
     def close(self) -> None:
         """Free what the mover holds (pinned buffers on CuPy); safe to call twice."""
@@ -314,7 +324,7 @@ class _CupyCopyAhead(CopyAhead):
         self._buffers: list[list] = [[] for _ in range(self.SLOTS)]  # per slot: a flat pinned uint8 buffer per position
         self._slot_events: list = [None] * self.SLOTS  # the event after each slot's last copies
         self._next_slot = 0
-        self._unordered: list[CopyTicket] = []  # tickets whose copies the current stream has not waited for
+        self._unordered: list[CopyTicket] = []  # tickets of submits since the last one (maybe not handed over)
 
     def _pinned(self, slot: int, position: int, a: np.ndarray) -> np.ndarray:
         """A C-contiguous view of ``a``'s shape and dtype on the slot's pinned buffer for ``position``."""
@@ -331,8 +341,8 @@ class _CupyCopyAhead(CopyAhead):
         host = [None if a is None else np.asarray(a) for a in arrays]
         cupy = self._cupy
         with self.backend.activate():
+            self._order_pending()
             current = cupy.cuda.get_current_stream()
-            self._order_pending(current)
             slot, self._next_slot = self._next_slot, (self._next_slot + 1) % self.SLOTS
             if self._slot_events[slot] is not None:  # the slot's buffers are read by a copy issued earlier
                 self._slot_events[slot].synchronize()
@@ -350,22 +360,14 @@ class _CupyCopyAhead(CopyAhead):
             finally:  # even after an error: the slot is not refilled before what was issued has ended
                 event = self._stream.record()
                 self._slot_events[slot] = event
-        ticket = CopyTicket(self, tuple(out), event)
+        ticket = CopyTicket(self.backend, tuple(out), event)
         self._unordered.append(ticket)
         return ticket
 
-    def _order(self, ticket: CopyTicket) -> None:
-        with self.backend.activate():
-            self._cupy.cuda.get_current_stream().wait_event(ticket._event)
-        ticket._ordered = True
-        self._unordered = [t for t in self._unordered if t is not ticket]
-
-    def _order_pending(self, current) -> None:
+    def _order_pending(self) -> None:
         """The current stream waits for the copies of tickets not handed over: then they may be dropped."""
-        for t in self._unordered:
-            if not t._ordered:
-                current.wait_event(t._event)
-                t._ordered = True
+        for ticket in self._unordered:
+            ticket.order()  # nothing to do for those whose arrays() was called
         self._unordered = []
 
     def close(self) -> None:
@@ -373,7 +375,7 @@ class _CupyCopyAhead(CopyAhead):
             return
         self.closed = True
         with self.backend.activate():
-            self._order_pending(self._cupy.cuda.get_current_stream())
+            self._order_pending()
             if not self._stream.done:  # copies still read the pinned buffers: they must end before these are freed
                 self._stream.synchronize()
         self._buffers = [[] for _ in range(self.SLOTS)]
