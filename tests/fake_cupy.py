@@ -18,6 +18,15 @@ without a GPU, while keeping the contracts of CuPy 14.2 that GPU code gets wrong
   lower bound for those; the functions xpmlp's step uses are single kernels on CuPy.
 - ``ElementwiseKernel`` runs the kernel's own CUDA C body, compiled for the host by
   ``tests/cuda_host.py``, so fused kernels are exercised for real, not re-implemented.
+- streams catch ordering bugs instead of hiding them: the current stream is the null stream and
+  runs everything at once, but ``ndarray.set(arr, stream=s)`` on a second ``Stream()`` is queued
+  on ``s`` and the destination holds garbage (NaN) until the copy is ordered before its use (the
+  current stream's ``wait_event`` of an ``Event`` recorded on ``s`` after it, or a synchronize of
+  ``s``, of that event or of the device); the ``cupyx.empty_pinned`` buffer it reads stays
+  read-only until a host sync shows the copy ended; and ``s`` must have waited for the current
+  stream since the destination was
+  allocated (CuPy's pool reuses memory freed on the current stream at once). ``Event.synchronize``
+  and ``Stream.synchronize`` count as host syncs; ``COUNTS.copies`` lists every ``set``.
 
 What it does not model is refused (``NotImplementedError``) rather than guessed, so new code that
 needs more of CuPy fails here first and its contract gets written down.
@@ -32,9 +41,11 @@ import builtins
 import contextlib
 import importlib
 import inspect
+import itertools
 import sys
 import threading
 import types
+import weakref
 from collections import Counter
 
 import numpy as np
@@ -55,6 +66,7 @@ class Counts:
         self.by_name: Counter = Counter()
         self.sync_reasons: Counter = Counter()
         self.compute_types: list = []  # (dtype name, compute type) given to set_compute_type, in order
+        self.copies: list = []  # ndarray.set calls, in order: ("current" or "second" stream, source pinned?)
 
     def launch(self, name: str, n: int = 1):
         self.launches += n
@@ -158,22 +170,222 @@ class Device:
 
     def synchronize(self):
         COUNTS.sync("Device.synchronize")
+        for stream in list(_STREAMS):
+            if stream.device_id == self._id:
+                stream._complete_to(stream._issued)
 
     @property
     def compute_capability(self):
         return "90"
 
 
+# -- streams, events, pinned memory ----------------------------------------------------------------
+# The current stream is always the null stream, which runs its work at once (as every other kernel
+# here). A ``Stream()`` made by the caller is a *second* stream: what is queued on it (``set(arr,
+# stream=s)``) takes effect in two steps, each only when something orders it, as CUDA guarantees
+# nothing else:
+# - for the current stream's work: after its ``wait_event`` of an event recorded on ``s`` after the
+#   copy (or any host sync below). Until then the destination holds garbage (NaN, or the dtype's
+#   largest value);
+# - for the host: after a host sync that covers the copy: ``synchronize`` of ``s``, of an event
+#   recorded on ``s`` after it, of the device, or of the current stream once it has waited for it.
+#   Until then the pinned host buffer the copy reads stays read-only (writing into it raises NumPy's
+#   ``ValueError: assignment destination is read-only``) and ``done`` is False, even where a GPU
+#   would have finished: the stand-in takes the slowest copy. Other host reads (``get``, ``float``)
+#   are not taken as proof that a second stream's copy ended (stricter than CUDA).
+# Every second stream is treated as non-blocking: a blocking stream's implicit ordering with the
+# legacy null stream is not modelled (stricter than CUDA).
+_CLOCK = itertools.count(1)  # stamps allocations and events recorded on the current stream
+
+
+class _Op:
+    """Work queued on a second stream: ``run`` makes its effect visible to the current stream,
+    ``release`` tells the host it ended (a pinned source may be written again)."""
+
+    def __init__(self, run=None, release=None):
+        self.run, self.release = run, release
+
+
 class Stream:
+    """``cupy.cuda.Stream``: the null stream (current, eager) or a second stream (work queued until ordered)."""
+
+    def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
+        if ptds:
+            raise NotImplementedError("fake cupy: the per-thread default stream is not modelled")
+        self._null = bool(null)
+        self.non_blocking = non_blocking
+        self.device_id = -1 if null else _STATE.current
+        self._ops: list = []  # queued operations, in order
+        self._executed = 0  # how many have taken effect for the current stream
+        self._completed = 0  # how many the host knows ended (<= _executed)
+        self._current_waited = 0  # how far the current stream waited for this one (its wait_event)
+        self._current_seen = 0  # the latest current-stream event this stream waited for (its _CLOCK stamp)
+        if not self._null:
+            _STREAMS.add(self)
+
+    def __eq__(self, other):
+        return isinstance(other, Stream) and (self is other or (self._null and other._null))
+
+    def __hash__(self):
+        return hash("fake-null-stream") if self._null else id(self)
+
+    def __repr__(self):
+        return f"<fake Stream {'null' if self._null else hex(id(self))} (device {self.device_id})>"
+
+    @property
+    def _issued(self):
+        return len(self._ops)
+
+    def _queue(self, op):
+        self._ops.append(op)
+
+    def _run_to(self, position):
+        while self._executed < position:
+            op = self._ops[self._executed]
+            self._executed += 1
+            if op.run is not None:
+                op.run()
+
+    def _complete_to(self, position):
+        self._run_to(position)
+        while self._completed < position:
+            op = self._ops[self._completed]
+            self._ops[self._completed] = None  # ended: drop what it holds (positions stay)
+            self._completed += 1
+            if op.release is not None:
+                op.release()
+
+    def record(self, event=None):
+        if event is None:
+            event = Event()
+        event.record(self)
+        return event
+
+    def wait_event(self, event):
+        source, position = event._stream, event._position
+        if source is None or source._null:  # the current stream's work has run: remember how far
+            self._current_seen = builtins.max(self._current_seen, event._clock)
+            if not self._null:
+                self._queue(_Op())
+            return
+        if source is self:
+            return
+        if self._null:  # the current stream's next work is ordered after the event
+            source._run_to(position)
+            source._current_waited = builtins.max(source._current_waited, position)
+        else:
+            self._queue(_Op(lambda: source._run_to(position), lambda: source._complete_to(position)))
+
     def synchronize(self):
         COUNTS.sync("Stream.synchronize")
+        if self._null:  # the host waits for the current stream, and so for what it waited for
+            for stream in list(_STREAMS):
+                stream._complete_to(stream._current_waited)
+        else:
+            self._complete_to(self._issued)
+
+    @property
+    def done(self):
+        return self._completed == self._issued
 
 
-_STREAM = Stream()
+_STREAMS: weakref.WeakSet = weakref.WeakSet()  # the second streams, for Device.synchronize
+_STREAM = Stream(null=True)
+Stream.null = _STREAM
 
 
-def get_current_stream(device=None):
+def get_current_stream(device_id=-1):
     return _STREAM
+
+
+class Event:
+    """``cupy.cuda.Event``: a position on a stream; ``synchronize`` (a host sync, counted) completes it up to there."""
+
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        if interprocess and not disable_timing:
+            raise ValueError("Timing must be disabled for interprocess events")
+        if interprocess:
+            raise NotImplementedError("fake cupy: interprocess events are not modelled")
+        self._stream, self._position, self._clock = None, 0, 0
+
+    def record(self, stream=None):
+        stream = _STREAM if stream is None else stream
+        self._stream, self._position = stream, stream._issued
+        self._clock = next(_CLOCK) if stream._null else 0
+
+    def synchronize(self):
+        COUNTS.sync("Event.synchronize")
+        if self._stream is not None and not self._stream._null:
+            self._stream._complete_to(self._position)
+
+    @property
+    def done(self):
+        s = self._stream
+        return s is None or s._null or s._completed >= self._position
+
+
+_PINNED: dict = {}  # id(array) -> weakref to the arrays empty_pinned returned
+
+
+def empty_pinned(shape, dtype=float, order="C"):
+    """``cupyx.empty_pinned``: a NumPy array in (simulated) pinned host memory; see :func:`is_pinned`."""
+    a = np.empty(shape, dtype=dtype, order=order)
+    key = id(a)
+    _PINNED[key] = weakref.ref(a, lambda _, key=key: _PINNED.pop(key, None))
+    return a
+
+
+def is_pinned(a) -> bool:
+    """True when ``a`` is, or views, an array that ``cupyx.empty_pinned`` returned."""
+    while isinstance(a, np.ndarray):
+        ref = _PINNED.get(id(a))
+        if ref is not None and ref() is a:
+            return True
+        a = a.base
+    return False
+
+
+def _chain(a):
+    """``a`` and the arrays it views, innermost owner last."""
+    out = []
+    while isinstance(a, np.ndarray):
+        out.append(a)
+        a = a.base
+    return out
+
+
+_LOCKS: dict = {}  # id(array) -> [array, writeable before, number of queued copies reading it]
+
+
+def _lock(src):
+    for a in _chain(src):
+        entry = _LOCKS.get(id(a))
+        if entry is None:
+            _LOCKS[id(a)] = [a, a.flags.writeable, 1]
+            a.flags.writeable = False
+        else:
+            entry[2] += 1
+
+
+def _unlock(src):
+    for a in reversed(_chain(src)):  # the owner first: a view can be writeable only if its base is
+        entry = _LOCKS[id(a)]
+        entry[2] -= 1
+        if entry[2] == 0:
+            del _LOCKS[id(a)]
+            if entry[1]:
+                a.flags.writeable = True
+
+
+def _garbage(a):
+    """Fill ``a`` with what a destination holds before its copy ran."""
+    kind = a.dtype.kind
+    if kind in "fc":
+        a.fill(np.nan)
+    elif kind in "iu":
+        a.fill(np.iinfo(a.dtype).max)
+    else:
+        a.fill(True)
 
 
 # -- arrays ------------------------------------------------------------------------------------
@@ -235,7 +447,7 @@ def _has_array(key):
 class ndarray:
     """``cupy.ndarray`` on NumPy data: distinct type, device id, no implicit host conversion."""
 
-    __slots__ = ("_a", "_dev")
+    __slots__ = ("_a", "_dev", "_born")
     __array_priority__ = 100
 
     def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
@@ -243,11 +455,12 @@ class ndarray:
             raise NotImplementedError("fake cupy.ndarray: memptr/strides are not modelled")
         self._a = np.empty(shape, dtype=dtype, order=order)
         self._dev = _STATE.current
+        self._born = next(_CLOCK)
 
     @classmethod
     def _from_numpy(cls, a, dev):
         self = object.__new__(cls)
-        self._a, self._dev = a, dev
+        self._a, self._dev, self._born = a, dev, next(_CLOCK)  # _born: when the current stream made it
         return self
 
     # metadata (no device work)
@@ -282,6 +495,62 @@ class ndarray:
             raise NotImplementedError("fake cupy: get(out=) is not modelled")
         COUNTS.sync("ndarray.get")
         return np.array(self._a, order=order, copy=True)
+
+    def set(self, arr, stream=None):
+        """Copy a host array into this one (cupy/_core/core.pyx: always ``copy_from_host_async``).
+
+        On the current stream (``stream=None`` or the null stream) the copy runs at once. On a second
+        stream it is queued there: this array holds garbage until the copy is ordered before its use
+        (see the streams section above), and a pinned source stays read-only until a host sync
+        shows the copy ended (CUDA reads it while the copy runs). A pageable (not pinned) source
+        is read at once, as CUDA stages it.
+        The copy stream must have waited for an event the current stream recorded after this array
+        was allocated: CuPy's memory pool hands memory freed on the current stream straight back to
+        it, and queued work on the current stream may still read it (the stand-in raises otherwise).
+        """
+        if not isinstance(arr, np.ndarray):
+            raise TypeError("Only numpy.ndarray can be set to cupy.ndarray")
+        if self.dtype != arr.dtype:
+            raise TypeError(f"{arr.dtype} array cannot be set to {self.dtype} array")
+        if self.shape != arr.shape:
+            raise ValueError(f"Shape mismatch. Old shape: {self.shape}, new shape: {arr.shape}")
+        if self._a.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        elif self._a.flags.f_contiguous:
+            arr = np.asfortranarray(arr)
+        else:
+            raise RuntimeError("Cannot set to non-contiguous array")
+        COUNTS.h2d += 1
+        pinned = is_pinned(arr)
+        if stream is None or stream._null:
+            COUNTS.copies.append(("current", pinned))
+            self._a[...] = arr
+            return
+        if stream.device_id != self._dev:
+            raise CUDARuntimeError(f"cudaErrorInvalidResourceHandle: a copy into an array of device {self._dev} "
+                                   f"on a stream of device {stream.device_id}")
+        if stream._current_seen < self._born:
+            raise RuntimeError(
+                "fake cupy: a copy on a second stream into an array allocated on the current stream, but the copy "
+                "stream did not wait for an event recorded on the current stream after the allocation: CuPy's pool "
+                "may have handed out memory that queued work on the current stream still reads")
+        COUNTS.copies.append(("second", pinned))
+        dst = self._a
+        _garbage(dst)
+        if pinned:
+            _lock(arr)
+
+            def copy():
+                dst[...] = arr
+
+            stream._queue(_Op(copy, lambda: _unlock(arr)))
+        else:
+            staged = arr.copy()
+
+            def copy():
+                dst[...] = staged
+
+            stream._queue(_Op(copy))
 
     def item(self):
         COUNTS.sync("ndarray.item")
@@ -1061,6 +1330,7 @@ def _build_cupyx() -> dict:
     sparse = types.ModuleType("cupyx.scipy.sparse")
     sparse.csr_matrix, sparse.csc_matrix, sparse.issparse = csr_matrix, csc_matrix, issparse
     sparse.__all__ = ["csr_matrix", "csc_matrix", "issparse"]
+    cupyx.empty_pinned = empty_pinned
     cupyx.scipy, scipy_mod.sparse = scipy_mod, sparse
     return {"cupyx": cupyx, "cupyx.scipy": scipy_mod, "cupyx.scipy.sparse": sparse}
 
@@ -1108,6 +1378,7 @@ def _build_module() -> types.ModuleType:
     cuda.runtime = runtime
     cuda.Device = Device
     cuda.Stream = Stream
+    cuda.Event = Event
     cuda.get_current_stream = get_current_stream
     device_mod = types.ModuleType("cupy.cuda.device")
     device_mod.Device = Device

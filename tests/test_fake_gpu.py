@@ -67,7 +67,7 @@ def _cython_signature(doc: str) -> inspect.Signature:
 
 @pytest.mark.parametrize("method", ["get", "astype", "copy", "reshape", "fill", "transpose", "sum", "mean",
                                     "max", "min", "all", "any", "argmax", "take", "item", "tolist", "ravel",
-                                    "swapaxes", "squeeze", "view"])
+                                    "swapaxes", "squeeze", "view", "set"])
 def test_array_methods_match_real_cupy(real_cupy, method):
     real = getattr(real_cupy.ndarray, method)
     try:
@@ -113,6 +113,36 @@ def test_elementwise_kernels_take_cupys_keywords(real_cupy, fake):
     np.testing.assert_array_equal(y.get(), [0.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="Loop size is undecided"):
         fake.ElementwiseKernel("raw T x", "raw T y", "y[i] = x[i];", "xpmlp_raw_copy")(x, y)
+
+
+def test_streams_events_and_pinned_memory_match_real_cupy(real_cupy):
+    """What Backend.copy_ahead uses: cupyx.empty_pinned, cupy.cuda.Stream and Event, get_current_stream."""
+    import cupyx
+
+    def sig(f):
+        try:
+            return _params(inspect.signature(f))
+        except ValueError:  # a Cython function without a signature: read its docstring
+            return _params(_cython_signature(f.__doc__))
+
+    assert sig(cupyx.empty_pinned) == sig(fake_cupy.empty_pinned)
+    with fake_cupy.installed() as fake:
+        import cupyx as fake_cupyx
+
+        assert fake_cupyx.empty_pinned is fake_cupy.empty_pinned
+        for name in ("Stream", "Event", "get_current_stream"):
+            assert sig(getattr(real_cupy.cuda, name)) == sig(getattr(fake.cuda, name)), name
+        for cls, methods in (("Stream", ("record", "wait_event", "synchronize")), ("Event", ("record", "synchronize"))):
+            real, stand_in = getattr(real_cupy.cuda, cls), getattr(fake.cuda, cls)
+            for method in methods:
+                assert sig(getattr(real, method)) == sig(getattr(stand_in, method)), (cls, method)
+            assert isinstance(real.done, property) and isinstance(stand_in.done, property), cls
+        assert isinstance(real_cupy.cuda.Stream.null, real_cupy.cuda.Stream)
+        assert fake.cuda.Stream.null == fake.cuda.get_current_stream()
+    # CuPy checks Event's flags before asking the driver
+    for mod in (real_cupy.cuda, fake_cupy):
+        with pytest.raises(ValueError, match="Timing must be disabled for interprocess events"):
+            mod.Event(interprocess=True)
 
 
 def test_devices_compare_as_in_cupy(real_cupy):

@@ -19,8 +19,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-__all__ = ["Backend", "DeviceMismatchError", "resolve", "to_numpy", "host_array", "namespace_of", "device_of",
-           "available_backends", "is_sparse", "sparse_matmul", "sparse_rows"]
+__all__ = ["Backend", "CopyAhead", "CopyTicket", "DeviceMismatchError", "resolve", "to_numpy", "host_array",
+           "namespace_of", "device_of", "available_backends", "is_sparse", "sparse_matmul", "sparse_rows"]
 
 FLOAT_DTYPES = ("float32", "float64")
 
@@ -103,6 +103,19 @@ class Backend:
             # frombuffer array), which it cannot honour, and warn: copy it instead
             a = a.copy()
         return self.xp.asarray(a, device=self.device)
+
+    def copy_ahead(self) -> "CopyAhead":
+        """A mover that copies host arrays to this device ahead of their use: one per fit, ``close()`` it after.
+
+        ``ticket = mover.submit([X, y, w])`` starts the copies and returns at once; work queued
+        meanwhile on the current stream overlaps them; ``ticket.arrays()`` gives the device arrays,
+        safe to use on the current stream from then on. On CuPy the copies come from pinned host
+        memory on a second stream (see :class:`CopyAhead`); elsewhere ``submit`` is
+        :meth:`from_host` of each array.
+        """
+        if self.name == "cupy":
+            return _CupyCopyAhead(self)
+        return CopyAhead(self)
 
     def asarray(self, a, *, dtype: str | None = None, what: str = "array"):
         """Bring user data onto this backend.
@@ -206,6 +219,167 @@ class Backend:
             import torch
 
             torch.cuda.synchronize(self.device)
+
+
+class CopyTicket:
+    """The device arrays of one :meth:`CopyAhead.submit`; :meth:`arrays` hands them to the current stream."""
+
+    def __init__(self, backend: Backend, arrays: tuple, event=None):
+        self._backend, self._arrays, self._event = backend, arrays, event
+        self._ordered = event is None  # the current stream waited for the copies (or there was nothing to wait for)
+
+    @property
+    def ordered(self) -> bool:
+        """Whether work queued on the current stream from now on runs after the copies."""
+        return self._ordered
+
+    def order(self) -> None:
+        """Make the current stream wait for the copies (CuPy: ``wait_event``, no host sync); once is enough."""
+        if not self._ordered:
+            import cupy
+
+            with self._backend.activate():
+                cupy.cuda.get_current_stream().wait_event(self._event)
+            self._ordered = True
+
+    def arrays(self) -> tuple:
+        """The device arrays, in the order given (None stays None), safe to use on the current stream from now on.
+
+        On CuPy the current stream waits for the copies' event (:meth:`order`: no host sync). Calling it
+        again returns the same arrays.
+        """
+        self.order()
+        return self._arrays
+
+
+class CopyAhead:
+    """Host-to-device copies of training data made ahead of their use (``Backend.copy_ahead()``).
+
+    ``submit(arrays)`` takes host NumPy arrays (``None`` entries stay ``None``) and returns a
+    :class:`CopyTicket` at once; ``ticket.arrays()`` gives the device arrays, bitwise equal to
+    :meth:`Backend.from_host` of each (same dtypes). ``close()`` frees what the mover holds; it may be
+    called twice, and ``submit`` after it raises ``RuntimeError``. It is also a context manager.
+
+    This base class is every backend but CuPy: ``submit`` is ``from_host`` of each array, at once.
+    """
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _check_open(self):
+        if self.closed:
+            raise RuntimeError("this copy_ahead() mover is closed: make a new one with backend.copy_ahead()")
+
+    def submit(self, arrays) -> CopyTicket:
+        """Start copying ``arrays`` (host NumPy arrays or None) to the device; returns at once."""
+        self._check_open()
+        return CopyTicket(self.backend, tuple(None if a is None else self.backend.from_host(a) for a in arrays))
+
+    def close(self) -> None:
+        """Free what the mover holds (pinned buffers on CuPy); safe to call twice."""
+        self.closed = True
+
+
+class _CupyCopyAhead(CopyAhead):
+    """CuPy: copies from pinned host memory on a second stream, overlapping work on the current stream.
+
+    ``submit`` writes each array into a pinned host buffer (``cupyx.empty_pinned``) and starts
+    ``dst.set(pinned, stream=copy_stream)`` on a non-blocking stream made once per mover, then records
+    an event there; ``ticket.arrays()`` makes the current stream wait for that event (no host sync).
+
+    - Memory pool: CuPy's pool is per stream and hands memory freed on the current stream straight
+      back to it, ordered only by that stream. So ``dst`` is allocated on the current stream, and the
+      copy stream first waits for an event recorded on the current stream after the allocation: the
+      copy cannot overwrite memory that queued work there still reads.
+    - Pinned buffers: two slots (double buffering), one buffer per array position in each, reused
+      (a view of the first bytes) and grown when a later array is larger. Before a slot is refilled
+      its previous copy must be finished: ``event.synchronize()`` on that slot's event, a host sync,
+      but of a copy issued one submit earlier than the previous one. The budget is one such wait per
+      submit (per pair of blocks in ``chunked``), never per batch; ``close()`` adds at most one
+      (``copy_stream.synchronize()``, when copies are still in flight, before the buffers are freed).
+    - A ticket whose ``arrays()`` was never called holds its device arrays in the mover until the next
+      ``submit`` or ``close``, which make the current stream wait for its copies first: dropping it
+      can never let the pool hand its memory to later work while a copy still writes there.
+    - ``close()`` must be called (``try``/``finally`` or ``with``): it is what keeps the pinned
+      buffers alive until their last copies ended; CuPy's pinned pool would otherwise reuse them.
+    """
+
+    SLOTS = 2
+
+    def __init__(self, backend: Backend):
+        super().__init__(backend)
+        import cupy
+        import cupyx
+
+        self._cupy, self._cupyx = cupy, cupyx
+        with backend.activate():
+            self._stream = cupy.cuda.Stream(non_blocking=True)
+        self._buffers: list[list] = [[] for _ in range(self.SLOTS)]  # per slot: a flat pinned uint8 buffer per position
+        self._slot_events: list = [None] * self.SLOTS  # the event after each slot's last copies
+        self._next_slot = 0
+        self._unordered: list[CopyTicket] = []  # tickets of submits since the last one (maybe not handed over)
+
+    def _pinned(self, slot: int, position: int, a: np.ndarray) -> np.ndarray:
+        """A C-contiguous view of ``a``'s shape and dtype on the slot's pinned buffer for ``position``."""
+        buffers = self._buffers[slot]
+        while len(buffers) <= position:
+            buffers.append(None)
+        buf = buffers[position]
+        if buf is None or buf.nbytes < a.nbytes:  # grow (the slot's previous copy is finished: synchronized)
+            buf = buffers[position] = self._cupyx.empty_pinned((a.nbytes,), dtype=np.uint8)
+        return buf[:a.nbytes].view(a.dtype).reshape(a.shape)
+
+    def submit(self, arrays) -> CopyTicket:
+        self._check_open()
+        host = [None if a is None else np.asarray(a) for a in arrays]
+        cupy = self._cupy
+        with self.backend.activate():
+            self._order_pending()
+            current = cupy.cuda.get_current_stream()
+            slot, self._next_slot = self._next_slot, (self._next_slot + 1) % self.SLOTS
+            if self._slot_events[slot] is not None:  # the slot's buffers are read by a copy issued earlier
+                self._slot_events[slot].synchronize()
+                self._slot_events[slot] = None
+            # device arrays first, on the current stream (its pool), then the copy stream waits for it
+            out = [None if a is None else cupy.empty(a.shape, dtype=a.dtype) for a in host]
+            self._stream.wait_event(current.record())
+            try:
+                for position, (a, dst) in enumerate(zip(host, out)):
+                    if a is None:
+                        continue
+                    pinned = self._pinned(slot, position, a)
+                    np.copyto(pinned, a, casting="no")
+                    dst.set(pinned, stream=self._stream)
+            finally:  # even after an error: the slot is not refilled before what was issued has ended
+                event = self._stream.record()
+                self._slot_events[slot] = event
+        ticket = CopyTicket(self.backend, tuple(out), event)
+        self._unordered.append(ticket)
+        return ticket
+
+    def _order_pending(self) -> None:
+        """The current stream waits for the copies of tickets not handed over: then they may be dropped."""
+        for ticket in self._unordered:
+            ticket.order()  # nothing to do for those whose arrays() was called
+        self._unordered = []
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with self.backend.activate():
+            self._order_pending()
+            if not self._stream.done:  # copies still read the pinned buffers: they must end before these are freed
+                self._stream.synchronize()
+        self._buffers = [[] for _ in range(self.SLOTS)]
+        self._slot_events = [None] * self.SLOTS
 
 
 @contextlib.contextmanager
