@@ -320,3 +320,52 @@ def test_training_on_a_memmap_four_times_larger_than_the_memory_limit_matches_in
     in_memory = xpmlp.train.evaluate(model, X[:20000], y[:20000], metrics=["accuracy"])["accuracy"]
     assert in_memory > 0.95
     assert abs(streamed - in_memory) <= 0.01, (streamed, in_memory)
+
+
+@pytest.mark.fakegpu
+def test_on_cupy_each_pair_is_copied_from_pinned_memory_on_a_second_stream_while_the_pair_before_trains(tmp_path):
+    """On the CuPy stand-in (whose second-stream copies stay NaN until ordered before use): every
+    streamed pair's X and y go through Backend.copy_ahead (pinned source, second stream); the next
+    pair's copy starts before the first batch of the pair before it trains; the host syncs do not
+    grow with the number of batches; and the run is bitwise the same as on NumPy. Not run on a GPU."""
+    import fake_cupy
+    from xpmlp.callbacks import Callback
+
+    X, y = _problem()
+    path = _memmap(tmp_path, X)
+
+    class Submits(Callback):  # at each batch's end: how many pairs had been submitted this epoch
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = len(fake_cupy.COUNTS.copies)
+            self.seen = []
+
+        def on_batch_end(self, batch, logs=None):
+            self.seen.append((len(fake_cupy.COUNTS.copies) - self.start) // 2)  # X and y per pair
+
+    def run(batch_size, device):
+        spy = Submits()
+        model = xpmlp.MLP([D, 8, 3], activation="tanh", device=device, dtype="float64", seed=0)
+        fake_cupy.COUNTS.reset()
+        model.fit(Chunked(path, chunk_rows=128), y, loss=CE, epochs=2, batch_size=batch_size, seed=5, verbose=0,
+                  callbacks=[spy])
+        return model, spy, list(fake_cupy.COUNTS.copies), fake_cupy.COUNTS.sync_reasons.copy()
+
+    with fake_cupy.installed():
+        run(10, "cuda")  # once first: the process's one-time reads (the kernels' first use) are not counted
+        _, _, _, syncs10 = run(10, "cuda")
+        model, spy, copies, syncs50 = run(50, "cuda")
+        weights = [xpmlp.to_numpy(w) for w in model.get_weights()]
+    # 1000 rows in blocks of 128: 4 pairs (256, 256, 256, 232 rows) per epoch, X and y each
+    assert copies == [("second", True)] * (2 * 4 * 2)
+    # batches of 50: each pair trains 5 (a pair's last rows are carried to the next: 256 -> 250, 6 + 256
+    # -> 250, 12 + 256 -> 250, 18 + 232 = 250)
+    pair_of_batch = [k // 5 for k in range(20)]
+    assert spy.seen == [min(p + 2, 4) for p in pair_of_batch]
+    assert syncs10 == syncs50, (syncs10, syncs50)  # five times the batches, the same host syncs
+    assert syncs50["Event.synchronize"] == 2 * 2  # the third and fourth pairs refill a slot, each epoch
+    on_numpy = _model()
+    on_numpy.fit(Chunked(path, chunk_rows=128), y, loss=CE, epochs=2, batch_size=50, seed=5, verbose=0)
+    # the same batches as on NumPy (a copy not ordered before use would have fed NaN); the fused CuPy
+    # step's kernels round differently from NumPy's operations
+    for a, b in zip(weights, on_numpy.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)

@@ -261,7 +261,11 @@ class CopyAhead:
     called twice, and ``submit`` after it raises ``RuntimeError``. It is also a context manager.
 
     This base class is every backend but CuPy: ``submit`` is ``from_host`` of each array, at once.
+    ``overlaps`` says whether a copy runs while the caller's device work does (then it pays to
+    submit the next data before using this one's).
     """
+
+    overlaps = False
 
     def __init__(self, backend: Backend):
         self.backend = backend
@@ -312,6 +316,7 @@ class _CupyCopyAhead(CopyAhead):
     """
 
     SLOTS = 2
+    overlaps = True
 
     def __init__(self, backend: Backend):
         super().__init__(backend)

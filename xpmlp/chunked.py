@@ -12,21 +12,28 @@ the model's shuffle rng), so a seed gives the same run:
 3. the permuted rows of the pairs form one stream, cut into batches of ``batch_size`` rows that
    run across pairs; the last batch of the epoch may be short (as with in-memory arrays).
 
-Every row is trained on exactly once per epoch, rows mix within and across chunks (the pairs
-change with the order each epoch), and memory holds one pair of blocks at a time (with its
-permuted copy and its copy in the model's dtype on the device, the pair before it released
-first) plus fewer than ``batch_size`` leftover rows. With ``shuffle=False`` the
-blocks are read in order and unpermuted, so the batches are exactly those of the in-memory
-arrays with ``shuffle=False``: on NumPy the trained weights are bitwise equal.
+Every row is trained on exactly once per epoch, and rows mix within and across chunks (the pairs
+change with the order each epoch). With ``shuffle=False`` the blocks are read in order and
+unpermuted, so the batches are exactly those of the in-memory arrays with ``shuffle=False``: on
+NumPy the trained weights are bitwise equal.
+
+Overlap and memory. The next pair is read (and permuted) on a background thread while the model
+trains on this one (``Chunked(prefetch=False)`` reads on fit's thread; the random draws stay on
+fit's thread either way, so the run is the same). Pairs reach the device through
+:meth:`xpmlp.backend.Backend.copy_ahead`: on CuPy from pinned host memory on a second stream,
+the next pair's copy started before this pair's batches train, so it runs under them (tested on
+the fake GPU, which feeds NaN to work not ordered after its copy; not run on a GPU). The host
+then holds, besides the source's pages, the pair being read, the pair before it and fewer than
+``batch_size`` leftover rows (on CuPy, two pair-sized pinned buffers too); the device holds one
+pair (two on CuPy). With ``fit(comm=)`` (data parallelism) every rank reads every block, as the
+permutation mixes them, but copies to its device only its shard of each global batch.
 
 What differs from in-memory arrays: ``validation_split`` is refused (give ``validation_data``,
 held in memory as usual), as are ``class_weight="balanced"`` (it counts all of y) and metrics
 given as functions without ``validation_data``; Standardize layers are not adapted (adapt
 them beforehand on a sample: ``layer.adapt(X_sample)``); the unscaled-input warning looks at
-the first block only. Each block's finiteness is checked when it is read (one host read per pair).
-
-Not done: on a GPU, blocks are copied from ordinary (not pinned) host memory on the current
-stream; overlapping the copy of the next pair with training on the previous one is left undone.
+the first block only. Each pair's finiteness is checked on the device when its batches start (one
+host read per pair).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import numpy as np
 
 __all__ = ["CHUNK_ROWS", "Chunked", "is_out_of_core"]
 
-CHUNK_ROWS = 65536  # rows per block: the host holds at most two blocks (plus one batch) at a time
+CHUNK_ROWS = 65536  # rows per block; a pair of blocks is the unit read, shuffled and copied (module notes)
 
 
 class Chunked:
@@ -253,10 +260,10 @@ class _ChunkedData:
         host = self._host(pair)
         return host if perm is None else [None if a is None else a[perm] for a in host]
 
-    def epoch(self, shard=None):
-        """Each batch's (X, y, weights or None, row losses) on the device; with ``shard`` (global batch
-        start, stop -> this rank's lo, hi: see ``xpmlp.train._ShardedData``) only rows lo:hi of each
-        batch are copied to the device and yielded."""
+    def _pairs(self, shard):
+        """The epoch's pairs as host rows ready to copy: (X in the model's dtype, y, weights or None), the
+        batches' (start, stop) in them, and the rows before them in the epoch (see :meth:`epoch`)."""
+        dtype = np.dtype(self.model.dtype)
         done, leftover = 0, None  # rows yielded; host rows short of a batch, carried to the next pair
         for host in self._stream():
             if leftover is not None:
@@ -276,18 +283,46 @@ class _ChunkedData:
                 keep = np.concatenate([np.arange(a, b) for a, b in spans])
                 rows = [None if a is None else a[keep] for a in host]
             del host
-            if rows[0].shape[0]:
-                Xd, yd, wd = self._prepare(*rows)
-            else:  # none of this pair's rows are this rank's (a last batch of fewer rows than ranks)
-                Xd, yd, wd = (None if a is None else a[:0, ...] for a in self.pending)
-            del rows
-            at = 0
-            for a, b in spans:
-                yield (Xd[at:at + b - a, ...], yd[at:at + b - a, ...], None if wd is None else wd[at:at + b - a],
-                       self.row_loss[done + a:done + b])
-                at += b - a
+            rows[0] = np.asarray(rows[0], dtype=dtype)  # converted here: the device gets the model's dtype
+            yield rows, spans, done
             done += full
-            del Xd, yd, wd  # before the next pair is read: never two pairs in memory
+
+    def epoch(self, shard=None):
+        """Each batch's (X, y, weights or None, row losses) on the device; with ``shard`` (global batch
+        start, stop -> this rank's lo, hi: see ``xpmlp.train._ShardedData``) only rows lo:hi of each
+        batch are copied to the device and yielded.
+
+        The pairs go to the device through ``backend.copy_ahead()``. Where its copies overlap
+        device work (CuPy: pinned memory, a second stream), the next pair's copy is started before
+        this pair's batches are handed out, so it runs while they train.
+        """
+        mover = self.model.backend.copy_ahead()
+        ahead = 1 if mover.overlaps else 0
+        try:
+            queued = []  # (ticket, spans, done) of pairs whose copies have started
+            pairs = self._pairs(shard)
+            for rows, spans, done in pairs:
+                queued.append((mover.submit(rows) if rows[0].shape[0] else None, spans, done))
+                del rows
+                if len(queued) <= ahead:
+                    continue
+                yield from self._batches(*queued.pop(0))
+            while queued:
+                yield from self._batches(*queued.pop(0))
+        finally:
+            mover.close()
+
+    def _batches(self, ticket, spans, done):
+        """A pair's batches on the device, checked there (one host read: see :meth:`_prepare`)."""
+        if ticket is not None:
+            Xd, yd, wd = self._prepare(*ticket.arrays())
+        else:  # none of this pair's rows are this rank's (a last batch of fewer rows than ranks)
+            Xd, yd, wd = (None if a is None else a[:0, ...] for a in self.pending)
+        at = 0
+        for a, b in spans:
+            yield (Xd[at:at + b - a, ...], yd[at:at + b - a, ...], None if wd is None else wd[at:at + b - a],
+                   self.row_loss[done + a:done + b])
+            at += b - a
 
     def batch_losses(self):
         xp = self.model.xp
