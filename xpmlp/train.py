@@ -506,7 +506,8 @@ class _ShardedData:
         dropouts = [layer for layer in d.model.layers if isinstance(layer, Dropout)]
         try:
             # the inner data yields this rank's rows of each global batch, in the global batches' order
-            for (start, stop), batch in zip(_batches(d.rows, d.batch_size), d.epoch(shard=self._shard)):
+            # the inner epoch first in zip: it is run to its end (its clean-up included) before zip stops
+            for batch, (start, stop) in zip(d.epoch(shard=self._shard), _batches(d.rows, d.batch_size)):
                 lo, hi = self._shard(start, stop)
                 # allreduce_mean divides by size: size * n_r / B makes it the batch's mean gradient
                 self.scale = self.comm.size * (hi - lo) / (stop - start)
