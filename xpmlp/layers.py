@@ -624,7 +624,7 @@ class Standardize(Layer):
 class Activation(Layer):
     """An elementwise activation: subclasses give ``fn`` and ``derivative`` (from x and y).
 
-    Activations have no parameters; shapes: x (n, d) -> (n, d). :data:`ACTIVATIONS` maps their
+    Activations have no parameters; shapes: x (n, d) -> (n, d). :data:`~xpmlp.ACTIVATIONS` maps their
     names (``"relu"``) to their classes.
 
     Examples
@@ -960,7 +960,7 @@ class Softmax(Activation):
 
 
 #: The activation classes by name (``"relu"``, ``"tanh"``, ...; ``"linear"`` is Identity), as
-#: ``MLP(activation=...)`` and :func:`get_activation` take them.
+#: ``MLP(activation=...)`` and :func:`~xpmlp.layers.get_activation` take them.
 ACTIVATIONS = {cls.name: cls for cls in (Identity, ReLU, LeakyReLU, ELU, GELU, Sigmoid, Tanh, Softplus, Softmax)}
 ACTIVATIONS["linear"] = Identity
 # Every layer class by its class name, as configs and files name them.
@@ -973,7 +973,7 @@ def get_activation(spec: Any) -> Activation:
     Parameters
     ----------
     spec : str, Activation or None
-        A name of :data:`ACTIVATIONS` (any case), an instance (returned as it is), or None
+        A name of :data:`~xpmlp.ACTIVATIONS` (any case), an instance (returned as it is), or None
         (the identity).
 
     Returns
@@ -1007,7 +1007,7 @@ def activation_name(spec: Any) -> str | None:
     Parameters
     ----------
     spec : str, Activation or None
-        As :func:`get_activation` takes it.
+        As :func:`~xpmlp.layers.get_activation` takes it.
 
     Returns
     -------
