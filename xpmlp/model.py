@@ -528,7 +528,7 @@ class Sequential:
     def _file_shapes(self) -> dict:
         """{name: shape} of the arrays a weights file may give: parameters and every
         Standardize layer's statistics (adapted or not)."""
-        shapes = {p.name: p.shape for p in self.parameters()}
+        shapes: dict[str, tuple] = {p.name: p.shape for p in self.parameters()}
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Standardize):
                 shapes[f"layers.{i}.state.mean"] = shapes[f"layers.{i}.state.std"] = (layer.features,)
@@ -686,6 +686,7 @@ class Sequential:
         model.loss = saved.loss
         model.load_state_dict(saved.state)
         if saved.optimizer is not None:
+            assert model.flat is not None  # the saved model has its in_features: built
             with model.backend.activate():  # CuPy copies onto the current device: the model's
                 state = saved.optimizer_state["state"]
                 saved.optimizer.load_state_dict({"t": saved.optimizer_state["t"], "state": None if state is None else
@@ -693,7 +694,6 @@ class Sequential:
                                                   for k, v in state.items()}})
             model.optimizer = saved.optimizer
         model.set_rng_state(saved.rng)
-        assert model.flat is not None or saved.optimizer is None
         return model
 
     def summary(self, print_fn: Callable[[str], Any] = print) -> str:

@@ -334,7 +334,7 @@ class _ScaledFunction:
             factor = fn.factor * factor
             fn = fn.fn
         self.fn: Callable[[int], float] = fn
-        self.factor = float(factor)
+        self.factor: float = float(factor)
 
     def __call__(self, step):
         return self.factor * self.fn(step)
