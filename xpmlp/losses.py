@@ -253,24 +253,24 @@ class SoftmaxCrossEntropy(Loss):
             y = (1.0 - self.label_smoothing) * y + self.label_smoothing / k
         return y
 
-    def per_sample(self, xp, z, y):
+    def per_sample(self, xp: Any, z: Any, y: Any) -> Any:
         _check_softmax_outputs(z.shape[1])
         t = self._targets(xp, z, y)
         logp = log_softmax_rows(xp, z)
         self._p, self._t = xp.exp(logp), t
         return -xp.sum(t * logp, axis=1)
 
-    def mean_grad(self, xp):
+    def mean_grad(self, xp: Any) -> Any:
         return (self._p - self._t) / self._p.shape[0]
 
-    def link(self, xp, z):
+    def link(self, xp: Any, z: Any) -> Any:
         return softmax_rows(xp, z)
 
-    def prepare_targets(self, y, backend, dtype, n_outputs, what="y"):
+    def prepare_targets(self, y: Any, backend: Any, dtype: str, n_outputs: int, what: str = "y") -> Any:
         _check_softmax_outputs(n_outputs)
         return _class_targets(y, backend, dtype, n_outputs, what)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"label_smoothing": self.label_smoothing}
 
 
@@ -295,19 +295,19 @@ class SigmoidBinaryCrossEntropy(Loss):
     name = "sigmoid_binary_cross_entropy"
     is_classifier = True
 
-    def per_sample(self, xp, z, y):
+    def per_sample(self, xp: Any, z: Any, y: Any) -> Any:
         self._z, self._y = z, y
         # log(1 + exp(z)) - z*y, with the log1p term bounded: never overflows.
         per_entry = xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
         return xp.mean(per_entry, axis=1)
 
-    def mean_grad(self, xp):
+    def mean_grad(self, xp: Any) -> Any:
         return (sigmoid(xp, self._z) - self._y) / _count(self._z)
 
-    def link(self, xp, z):
+    def link(self, xp: Any, z: Any) -> Any:
         return probability(xp, z)  # reported probabilities: never exactly 0 or 1 short of the dtype's range
 
-    def prepare_targets(self, y, backend, dtype, n_outputs, what="y"):
+    def prepare_targets(self, y: Any, backend: Any, dtype: str, n_outputs: int, what: str = "y") -> Any:
         t = _regression_targets(y, backend, dtype, n_outputs, what)
         xp = backend.xp
         if not bool(xp.all((t >= 0.0) & (t <= 1.0))):
@@ -329,11 +329,11 @@ class MeanSquaredError(Loss):
 
     name = "mse"
 
-    def per_sample(self, xp, z, y):
+    def per_sample(self, xp: Any, z: Any, y: Any) -> Any:
         self._d = z - y
         return xp.mean(self._d * self._d, axis=1)
 
-    def mean_grad(self, xp):
+    def mean_grad(self, xp: Any) -> Any:
         return 2.0 * self._d / _count(self._d)
 
 
@@ -352,11 +352,11 @@ class MeanAbsoluteError(Loss):
 
     name = "mae"
 
-    def per_sample(self, xp, z, y):
+    def per_sample(self, xp: Any, z: Any, y: Any) -> Any:
         self._d = z - y
         return xp.mean(xp.abs(self._d), axis=1)
 
-    def mean_grad(self, xp):
+    def mean_grad(self, xp: Any) -> Any:
         # sign by two comparisons: array-api-compat's CuPy sign() fixes NaNs with a boolean mask,
         # which copies a count to the host (a sync per step)
         d = self._d
@@ -391,17 +391,17 @@ class Huber(Loss):
             raise ValueError(f"Huber delta must be positive, got {delta!r}")
         self.delta = float(delta)
 
-    def per_sample(self, xp, z, y):
+    def per_sample(self, xp: Any, z: Any, y: Any) -> Any:
         d = z - y
         a = xp.abs(d)
         self._d = d
         return xp.mean(xp.where(a <= self.delta, 0.5 * d * d, self.delta * (a - 0.5 * self.delta)), axis=1)
 
-    def mean_grad(self, xp):
+    def mean_grad(self, xp: Any) -> Any:
         # minimum/maximum, not clip: array-api-compat's CuPy clip uses boolean masks (a host sync)
         return xp.minimum(xp.maximum(self._d, -self.delta), self.delta) / _count(self._d)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"delta": self.delta}
 
 

@@ -40,7 +40,7 @@ class Metric:
     >>> from xpmlp.metrics import Metric
     >>> class MaxError(Metric):
     ...     name = "max_error"
-    ...     def stats(self, xp, y, p):
+    ...     def stats(self, xp: Any, y: Any, p: Any) -> tuple:
     ...         return (xp.max(xp.abs(p - y)), 1.0)
     >>> m = MaxError()
     >>> m.result(m.stats(np, np.zeros((2, 1)), np.array([[0.5], [-2.0]])))
@@ -113,7 +113,7 @@ class Accuracy(Metric):
     name = "accuracy"
     higher_is_better = True
 
-    def stats(self, xp, y, p):
+    def stats(self, xp: Any, y: Any, p: Any) -> tuple:
         true, pred = _labels(xp, y, p)
         return (xp.sum(xp.astype(true == xp.astype(pred, true.dtype), p.dtype)), float(p.shape[0]))
 
@@ -153,7 +153,7 @@ class TopKAccuracy(Metric):
         self.k = int(k)
         self.name = f"top_{self.k}_accuracy"
 
-    def stats(self, xp, y, p):
+    def stats(self, xp: Any, y: Any, p: Any) -> tuple:
         k = p.shape[1]
         onehot = y if y.ndim == 2 else xp.astype(
             xp.expand_dims(y, axis=1) == xp.arange(k, dtype=y.dtype, device=device_of(p)), p.dtype)
@@ -183,7 +183,7 @@ class _MeanOfErrors(Metric):
         """
         raise NotImplementedError
 
-    def stats(self, xp, y, p):
+    def stats(self, xp: Any, y: Any, p: Any) -> tuple:
         d = p - _as_2d(xp, y, p)
         return (xp.sum(self.error(xp, d)), float(d.shape[0] * d.shape[1]))
 
@@ -202,7 +202,7 @@ class MeanSquaredErrorMetric(_MeanOfErrors):
 
     name = "mse"
 
-    def error(self, xp, d):
+    def error(self, xp: Any, d: Any) -> Any:
         return d * d
 
 
@@ -220,7 +220,7 @@ class MeanAbsoluteErrorMetric(_MeanOfErrors):
 
     name = "mae"
 
-    def error(self, xp, d):
+    def error(self, xp: Any, d: Any) -> Any:
         return xp.abs(d)
 
 
@@ -241,7 +241,7 @@ class R2(Metric):
     name = "r2"
     higher_is_better = True
 
-    def stats(self, xp, y, p):
+    def stats(self, xp: Any, y: Any, p: Any) -> tuple:
         y = _as_2d(xp, y, p)
         d = p - y
         return (xp.sum(d * d, axis=0), xp.sum(y, axis=0), xp.sum(y * y, axis=0), float(y.shape[0]))

@@ -116,9 +116,9 @@ class Optimizer:
     >>> from xpmlp import Optimizer
     >>> class HeavyBall(Optimizer):
     ...     RULE = "buf = mu * buf + g; p = p - lr * buf"
-    ...     def initial_state(self):
+    ...     def initial_state(self) -> dict[str, float]:
     ...         return {"buf": 0.0}
-    ...     def scalars(self, lr):
+    ...     def scalars(self, lr: float) -> dict:
     ...         return {"mu": 0.5}
     >>> opt = HeavyBall(lr=0.1)
     >>> p = np.array([1.0, 2.0])
@@ -508,20 +508,20 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0 and dampening = 0")
         self.momentum, self.nesterov, self.dampening = float(momentum), bool(nesterov), float(dampening)
 
-    def initial_state(self):
+    def initial_state(self) -> dict[str, float]:
         return {"momentum": 0.0} if self.momentum else {}
 
-    def rule(self):
+    def rule(self) -> str:
         if not self.momentum:
             return "p = p - lr * g"
         return ("momentum = mu * momentum + damp * g\n"
                 + ("p = p - lr * (g + mu * momentum)" if self.nesterov else "p = p - lr * momentum"))
 
-    def scalars(self, lr):
+    def scalars(self, lr: float) -> dict:
         # torch starts the buffer at g itself (no dampening on the first step)
         return {"mu": self.momentum, "damp": 1.0 if self.t == 1 else 1.0 - self.dampening}
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov,
                 "dampening": self.dampening}
 
@@ -577,15 +577,15 @@ class Adam(Optimizer):
                 raise ValueError(f"{name} must be in [0, 1), got {b!r}")
         self.beta_1, self.beta_2, self.eps = float(beta_1), float(beta_2), float(eps)
 
-    def initial_state(self):
+    def initial_state(self) -> dict[str, float]:
         return {"m": 0.0, "v": 0.0}
 
-    def scalars(self, lr):
+    def scalars(self, lr: float) -> dict:
         # the bias corrections: step_size = lr / (1 - beta_1^t), root_bc2 = sqrt(1 - beta_2^t)
         return {"b1": self.beta_1, "b2": self.beta_2, "eps": self.eps,
                 "step_size": lr / (1.0 - self.beta_1 ** self.t), "root_bc2": math.sqrt(1.0 - self.beta_2 ** self.t)}
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "eps": self.eps}
 
 
@@ -677,7 +677,7 @@ class RMSprop(Optimizer):
         super().__init__(lr, weight_decay, clipnorm, decay_bias)
         self.alpha, self.eps, self.momentum, self.centered = float(alpha), float(eps), float(momentum), bool(centered)
 
-    def initial_state(self):
+    def initial_state(self) -> dict[str, float]:
         state = {"square_avg": 0.0}
         if self.momentum:
             state["momentum"] = 0.0
@@ -685,7 +685,7 @@ class RMSprop(Optimizer):
             state["grad_avg"] = 0.0
         return state
 
-    def rule(self):
+    def rule(self) -> str:
         lines = ["square_avg = alpha * square_avg + (1 - alpha) * (g * g)"]
         if self.centered:  # the variance estimate: E[g^2] - E[g]^2
             lines += ["grad_avg = alpha * grad_avg + (1 - alpha) * g",
@@ -698,10 +698,10 @@ class RMSprop(Optimizer):
             lines += ["p = p - lr * step"]
         return "\n".join(lines)
 
-    def scalars(self, lr):
+    def scalars(self, lr: float) -> dict:
         return {"alpha": self.alpha, "eps": self.eps, "mu": self.momentum}
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum,
                 "centered": self.centered}
 
@@ -758,13 +758,13 @@ class Adagrad(Optimizer):
         self.lr_decay, self.eps = float(lr_decay), float(eps)
         self.initial_accumulator_value = float(initial_accumulator_value)
 
-    def initial_state(self):
+    def initial_state(self) -> dict[str, float]:
         return {"sum": self.initial_accumulator_value}
 
-    def scalars(self, lr):
+    def scalars(self, lr: float) -> dict:
         return {"eps": self.eps, "clr": lr / (1.0 + (self.t - 1) * self.lr_decay)}
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "lr_decay": self.lr_decay, "eps": self.eps,
                 "initial_accumulator_value": self.initial_accumulator_value}
 

@@ -67,7 +67,7 @@ class TrainStep:
         self.reduce_grad: Any = None
         self._dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
 
-    def __call__(self, xb, yb, wb, row_loss):
+    def __call__(self, xb: Any, yb: Any, wb: Any, row_loss: Any) -> Any:
         raise NotImplementedError
 
     def snapshot(self) -> tuple:
@@ -119,7 +119,7 @@ class ReferenceStep(TrainStep):
 
     variant = "reference"
 
-    def __call__(self, xb, yb, wb, row_loss):
+    def __call__(self, xb: Any, yb: Any, wb: Any, row_loss: Any) -> Any:
         model = self.model
         z = model.forward(xb, training=True)
         row_loss[...] = self.loss.row_losses(z, yb, wb)
@@ -226,7 +226,7 @@ class FusedStep(TrainStep):
             self._workspaces[n] = ws
         return ws
 
-    def __call__(self, xb, yb, wb, row_loss):
+    def __call__(self, xb: Any, yb: Any, wb: Any, row_loss: Any) -> Any:
         ops, stages = self.ops, self.stages
         x = xb if self.standardize is None else self.standardize.forward(xb)
         ws = self._workspace(x.shape[0])
