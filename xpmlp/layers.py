@@ -49,8 +49,8 @@ __all__ = [
 class Layer:
     """Base class of every layer: a forward pass and its hand-written backward pass.
 
-    Subclasses make ``parameters`` in :meth:`build` and set their gradients in
-    :meth:`backward`; the module docstring (:mod:`xpmlp.layers`) gives the whole protocol.
+    Subclasses make ``parameters`` in :meth:`~xpmlp.Layer.build` and set their gradients in
+    :meth:`~xpmlp.Layer.backward`; the module docstring (:mod:`xpmlp.layers`) gives the whole protocol.
     A layer is used inside a :class:`~xpmlp.Sequential` model, which builds it.
 
     Attributes
@@ -58,7 +58,7 @@ class Layer:
     parameters : dict of str to Parameter
         This layer's trainable parameters by name (``"W"``, ``"b"``), empty until built.
     xp : module or None
-        The Array API namespace the layer computes with, set by :meth:`build`.
+        The Array API namespace the layer computes with, set by :meth:`~xpmlp.Layer.build`.
 
     Examples
     --------
@@ -126,7 +126,7 @@ class Layer:
         x : array of shape (n_samples, in_features)
             An array of the layer's namespace, on its device.
         training : bool, default False
-            A training pass keeps what :meth:`backward` needs (and Dropout drops); an inference
+            A training pass keeps what :meth:`~xpmlp.Layer.backward` needs (and Dropout drops); an inference
             pass keeps nothing.
 
         Returns
@@ -206,12 +206,12 @@ class Layer:
         return None
 
     def set_extra_state(self, state: Any) -> None:
-        """Take back what :meth:`get_extra_state` gave.
+        """Take back what :meth:`~xpmlp.Layer.get_extra_state` gave.
 
         Parameters
         ----------
         state : dict or None
-            What :meth:`get_extra_state` returned.
+            What :meth:`~xpmlp.Layer.get_extra_state` returned.
 
         Raises
         ------
@@ -227,7 +227,7 @@ class Layer:
         -------
         dict
             {name: array}: parameters (live views of the model's buffer), then buffers, then
-            ``"extra_state"`` if :meth:`get_extra_state` gives one.
+            ``"extra_state"`` if :meth:`~xpmlp.Layer.get_extra_state` gives one.
         """
         sd = {**self.params, **self.buffers()}
         extra = self.get_extra_state()
@@ -241,12 +241,12 @@ class Layer:
         Parameters
         ----------
         sd : dict
-            A state dict, as :meth:`state_dict` gives.
+            A state dict, as :meth:`~xpmlp.Layer.state_dict` gives.
 
         Raises
         ------
         ValueError
-            Naming the first problem: other names than :meth:`state_dict`'s, or an array of
+            Naming the first problem: other names than :meth:`~xpmlp.Layer.state_dict`'s, or an array of
             another shape or dtype.
         """
         name = type(self).__name__
@@ -273,12 +273,12 @@ class Layer:
             self._check_extra_state(sd["extra_state"])
 
     def _check_extra_state(self, state) -> None:
-        """Raise ValueError if ``state`` is not what :meth:`set_extra_state` takes."""
+        """Raise ValueError if ``state`` is not what :meth:`~xpmlp.Layer.set_extra_state` takes."""
         if state is not None:
             raise ValueError(f"{type(self).__name__} has no extra state, got {state!r}")
 
     def load_state_dict(self, sd: Any) -> None:
-        """Load what :meth:`state_dict` gives, checked whole first (:meth:`check_state_dict`).
+        """Load what :meth:`~xpmlp.Layer.state_dict` gives, checked whole first (:meth:`~xpmlp.Layer.check_state_dict`).
 
         Parameters are written in place.
 

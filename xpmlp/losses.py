@@ -60,7 +60,7 @@ class Loss:
         z : array of shape (n_samples, n_outputs)
             The network's raw outputs.
         y : array
-            Targets on the device, as :meth:`prepare_targets` gives them.
+            Targets on the device, as :meth:`~xpmlp.Loss.prepare_targets` gives them.
 
         Returns
         -------
@@ -75,7 +75,7 @@ class Loss:
         Parameters
         ----------
         xp : module
-            The Array API namespace of the last :meth:`per_sample` call.
+            The Array API namespace of the last :meth:`~xpmlp.Loss.per_sample` call.
 
         Returns
         -------
@@ -92,7 +92,7 @@ class Loss:
         z : array of shape (n_samples, n_outputs)
             The network's raw outputs (logits).
         y : array
-            Targets on z's device, as :meth:`prepare_targets` gives them.
+            Targets on z's device, as :meth:`~xpmlp.Loss.prepare_targets` gives them.
         sample_weight : array of shape (n_samples,), optional
             Each sample's weight; the divisor stays ``n_samples``.
 
@@ -111,7 +111,7 @@ class Loss:
     def row_losses(self, z: Any, y: Any, sample_weight: Any = None) -> Any:
         """Each row's loss times its weight.
 
-        :meth:`backward` then gives the gradient of their mean, as after :meth:`forward` (whose
+        :meth:`~xpmlp.Loss.backward` then gives the gradient of their mean, as after :meth:`~xpmlp.Loss.forward` (whose
         value is that mean).
 
         Parameters
@@ -119,7 +119,7 @@ class Loss:
         z : array of shape (n_samples, n_outputs)
             The network's raw outputs (logits).
         y : array
-            Targets on z's device, as :meth:`prepare_targets` gives them.
+            Targets on z's device, as :meth:`~xpmlp.Loss.prepare_targets` gives them.
         sample_weight : array of shape (n_samples,), optional
             Each sample's weight.
 
@@ -134,7 +134,7 @@ class Loss:
         return losses if sample_weight is None else losses * sample_weight
 
     def backward(self) -> Any:
-        """The gradient of the last :meth:`forward` (or :meth:`row_losses` mean) with respect to z.
+        """The gradient of the last :meth:`~xpmlp.Loss.forward` (or :meth:`~xpmlp.Loss.row_losses` mean) with respect to z.
 
         Returns
         -------

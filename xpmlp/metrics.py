@@ -79,7 +79,7 @@ class Metric:
         Parameters
         ----------
         stats : tuple
-            The element-wise sum of :meth:`stats` over batches (host values).
+            The element-wise sum of :meth:`~xpmlp.metrics.Metric.stats` over batches (host values).
 
         Returns
         -------

@@ -440,7 +440,7 @@ class Sequential:
         Returns
         -------
         dict
-            ``layers.{i}.{key}`` parameters (``layers.0.W``: views of :attr:`flat`, in
+            ``layers.{i}.{key}`` parameters (``layers.0.W``: views of ``flat``, in
             :meth:`parameters` order), ``layers.{i}.state.{key}`` buffers (Standardize's
             ``mean`` and ``std``), and ``layers.{i}.extra_state`` dicts of Python ints (each
             Dropout layer's ``key`` and ``counter``). The optimiser and the host generators
@@ -753,7 +753,7 @@ class MLP(Sequential):
     dropout : float, default 0
         Dropout rate after each hidden activation.
     standardize : bool, default False
-        Start with a :class:`Standardize` layer, so raw (unscaled) features can be given.
+        Start with a :class:`~xpmlp.Standardize` layer, so raw (unscaled) features can be given.
     init : str, optional
         Weight initialiser for every Dense layer (see :mod:`xpmlp.init`); by default He for
         ReLU-like activations and Glorot otherwise.

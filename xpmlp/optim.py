@@ -9,9 +9,9 @@ weight decay as one more statement, clipping by global norm, the step count and 
 rate checks) and runs the update with one of the executors made from the same description:
 
 - the Array API reference (any namespace; new arrays, written back with ``[...] =``);
-- NumPy: in place, in cache-sized chunks (:mod:`xpmlp.kernels_numpy`), bitwise equal to it;
+- NumPy: in place, in cache-sized chunks (``xpmlp.kernels_numpy``), bitwise equal to it;
 - CuPy: one fused ``ElementwiseKernel`` launch over the whole buffer (``Kernels.elementwise``
-  of :mod:`xpmlp.kernels_cupy`).
+  of ``xpmlp.kernels_cupy``).
 """
 
 from __future__ import annotations
@@ -329,8 +329,8 @@ class Optimizer:
         xp : module
             The arrays' namespace.
         kernels : module or Kernels, optional
-            None (the Array API reference), :mod:`xpmlp.kernels_numpy` (NumPy, in place and
-            chunked) or the ``Kernels`` of :mod:`xpmlp.kernels_cupy` (CuPy: one launch per update
+            None (the Array API reference), ``xpmlp.kernels_numpy`` (NumPy, in place and
+            chunked) or the ``Kernels`` of ``xpmlp.kernels_cupy`` (CuPy: one launch per update
             through ``kernels.elementwise(spec)``). Arrays a fast path cannot take (its
             ``kernels.usable(...)`` is False: not contiguous, read-only, a dtype it does not offer)
             take the reference path.

@@ -20,7 +20,7 @@ class Schedule:
     """Base class of the saveable schedules: ``schedule(step) -> float``, the learning rate.
 
     A subclass stores its settings as attributes named as its constructor's arguments (what
-    :meth:`get_config` returns and a model file saves) and gives ``__call__``.
+    :meth:`~xpmlp.schedules.Schedule.get_config` returns and a model file saves) and gives ``__call__``.
 
     Examples
     --------
@@ -56,7 +56,7 @@ class Schedule:
         """The schedule's state: none.
 
         Its value is a function of the optimiser's step count, which the optimiser's state dict
-        holds; its settings are :meth:`get_config`.
+        holds; its settings are :meth:`~xpmlp.schedules.Schedule.get_config`.
 
         Returns
         -------
@@ -66,7 +66,7 @@ class Schedule:
         return {}
 
     def load_state_dict(self, sd: dict) -> None:
-        """Accept :meth:`state_dict`'s ``{}``.
+        """Accept :meth:`~xpmlp.schedules.Schedule.state_dict`'s ``{}``.
 
         Parameters
         ----------

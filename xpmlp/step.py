@@ -11,7 +11,7 @@ There are two kinds:
   with softmax cross-entropy, sigmoid binary cross-entropy or MSE) with a backend's ``Ops``:
   every intermediate goes into a workspace allocated once per batch size, bias and activation
   are one operation, the loss's value and gradient one more, and the optimiser updates the
-  model's flat buffer in one pass. :class:`xpmlp.step_numpy.NumpyOps` does it with ``out=``
+  model's flat buffer in one pass. ``xpmlp.step_numpy.NumpyOps`` does it with ``out=``
   (bitwise equal to the reference); ``xpmlp.step_cuda`` with fused CuPy kernels (one launch
   each).
 

@@ -14,8 +14,8 @@ previous ones wrote. Expressions: ``+ - * /``, unary ``-``, ``sqrt(x)``, names a
 From that one text come every variant, so they cannot drift apart:
 
 (a) :meth:`Update.reference` - Python over Array API arrays (functional: new arrays, no ``out=``);
-(b) :attr:`Update.program` - a list of in-place elementwise operations on scratch buffers, which
-    :func:`xpmlp.kernels_numpy.chunked` runs in cache-sized chunks with NumPy's ``out=``;
+(b) ``Update.program`` - a list of in-place elementwise operations on scratch buffers, which
+    ``xpmlp.kernels_numpy.chunked`` runs in cache-sized chunks with NumPy's ``out=``;
 (c) :meth:`Update.kernel_spec` - the body of one CuPy ``ElementwiseKernel`` (``KernelSpec``).
 
 All three do the same IEEE operations in the same order on values of the array dtype ``T``:
@@ -26,7 +26,7 @@ kernel's ``(T)`` cast all do). So (b) and host-compiled (c) are bitwise equal to
 (c) differs only by NVRTC's multiply-add contraction and float32 denormal flushing.
 
 This module imports no array library: the reference gets ``xp``, the NumPy executor lives in
-:mod:`xpmlp.kernels_numpy`, the CUDA source is a string.
+``xpmlp.kernels_numpy``, the CUDA source is a string.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ _FUNCTIONS = {"sqrt": "sqrt"}  # name in the description -> ufunc name / Array A
 
 
 class Op(NamedTuple):
-    """One in-place elementwise operation of :attr:`Update.program`: ``out[...] = fn(*args)``.
+    """One in-place elementwise operation of ``Update.program``: ``out[...] = fn(*args)``.
 
     ``fn`` is a ufunc name (``add``, ``subtract``, ``multiply``, ``divide``, ``negative``, ``sqrt``,
     or ``copy``); ``out`` and each arg are ``("array", name)`` (p, g or a state buffer),
