@@ -338,7 +338,7 @@ class MeanSquaredError(Loss):
 
 
 class MeanAbsoluteError(Loss):
-    """Mean absolute error, mean(|z - y|) over all entries (gradient sign(z - y), zero at a tie).
+    """Mean absolute error, ``mean(|z - y|)`` over all entries (gradient sign(z - y), zero at a tie).
 
     Its name is ``"mae"``.
 

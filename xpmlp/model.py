@@ -372,7 +372,7 @@ class Sequential:
             One row per layer (index ``layer``, as ``model.layers``), columns:
             ``type`` (the layer's class); ``act_mean``, ``act_std``, ``act_frac_zero`` of the layer's
             output; ``act_frac_saturated``, for Sigmoid and Tanh layers, the share of their inputs
-            beyond the bound where the output is within 0.01 of an asymptote (|x| > 4.6 and > 2.65;
+            beyond the bound where the output is within 0.01 of an asymptote (``|x|`` > 4.6 and > 2.65;
             NaN for other layers); over all the layer's parameters (W and b together; NaN for layers
             without): ``grad_mean``, ``grad_std``, ``grad_norm`` of d(loss)/d(parameters), the loss
             being the mean over the rows, ``weight_mean``, ``weight_std``, ``weight_norm``, and
