@@ -22,7 +22,7 @@ from .chunked import Chunked
 __version__ = "0.1.0"
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> object:
     # The estimators subclass scikit-learn's BaseEstimator when it is installed, so they are
     # imported on first use: ``import xpmlp`` itself never imports scikit-learn.
     if name in ("MLPClassifier", "MLPRegressor"):

@@ -21,7 +21,8 @@ def _normal(std):
     return lambda rng, shape: rng.normal(0.0, std, size=shape)
 
 
-# name -> (fan_in, fan_out) -> sampler(rng, shape)
+#: The weight initialisers by name: ``name -> (fan_in, fan_out) -> sampler(rng, shape)``
+#: (aliases such as ``"kaiming_normal"`` are accepted too).
 INITIALIZERS = {
     "glorot_uniform": lambda i, o: _uniform(math.sqrt(6.0 / (i + o))),
     "glorot_normal": lambda i, o: _normal(math.sqrt(2.0 / (i + o))),
@@ -43,7 +44,24 @@ _HE_ACTIVATIONS = {"relu", "leaky_relu", "elu", "gelu", "softplus"}
 
 
 def default_init_for(activation: str | None) -> str:
-    """The initialiser a layer followed by ``activation`` gets by default."""
+    """The initialiser a layer followed by ``activation`` gets by default.
+
+    Parameters
+    ----------
+    activation : str or None
+        An activation's registry name (``"relu"``), or None.
+
+    Returns
+    -------
+    str
+        ``"he_uniform"`` for ReLU-like activations, ``"glorot_uniform"`` otherwise.
+
+    Examples
+    --------
+    >>> from xpmlp.init import default_init_for
+    >>> default_init_for("relu"), default_init_for("tanh")
+    ('he_uniform', 'glorot_uniform')
+    """
     return "he_uniform" if activation in _HE_ACTIVATIONS else "glorot_uniform"
 
 

@@ -55,7 +55,7 @@ GPU.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -66,7 +66,19 @@ __all__ = ["KernelSpec", "SPECS", "DTYPES", "STEP_DTYPES", "ACTIVATIONS", "ACT_S
 
 
 class KernelSpec(NamedTuple):
-    """The arguments of ``cupy.ElementwiseKernel(in_params, out_params, operation, name)``."""
+    """The arguments of ``cupy.ElementwiseKernel(in_params, out_params, operation, name)``.
+
+    Parameters
+    ----------
+    in_params : str
+        The input parameters, e.g. ``"T g, float64 lr"``.
+    out_params : str
+        The output parameters, written in place.
+    operation : str
+        The CUDA C body, run for each element ``i``.
+    name : str
+        The kernel's name.
+    """
 
     in_params: str
     out_params: str
@@ -163,7 +175,19 @@ def bias_act_spec(name: str, bias: bool) -> KernelSpec | None:
     """``z += b`` (when ``bias``) and ``h = act(z)`` in one kernel; None for identity without bias.
 
     Call: ``kernel([b,] *scalars, z, h)`` with z, h (n, k) and b (k,) raw; identity has no h
-    (its output is z itself). ``scalars``: the layer attributes of :data:`ACT_SCALARS`.
+    (its output is z itself). ``scalars``: the layer attributes of ``ACT_SCALARS``.
+
+    Parameters
+    ----------
+    name : str
+        The activation's name (a key of ``ACTIVATIONS``).
+    bias : bool
+        Whether the kernel adds a bias first.
+
+    Returns
+    -------
+    KernelSpec or None
+        The kernel's arguments, or None when there is nothing to compute.
     """
     forward = ACTIVATIONS[name][0]
     if name == "identity" and not bias:
@@ -179,6 +203,16 @@ def act_backward_spec(name: str) -> KernelSpec | None:
     """``g *= act'(.)`` in place; None for identity (nothing to do).
 
     Call: ``kernel(z, h, *scalars, g)``, all (n, k); z is the activation's input, h its output.
+
+    Parameters
+    ----------
+    name : str
+        The activation's name (a key of ``ACTIVATIONS``).
+
+    Returns
+    -------
+    KernelSpec or None
+        The kernel's arguments, or None for the identity.
     """
     backward = ACTIVATIONS[name][1]
     if not backward:
@@ -245,6 +279,27 @@ def loss_spec(name: str, *, bias: bool, weighted: bool, labels: bool = False) ->
     raw, y (n,) labels or (n, k) raw, w and row_loss (n,). Scalars: softmax cross-entropy
     ``smooth`` (bool: label smoothing on), ``keep`` (1 - ls), ``spread`` (ls / k), ``n`` (rows);
     the others ``count`` (n * k).
+
+    Parameters
+    ----------
+    name : str
+        The loss's name, one of ``LOSSES``.
+    bias : bool
+        Whether the kernel adds the last Dense layer's bias first.
+    weighted : bool
+        Whether rows have weights ``w``.
+    labels : bool, default False
+        Softmax cross-entropy with integer labels (n,) int64 instead of rows y (n, k).
+
+    Returns
+    -------
+    KernelSpec
+        The kernel's arguments.
+
+    Raises
+    ------
+    ValueError
+        For a loss without a kernel, or labels with another loss than softmax cross-entropy.
     """
     if name not in _LOSS_BODIES:
         raise ValueError(f"no fused kernel for loss {name!r}")
@@ -262,7 +317,13 @@ def loss_spec(name: str, *, bias: bool, weighted: bool, labels: bool = False) ->
 
 
 def step_specs() -> dict[str, KernelSpec]:
-    """Every step kernel, by kernel name (for the tests: NVRTC and host runs of each)."""
+    """Every step kernel, by kernel name (for the tests: NVRTC and host runs of each).
+
+    Returns
+    -------
+    dict of str to KernelSpec
+        The specs of every activation and loss kernel variant.
+    """
     specs = []
     for name in ACTIVATIONS:
         specs += [bias_act_spec(name, True), bias_act_spec(name, False), act_backward_spec(name)]
@@ -281,25 +342,53 @@ class Kernels:
     ``cupy.ElementwiseKernel`` compiles lazily, on the first call for each dtype and argument
     layout, so making this object and its kernels is cheap; :meth:`probe` forces one
     compilation and launch.
+
+    Parameters
+    ----------
+    cupy : module
+        The ``cupy`` module, or an object with its API (see :func:`build`).
     """
 
-    def __init__(self, cupy):
+    def __init__(self, cupy: Any) -> None:
         self.cupy = self._cupy = cupy  # the module (the fused step's GEMMs and reductions use it too)
         self._kernels = {key: cupy.ElementwiseKernel(spec.in_params, spec.out_params, spec.operation, spec.name)
                          for key, spec in SPECS.items()}
         self._by_spec: dict[KernelSpec, object] = {}
 
-    def elementwise(self, spec: KernelSpec):
-        """``cupy.ElementwiseKernel(*spec)``, made once per spec (CuPy then compiles it once per
-        dtype and device at its first call)."""
+    def elementwise(self, spec: KernelSpec) -> Any:
+        """``cupy.ElementwiseKernel(*spec)``, made once per spec.
+
+        CuPy then compiles it once per dtype and device at its first call.
+
+        Parameters
+        ----------
+        spec : KernelSpec
+            The kernel's arguments.
+
+        Returns
+        -------
+        cupy.ElementwiseKernel
+            The kernel, the same object for equal specs.
+        """
         kernel = self._by_spec.get(spec)
         if kernel is None:
             kernel = self._by_spec[spec] = self._cupy.ElementwiseKernel(
                 spec.in_params, spec.out_params, spec.operation, spec.name)
         return kernel
 
-    def usable(self, *arrays) -> bool:
-        """True when the kernels apply: CuPy arrays, C-contiguous, one shape, one dtype of DTYPES."""
+    def usable(self, *arrays: Any) -> bool:
+        """True when the kernels apply: CuPy arrays, C-contiguous, one shape, one dtype of DTYPES.
+
+        Parameters
+        ----------
+        *arrays : array
+            The arrays a kernel would take.
+
+        Returns
+        -------
+        bool
+            Whether the kernels apply (False for no arrays).
+        """
         if not arrays:
             return False
         first = arrays[0]
@@ -308,8 +397,30 @@ class Kernels:
                     and a.shape == first.shape for a in arrays)
                 and str(first.dtype) in DTYPES)
 
-    def dropout_mask(self, shape, dtype, rate: float, key: int, counter: int, offset: int = 0):
-        """``xpmlp.rng.dropout_mask`` in one launch (bit for bit), or None where it does not apply."""
+    def dropout_mask(self, shape: tuple, dtype: Any, rate: float, key: int, counter: int, offset: int = 0) -> Any:
+        """``xpmlp.rng.dropout_mask`` in one launch (bit for bit), or None where it does not apply.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            The mask's shape.
+        dtype : dtype or str
+            The mask's floating dtype.
+        rate : float in [0, 1)
+            Fraction dropped.
+        key : int
+            The stream key.
+        counter : int
+            The step number.
+        offset : int, default 0
+            This mask is elements ``offset ..`` of a larger one.
+
+        Returns
+        -------
+        cupy.ndarray or None
+            The mask (0 or ``1 / (1 - rate)``), or None for a dtype the kernel does not offer, a
+            rate within 2**-33 of 1, or a draw beyond 2**32 elements.
+        """
         n = 1
         for d in shape:
             n *= int(d)
@@ -331,17 +442,27 @@ class Kernels:
         cupy = self._cupy
         z = cupy.asarray(np.array([[1.0]], dtype=np.float32))
         b = cupy.asarray(np.array([0.5], dtype=np.float32))
-        self.elementwise(bias_act_spec("identity", True))(b, z)
+        spec = bias_act_spec("identity", True)
+        assert spec is not None  # with a bias there is something to compute
+        self.elementwise(spec)(b, z)
         got = float(z.get()[0, 0])
         if got != 1.5:
             raise RuntimeError(f"the CuPy bias kernel computed {got!r} instead of 1.5 in a one-element probe")
 
 
-def build(cupy) -> Kernels:
+def build(cupy: Any) -> Kernels:
     """The kernels made with ``cupy.ElementwiseKernel`` of the given module.
 
-    ``cupy`` is the ``cupy`` module or an object with the same API: ``ElementwiseKernel``,
-    ``ndarray``, ``asarray`` (of a NumPy array), and arrays with ``.flags``, ``.dtype``,
-    ``.shape`` and ``.get()``.
+    Parameters
+    ----------
+    cupy : module
+        The ``cupy`` module or an object with the same API: ``ElementwiseKernel``,
+        ``ndarray``, ``asarray`` (of a NumPy array), and arrays with ``.flags``, ``.dtype``,
+        ``.shape`` and ``.get()``.
+
+    Returns
+    -------
+    Kernels
+        The kernels (compiled lazily).
     """
     return Kernels(cupy)

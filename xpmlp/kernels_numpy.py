@@ -15,26 +15,50 @@ arrays only.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 CHUNK = 1 << 16  # elements: 256 KiB of float32 per array, so p, g, m, v and a scratch fit in L2
 
-_UFUNCS = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": np.divide,
+_UFUNCS: dict[str, Callable[..., Any]] = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": np.divide,
            "negative": np.negative, "sqrt": np.sqrt, "copy": lambda src, out: np.copyto(out, src)}
 
 
-def usable(*arrays) -> bool:
+def usable(*arrays: Any) -> bool:
+    """Whether :func:`chunked` can run on these arrays.
+
+    Parameters
+    ----------
+    *arrays : array
+        The update's arrays (p, g and the state buffers).
+
+    Returns
+    -------
+    bool
+        True when all are C-contiguous, writable NumPy arrays of one float dtype and one shape.
+    """
     first = arrays[0]
     return all(type(a) is np.ndarray and a.flags.c_contiguous and a.flags.writeable and a.dtype == first.dtype
                and a.shape == first.shape for a in arrays) and first.dtype.kind == "f"
 
 
-def chunked(update):
+def chunked(update: Any) -> Callable[[dict, dict], None]:
     """``run(arrays, values)``: ``update`` (an :class:`xpmlp.update.Update`) in place.
 
     ``arrays`` maps p, g and the state names to 1-D arrays of one size and dtype (:func:`usable`;
     g is only read), ``values`` is ``update.host_values(...)``. The scratch buffers are made on
     the first call for each dtype and size, then reused: no allocation per step.
+
+    Parameters
+    ----------
+    update : Update
+        The parsed update.
+
+    Returns
+    -------
+    callable
+        ``run(arrays, values) -> None``, which writes the outputs into ``arrays``.
     """
     names = update.arrays
     n_arrays = len(names)

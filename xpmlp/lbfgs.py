@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from typing import Any, Callable
 
 import numpy as np
 
@@ -86,15 +87,8 @@ class LBFGS:
         With a model: rows per forward and backward pass, so memory holds one chunk's
         activations; the objective does not depend on it beyond rounding.
 
-    The tests run in scipy's order after each iteration: ``max_iter``, ``max_fun``, then the
-    gradient, then the reduction of f; so a run that converges at its last allowed iteration
-    reports ``max_iter`` and ``converged_`` False, as scipy (and so scikit-learn) does. Before the
-    first iteration the gradient alone is tested. When a line search finds no decrease, the
-    history is dropped and the steepest descent direction is tried; if that fails too, the run
-    stops (``converged_`` False, scipy's "ABNORMAL_TERMINATION_IN_LNSRCH").
-
-    Attributes (after :meth:`minimize`, or a ``fit``; :meth:`reset` and :meth:`step` update them)
-    ----------------------------------------------------------------------------------------------
+    Attributes
+    ----------
     n_iter_ : int
         Iterations done (scikit-learn's ``n_iter_``).
     n_fun_ : int
@@ -108,32 +102,89 @@ class LBFGS:
     x_ : array
         The current (in the end, final) point.
 
+    The attributes describe the last run: after :meth:`minimize`, or a ``fit``; :meth:`reset`
+    and :meth:`step` update them.
+
+    Raises
+    ------
+    ValueError
+        If a count is not a positive integer, or ``tol``, ``ftol`` or ``l2`` is not a finite
+        number >= 0.
+
+    See Also
+    --------
+    xpmlp.lbfgs.fit_lbfgs : What ``model.fit(..., optimizer=LBFGS(...))`` runs.
+
+    Notes
+    -----
+    The tests run in scipy's order after each iteration: ``max_iter``, ``max_fun``, then the
+    gradient, then the reduction of f; so a run that converges at its last allowed iteration
+    reports ``max_iter`` and ``converged_`` False, as scipy (and so scikit-learn) does. Before the
+    first iteration the gradient alone is tested. When a line search finds no decrease, the
+    history is dropped and the steepest descent direction is tried; if that fails too, the run
+    stops (``converged_`` False, scipy's "ABNORMAL_TERMINATION_IN_LNSRCH").
+
     With a model (``model.fit(X, y, loss=..., optimizer=LBFGS(...))``) the objective is
     scikit-learn's MLP objective::
 
         [sum_i w_i * loss_i + (l2 / 2) * sum over Dense kernels W of ||W||^2] / sum_i w_i
 
     with ``loss_i`` the loss of row i, ``w_i`` its sample weight times its class weight (1
-    without: the divisor is then n). Biases are not penalised. See :func:`fit_lbfgs`.
+    without: the divisor is then n). Biases are not penalised.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp import LBFGS
+    >>> target = np.array([1.0, -2.0])
+    >>> def fun(x):
+    ...     return float(((x - target) ** 2).sum()), 2.0 * (x - target)
+    >>> opt = LBFGS(tol=1e-8)
+    >>> opt.minimize(fun, np.zeros(2)).round(6), opt.converged_
+    (array([ 1., -2.]), True)
+
+    With a model, full batch:
+
+    >>> import xpmlp
+    >>> X, y = xpmlp.datasets.make_xor(200, seed=0)
+    >>> model = xpmlp.MLP([2, 16, 2], activation="tanh", seed=0, dtype="float64")
+    >>> history = model.fit(X, y, loss="softmax_cross_entropy", optimizer=LBFGS(max_iter=50),
+    ...                     verbose=0)
+    >>> len(history.history["loss"]) <= 50
+    True
     """
 
     def __init__(self, max_iter: int = 200, max_fun: int = 15000, tol: float = 1e-4, history_size: int = 10,
-                 l2: float = 0.0, *, ftol: float = FTOL, chunk_size: int = CHUNK_ROWS):
+                 l2: float = 0.0, *, ftol: float = FTOL, chunk_size: int = CHUNK_ROWS) -> None:
         for name, value in (("max_iter", max_iter), ("max_fun", max_fun), ("history_size", history_size),
                             ("chunk_size", chunk_size)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"LBFGS {name} must be a positive integer, got {value!r}")
-        for name, value in (("tol", tol), ("ftol", ftol), ("l2", l2)):
-            number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-            if not (number and math.isfinite(value) and value >= 0):
-                raise ValueError(f"LBFGS {name} must be a finite number >= 0, got {value!r}")
+        for name, real in (("tol", tol), ("ftol", ftol), ("l2", l2)):
+            number = isinstance(real, (int, float, np.integer, np.floating)) and not isinstance(real, bool)
+            if not (number and math.isfinite(real) and real >= 0):
+                raise ValueError(f"LBFGS {name} must be a finite number >= 0, got {real!r}")
         self.max_iter, self.max_fun, self.history_size, self.chunk_size = (int(max_iter), int(max_fun),
                                                                            int(history_size), int(chunk_size))
         self.tol, self.ftol, self.l2 = float(tol), float(ftol), float(l2)
-        self.n_iter_ = self.n_fun_ = 0
-        self.converged_, self.message_, self.loss_, self.x_ = False, None, None, None
+        self.n_iter_: int = 0
+        self.n_fun_: int = 0
+        self.converged_: bool = False
+        self.message_: str | None = None
+        self.loss_: float | None = None
+        self.x_: Any = None
+        self._pairs: list[tuple[Any, Any, float]] = []
+        self._fun: Callable | None = None
+        self._g: Any = None
 
     def get_config(self) -> dict:
+        """Constructor arguments that rebuild this optimiser (used for repr).
+
+        Returns
+        -------
+        dict
+            Keyword arguments of the constructor.
+        """
         return {"max_iter": self.max_iter, "max_fun": self.max_fun, "tol": self.tol, "history_size": self.history_size,
                 "l2": self.l2, "ftol": self.ftol, "chunk_size": self.chunk_size}
 
@@ -141,7 +192,8 @@ class LBFGS:
         return "LBFGS(" + ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()) + ")"
 
     # -- the algorithm -------------------------------------------------------------------------
-    def minimize(self, fun, x0, callback=None):
+    def minimize(self, fun: Callable[[Any], tuple[Any, Any]], x0: Any,
+                 callback: Callable[[LBFGS], bool] | None = None) -> Any:
         """Minimise ``fun`` from ``x0``; return the final point (also ``x_``).
 
         Parameters
@@ -149,9 +201,15 @@ class LBFGS:
         fun : callable ``fun(x) -> (f, g)``
             The objective at a 1-D array x (a Python float or 0-d array) and its gradient (an
             array like x). It may keep x's memory only until it returns.
-        x0 : 1-D array of a floating dtype, of any Array API library; not modified.
+        x0 : array of shape (n,)
+            The starting point: a floating dtype, of any Array API library; not modified.
         callback : callable ``callback(optimizer) -> bool``, optional
             Called after each iteration (read ``x_``, ``loss_``, ``n_iter_``); True stops the run.
+
+        Returns
+        -------
+        array of shape (n,)
+            The final point, in x0's library and on its device.
         """
         self.reset(fun, x0)
         while self.message_ is None:
@@ -159,33 +217,54 @@ class LBFGS:
                 self.stop("stopped by the callback")
         return self.x_
 
-    def reset(self, fun, x0) -> None:
-        """Start a run at ``x0``: evaluate it, clear the history, and test its gradient."""
+    def reset(self, fun: Callable[[Any], tuple[Any, Any]], x0: Any) -> None:
+        """Start a run at ``x0``: evaluate it, clear the history, and test its gradient.
+
+        Parameters
+        ----------
+        fun : callable ``fun(x) -> (f, g)``
+            The objective and its gradient, as for :meth:`minimize`.
+        x0 : array of shape (n,)
+            The starting point; not modified.
+        """
         self._fun, self._xp = fun, namespace_of(x0)
         self.n_iter_ = self.n_fun_ = 0
         self.converged_, self.message_, self._pairs = False, None, []
         self.x_ = self._xp.asarray(x0, copy=True)
-        self.loss_, self._g = self._evaluate(self.x_)
+        loss, self._g = self._evaluate(self.x_)
+        self.loss_ = loss
         (gmax,) = _read(self._xp, self._xp.max(self._xp.abs(self._g)))
-        if not (math.isfinite(self.loss_) and math.isfinite(gmax)):
-            self.stop(f"the objective ({self.loss_:g}) or its gradient is not finite at the starting point")
+        if not (math.isfinite(loss) and math.isfinite(gmax)):
+            self.stop(f"the objective ({loss:g}) or its gradient is not finite at the starting point")
         elif gmax <= self.tol:
             self.stop(f"converged: the largest gradient entry {gmax:.3g} <= tol={self.tol:g}", converged=True)
 
     def stop(self, message: str, converged: bool = False) -> None:
-        """End the run with ``message`` (``converged_`` as given); let go of the function and history."""
+        """End the run with ``message``; let go of the function and history.
+
+        Parameters
+        ----------
+        message : str
+            Why the run ends (``message_``).
+        converged : bool, default False
+            The value of ``converged_``.
+        """
         self.message_, self.converged_ = message, converged
         self._fun, self._g, self._pairs = None, None, []  # fun may hold the training set on a device
 
     def step(self) -> bool:
         """One iteration: direction, line search, history update, stopping tests.
 
-        Returns True when an iteration was done (False if the run had ended, or ends now
-        because no step along the steepest descent direction decreases the objective).
+        Returns
+        -------
+        bool
+            True when an iteration was done (False if the run had ended, or ends now because no
+            step along the steepest descent direction decreases the objective).
         """
         if self.message_ is not None:
             return False
         xp, x, g, f = self._xp, self.x_, self._g, self.loss_
+        assert f is not None  # a run is on: reset evaluated the starting point
         while True:
             d = self._direction(g)
             (gd, dd) = _read(xp, _dot(xp, g, d), _dot(xp, d, d))
@@ -222,8 +301,9 @@ class LBFGS:
                       f"{(f - f_new) / max(abs(f), abs(f_new), 1.0):.3g} <= ftol={self.ftol:g}", converged=True)
         return True
 
-    def _evaluate(self, x):
+    def _evaluate(self, x: Any) -> tuple[float, Any]:
         self.n_fun_ += 1
+        assert self._fun is not None  # only while a run is on
         f, g = self._fun(x)
         return float(to_numpy(f)), g
 
@@ -281,27 +361,38 @@ class LBFGS:
 
 
 # -- with a model -----------------------------------------------------------------------------------
-def loss_and_gradient(model, loss, X, y, sample_weight=None, *, denominator: float, chunk_size: int = CHUNK_ROWS):
+def loss_and_gradient(model: Any, loss: Any, X: Any, y: Any, sample_weight: Any = None, *, denominator: float,
+                      chunk_size: int = CHUNK_ROWS) -> tuple[Any, Any]:
     """``sum_i w_i * loss_i / denominator`` over all rows, and its gradient, ``chunk_size`` rows a pass.
-
-    Parameters
-    ----------
-    model : a built Sequential; its current weights are used.
-    loss : Loss
-    X, y, sample_weight : device arrays as ``fit`` prepares them (rows of X, targets as
-        ``loss.prepare_targets`` gives them, weights (n,) or None).
-    denominator : float
-        n for the mean (``model.gradients``), the sum of the weights for scikit-learn's objective.
-
-    Returns
-    -------
-    (0-d array, 1-D array of ``model.flat.size``): the value, and its gradient in the order of
-    ``model.flat`` (a new array).
 
     Dropout layers run as in inference (they pass inputs through and draw no mask); every other
     layer runs its training pass, which keeps what ``backward`` needs. Each chunk's backward
     writes the model's flat gradient buffer (``model.flat.grad``), which is left holding the last
     chunk's part; ``fit`` rewrites that buffer at every step before reading it.
+
+    Parameters
+    ----------
+    model : Sequential
+        A built model; its current weights are used.
+    loss : Loss
+        The loss.
+    X : array of shape (n_samples, n_features)
+        Inputs on the model's device, as ``fit`` prepares them.
+    y : array
+        Targets as ``loss.prepare_targets`` gives them.
+    sample_weight : array of shape (n_samples,), optional
+        Each row's weight.
+    denominator : float
+        n for the mean (``model.gradients``), the sum of the weights for scikit-learn's objective.
+    chunk_size : int, default 4096
+        Rows per forward and backward pass.
+
+    Returns
+    -------
+    value : 0-d array
+        The objective.
+    grad : array of shape (model.flat.size,)
+        Its gradient in the order of ``model.flat`` (a new array).
     """
     xp, n = model.xp, X.shape[0]
     total = grad = None
@@ -347,11 +438,65 @@ def _objective(model, loss, X, y, weights, l2: float, chunk_size: int):
     return fun
 
 
-def fit_lbfgs(model, optimizer: LBFGS, X, y, *, loss=None, epochs=1, batch_size=32, shuffle=True, seed=None,
-              verbose=0, validation_data=None, validation_split=0.0, metrics=None, class_weight=None,
-              sample_weight=None, callbacks=None, on_divergence="raise") -> History:
+def fit_lbfgs(model: Any, optimizer: LBFGS, X: Any, y: Any, *, loss: Any = None, epochs: int = 1,
+              batch_size: int = 32, shuffle: bool = True, seed: int | None = None, verbose: Any = 0,
+              validation_data: Any = None, validation_split: float = 0.0, metrics: Any = None,
+              class_weight: Any = None, sample_weight: Any = None, callbacks: Any = None,
+              on_divergence: str = "raise") -> History:
     """``model.fit`` with an :class:`LBFGS` optimiser: full batch, one History entry per iteration.
 
+    Parameters
+    ----------
+    model : Sequential
+        The model to train.
+    optimizer : LBFGS
+        The optimiser and its stopping rules.
+    X : array-like of shape (n_samples, n_features)
+        Inputs, as ``fit`` takes arrays.
+    y : array-like
+        Targets, as ``fit`` takes them.
+    loss : str or Loss, optional
+        As for ``fit``.
+    epochs : int, default 1
+        Refused unless 1: use ``LBFGS(max_iter=...)``.
+    batch_size : int, default 32
+        Refused unless 32: use ``LBFGS(chunk_size=...)``.
+    shuffle : bool, default True
+        Ignored.
+    seed : int, optional
+        Draws ``validation_split``.
+    verbose : int or str, default 0
+        Print one line per iteration when true.
+    validation_data : tuple, optional
+        ``(X_val, y_val)``, as for ``fit``.
+    validation_split : float, default 0
+        As for ``fit``.
+    metrics : list, optional
+        As for ``fit``.
+    class_weight : dict or "balanced", optional
+        As for ``fit``.
+    sample_weight : array-like of shape (n_samples,), optional
+        As for ``fit``.
+    callbacks : list of Callback, optional
+        As for ``fit``; those that set a learning rate are refused.
+    on_divergence : {"raise", "warn"}, default "raise"
+        As for ``fit``.
+
+    Returns
+    -------
+    History
+        One entry per iteration; also ``model.history``.
+
+    Raises
+    ------
+    ValueError
+        For ``epochs`` or ``batch_size`` given, Dropout with a rate > 0, a callback that sets a
+        learning rate, and the checks of ``fit``.
+    DivergenceError
+        If the objective is not finite at the starting weights and ``on_divergence="raise"``.
+
+    Notes
+    -----
     Each L-BFGS iteration is an "epoch" for History and the callbacks: ``on_epoch_begin`` before
     it, ``on_epoch_end`` after it with ``loss`` (the objective, penalty included), each metric and
     ``val_*`` (computed as in ``fit``, with ``val_loss`` the plain mean loss), ``epoch_time`` and

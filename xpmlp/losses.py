@@ -10,10 +10,12 @@ and a short last batch, is scaled the same), then ``backward() -> dL/dz`` of z's
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .backend import device_of, namespace_of
-from .functional import log_softmax_rows, probability, sigmoid, softmax_rows
+from .functional import inherit_docstrings, log_softmax_rows, probability, sigmoid, softmax_rows
 
 __all__ = ["Loss", "SoftmaxCrossEntropy", "SigmoidBinaryCrossEntropy", "MeanSquaredError",
            "MeanAbsoluteError", "Huber", "LOSSES", "get_loss"]
@@ -25,20 +27,80 @@ class Loss:
     ``forward(z, y, sample_weight=None)`` returns the mean over the batch of
     ``sample_weight[i] * loss_i`` (Keras's convention: weights scale each sample's pull, the
     divisor stays the batch size); ``backward()`` returns its gradient with respect to z.
+    Calling a loss is calling its ``forward``. :data:`~xpmlp.LOSSES` maps names to the classes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp import MeanSquaredError
+    >>> loss = MeanSquaredError()
+    >>> z = np.array([[1.0], [3.0]])
+    >>> y = np.array([[0.0], [1.0]])
+    >>> float(loss(z, y))
+    2.5
+    >>> loss.backward()
+    array([[1.],
+           [2.]])
     """
 
     name = ""
     is_classifier = False
 
-    def per_sample(self, xp, z, y):
-        """Loss of each row, shape (n,); caches what ``mean_grad`` needs."""
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        inherit_docstrings(cls)  # an override of a hook carries the hook's documentation
+
+    def per_sample(self, xp: Any, z: Any, y: Any) -> Any:
+        """Loss of each row; caches what ``mean_grad`` needs.
+
+        Parameters
+        ----------
+        xp : module
+            The Array API namespace of ``z``.
+        z : array of shape (n_samples, n_outputs)
+            The network's raw outputs.
+        y : array
+            Targets on the device, as :meth:`~xpmlp.Loss.prepare_targets` gives them.
+
+        Returns
+        -------
+        array of shape (n_samples,)
+            Each row's loss.
+        """
         raise NotImplementedError
 
-    def mean_grad(self, xp):
-        """Gradient of the unweighted batch mean with respect to z, shape of z."""
+    def mean_grad(self, xp: Any) -> Any:
+        """Gradient of the unweighted batch mean with respect to z.
+
+        Parameters
+        ----------
+        xp : module
+            The Array API namespace of the last :meth:`~xpmlp.Loss.per_sample` call.
+
+        Returns
+        -------
+        array of shape (n_samples, n_outputs)
+            d(mean loss)/dz, of the shape of z.
+        """
         raise NotImplementedError
 
-    def forward(self, z, y, sample_weight=None):
+    def forward(self, z: Any, y: Any, sample_weight: Any = None) -> Any:
+        """The batch's loss: the mean of each sample's loss times its weight.
+
+        Parameters
+        ----------
+        z : array of shape (n_samples, n_outputs)
+            The network's raw outputs (logits).
+        y : array
+            Targets on z's device, as :meth:`~xpmlp.Loss.prepare_targets` gives them.
+        sample_weight : array of shape (n_samples,), optional
+            Each sample's weight; the divisor stays ``n_samples``.
+
+        Returns
+        -------
+        0-d array
+            The loss, in z's namespace and dtype.
+        """
         xp = namespace_of(z)
         self._xp, self._w = xp, sample_weight
         losses = self.per_sample(xp, z, y)
@@ -46,33 +108,99 @@ class Loss:
             return xp.mean(losses)
         return xp.sum(losses * sample_weight) / z.shape[0]
 
-    def row_losses(self, z, y, sample_weight=None):
-        """Each row's loss times its weight, shape (n,); ``backward`` then gives the gradient of
-        their mean, as after ``forward`` (whose value is that mean)."""
+    def row_losses(self, z: Any, y: Any, sample_weight: Any = None) -> Any:
+        """Each row's loss times its weight.
+
+        :meth:`~xpmlp.Loss.backward` then gives the gradient of their mean, as after :meth:`~xpmlp.Loss.forward` (whose
+        value is that mean).
+
+        Parameters
+        ----------
+        z : array of shape (n_samples, n_outputs)
+            The network's raw outputs (logits).
+        y : array
+            Targets on z's device, as :meth:`~xpmlp.Loss.prepare_targets` gives them.
+        sample_weight : array of shape (n_samples,), optional
+            Each sample's weight.
+
+        Returns
+        -------
+        array of shape (n_samples,)
+            Each row's weighted loss.
+        """
         xp = namespace_of(z)
         self._xp, self._w = xp, sample_weight
         losses = self.per_sample(xp, z, y)
         return losses if sample_weight is None else losses * sample_weight
 
-    def backward(self):
+    def backward(self) -> Any:
+        """The gradient of the last :meth:`~xpmlp.Loss.forward` (or :meth:`~xpmlp.Loss.row_losses` mean) with respect to z.
+
+        Returns
+        -------
+        array of shape (n_samples, n_outputs)
+            d(loss)/dz, sample weights applied.
+        """
         g = self.mean_grad(self._xp)
         return g if self._w is None else g * self._xp.expand_dims(self._w, axis=1)
 
-    def __call__(self, z, y, sample_weight=None):
+    def __call__(self, z: Any, y: Any, sample_weight: Any = None) -> Any:
         return self.forward(z, y, sample_weight)
 
-    def link(self, xp, z):
-        """Predictions from outputs z (n, k): identity unless the loss fuses an activation."""
+    def link(self, xp: Any, z: Any) -> Any:
+        """Predictions from outputs z: identity unless the loss fuses an activation.
+
+        Parameters
+        ----------
+        xp : module
+            The Array API namespace of ``z``.
+        z : array of shape (n_samples, n_outputs)
+            The network's raw outputs.
+
+        Returns
+        -------
+        array of shape (n_samples, n_outputs)
+            Probabilities for the cross-entropies, ``z`` itself for regression losses.
+        """
         return z
 
-    def prepare_targets(self, y, backend, dtype: str, n_outputs: int, what: str = "y"):
+    def prepare_targets(self, y: Any, backend: Any, dtype: str, n_outputs: int, what: str = "y") -> Any:
         """Validate targets and bring them to the device in the shape ``forward`` expects.
 
-        ``what`` names the targets in error messages ("y", "y_val").
+        Parameters
+        ----------
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            The targets, as the user gave them.
+        backend : Backend
+            The model's backend (:class:`~xpmlp.Backend`).
+        dtype : str
+            The model's dtype.
+        n_outputs : int
+            The model's output width.
+        what : str, default "y"
+            Names the targets in error messages ("y", "y_val").
+
+        Returns
+        -------
+        array
+            The targets on the device: (n_samples, n_outputs) floats, or int64 labels of shape
+            (n_samples,) for :class:`SoftmaxCrossEntropy`.
+
+        Raises
+        ------
+        ValueError
+            If the targets do not fit the loss or the model's outputs (shape, values, dtype).
         """
         return _regression_targets(y, backend, dtype, n_outputs, what)
 
     def get_config(self) -> dict:
+        """Constructor arguments that rebuild this loss (used for saving and repr).
+
+        Returns
+        -------
+        dict
+            Keyword arguments of the constructor, JSON-able.
+        """
         return {}
 
     def __repr__(self):
@@ -84,13 +212,35 @@ class SoftmaxCrossEntropy(Loss):
     """Softmax followed by cross-entropy, from logits.
 
     Targets: integer labels of shape (n,) in [0, k), or class probabilities / one-hot rows of
-    shape (n, k). ``label_smoothing`` mixes the targets with the uniform distribution.
+    shape (n, k). The model needs at least 2 outputs.
+
+    Parameters
+    ----------
+    label_smoothing : float in [0, 1), default 0
+        Mixes the targets with the uniform distribution.
+
+    Raises
+    ------
+    ValueError
+        If ``label_smoothing`` is not in [0, 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp import SoftmaxCrossEntropy
+    >>> loss = SoftmaxCrossEntropy()
+    >>> z = np.array([[2.0, 0.0], [0.0, 0.0]])
+    >>> round(float(loss(z, np.array([0, 1]))), 3)
+    0.41
+    >>> loss.link(np, z).round(3)
+    array([[0.881, 0.119],
+           [0.5  , 0.5  ]])
     """
 
     name = "softmax_cross_entropy"
     is_classifier = True
 
-    def __init__(self, label_smoothing: float = 0.0):
+    def __init__(self, label_smoothing: float = 0.0) -> None:
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
         self.label_smoothing = float(label_smoothing)
@@ -103,24 +253,24 @@ class SoftmaxCrossEntropy(Loss):
             y = (1.0 - self.label_smoothing) * y + self.label_smoothing / k
         return y
 
-    def per_sample(self, xp, z, y):
+    def per_sample(self, xp: Any, z: Any, y: Any) -> Any:
         _check_softmax_outputs(z.shape[1])
         t = self._targets(xp, z, y)
         logp = log_softmax_rows(xp, z)
         self._p, self._t = xp.exp(logp), t
         return -xp.sum(t * logp, axis=1)
 
-    def mean_grad(self, xp):
+    def mean_grad(self, xp: Any) -> Any:
         return (self._p - self._t) / self._p.shape[0]
 
-    def link(self, xp, z):
+    def link(self, xp: Any, z: Any) -> Any:
         return softmax_rows(xp, z)
 
-    def prepare_targets(self, y, backend, dtype, n_outputs, what="y"):
+    def prepare_targets(self, y: Any, backend: Any, dtype: str, n_outputs: int, what: str = "y") -> Any:
         _check_softmax_outputs(n_outputs)
         return _class_targets(y, backend, dtype, n_outputs, what)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"label_smoothing": self.label_smoothing}
 
 
@@ -128,24 +278,36 @@ class SigmoidBinaryCrossEntropy(Loss):
     """Sigmoid followed by binary cross-entropy, from logits, mean over all entries.
 
     Targets in [0, 1], shape (n,) for one output or (n, k) for k independent labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp import SigmoidBinaryCrossEntropy
+    >>> loss = SigmoidBinaryCrossEntropy()
+    >>> z = np.array([[0.0], [2.0]])
+    >>> round(float(loss(z, np.array([[1.0], [1.0]]))), 3)
+    0.41
+    >>> loss.link(np, z).round(3)
+    array([[0.5  ],
+           [0.881]])
     """
 
     name = "sigmoid_binary_cross_entropy"
     is_classifier = True
 
-    def per_sample(self, xp, z, y):
+    def per_sample(self, xp: Any, z: Any, y: Any) -> Any:
         self._z, self._y = z, y
         # log(1 + exp(z)) - z*y, with the log1p term bounded: never overflows.
         per_entry = xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
         return xp.mean(per_entry, axis=1)
 
-    def mean_grad(self, xp):
+    def mean_grad(self, xp: Any) -> Any:
         return (sigmoid(xp, self._z) - self._y) / _count(self._z)
 
-    def link(self, xp, z):
+    def link(self, xp: Any, z: Any) -> Any:
         return probability(xp, z)  # reported probabilities: never exactly 0 or 1 short of the dtype's range
 
-    def prepare_targets(self, y, backend, dtype, n_outputs, what="y"):
+    def prepare_targets(self, y: Any, backend: Any, dtype: str, n_outputs: int, what: str = "y") -> Any:
         t = _regression_targets(y, backend, dtype, n_outputs, what)
         xp = backend.xp
         if not bool(xp.all((t >= 0.0) & (t <= 1.0))):
@@ -155,28 +317,46 @@ class SigmoidBinaryCrossEntropy(Loss):
 
 
 class MeanSquaredError(Loss):
-    """mean((z - y)**2) over all entries."""
+    """Mean squared error, mean((z - y)**2) over all entries (name ``"mse"``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp import MeanSquaredError
+    >>> float(MeanSquaredError()(np.array([[1.0, 2.0]]), np.array([[0.0, 0.0]])))
+    2.5
+    """
 
     name = "mse"
 
-    def per_sample(self, xp, z, y):
+    def per_sample(self, xp: Any, z: Any, y: Any) -> Any:
         self._d = z - y
         return xp.mean(self._d * self._d, axis=1)
 
-    def mean_grad(self, xp):
+    def mean_grad(self, xp: Any) -> Any:
         return 2.0 * self._d / _count(self._d)
 
 
 class MeanAbsoluteError(Loss):
-    """mean(|z - y|) over all entries (gradient sign(z - y), zero at a tie)."""
+    """Mean absolute error, ``mean(|z - y|)`` over all entries (gradient sign(z - y), zero at a tie).
+
+    Its name is ``"mae"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp import MeanAbsoluteError
+    >>> float(MeanAbsoluteError()(np.array([[1.0, -2.0]]), np.array([[0.0, 0.0]])))
+    1.5
+    """
 
     name = "mae"
 
-    def per_sample(self, xp, z, y):
+    def per_sample(self, xp: Any, z: Any, y: Any) -> Any:
         self._d = z - y
         return xp.mean(xp.abs(self._d), axis=1)
 
-    def mean_grad(self, xp):
+    def mean_grad(self, xp: Any) -> Any:
         # sign by two comparisons: array-api-compat's CuPy sign() fixes NaNs with a boolean mask,
         # which copies a count to the host (a sync per step)
         d = self._d
@@ -184,26 +364,44 @@ class MeanAbsoluteError(Loss):
 
 
 class Huber(Loss):
-    """Quadratic within ``delta`` of the target, linear beyond (torch's HuberLoss)."""
+    """Quadratic within ``delta`` of the target, linear beyond (torch's HuberLoss).
+
+    Parameters
+    ----------
+    delta : float, default 1.0
+        Where the loss turns from quadratic to linear; positive.
+
+    Raises
+    ------
+    ValueError
+        If ``delta`` is not positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp import Huber
+    >>> float(Huber(delta=1.0)(np.array([[0.5, 3.0]]), np.array([[0.0, 0.0]])))
+    1.3125
+    """
 
     name = "huber"
 
-    def __init__(self, delta: float = 1.0):
+    def __init__(self, delta: float = 1.0) -> None:
         if float(delta) <= 0:
             raise ValueError(f"Huber delta must be positive, got {delta!r}")
         self.delta = float(delta)
 
-    def per_sample(self, xp, z, y):
+    def per_sample(self, xp: Any, z: Any, y: Any) -> Any:
         d = z - y
         a = xp.abs(d)
         self._d = d
         return xp.mean(xp.where(a <= self.delta, 0.5 * d * d, self.delta * (a - 0.5 * self.delta)), axis=1)
 
-    def mean_grad(self, xp):
+    def mean_grad(self, xp: Any) -> Any:
         # minimum/maximum, not clip: array-api-compat's CuPy clip uses boolean masks (a host sync)
         return xp.minimum(xp.maximum(self._d, -self.delta), self.delta) / _count(self._d)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"delta": self.delta}
 
 
@@ -271,6 +469,8 @@ def _class_targets(y, backend, dtype, n_classes, what="y"):
     return xp.astype(t, xp.int64)
 
 
+#: The loss classes by name (``"softmax_cross_entropy"``, ``"mse"``, ...), as ``fit(loss=...)``
+#: takes them; :func:`~xpmlp.losses.get_loss` also accepts aliases such as ``"cross_entropy"``.
 LOSSES = {cls.name: cls for cls in (SoftmaxCrossEntropy, SigmoidBinaryCrossEntropy, MeanSquaredError,
                                      MeanAbsoluteError, Huber)}
 _ALIASES = {"cross_entropy": "softmax_cross_entropy", "categorical_crossentropy": "softmax_cross_entropy",
@@ -279,8 +479,30 @@ _ALIASES = {"cross_entropy": "softmax_cross_entropy", "categorical_crossentropy"
             "mean_absolute_error": "mae"}
 
 
-def get_loss(spec) -> Loss:
-    """A loss from its name (see ``LOSSES`` and aliases such as "cross_entropy") or an instance."""
+def get_loss(spec: Any) -> Loss:
+    """A loss from its name (see :data:`~xpmlp.LOSSES` and aliases such as "cross_entropy") or an instance.
+
+    Parameters
+    ----------
+    spec : str or Loss
+        A name or alias, or an instance (returned as it is).
+
+    Returns
+    -------
+    Loss
+        A new loss for a name, else ``spec`` itself.
+
+    Raises
+    ------
+    ValueError
+        If ``spec`` names no loss.
+
+    Examples
+    --------
+    >>> from xpmlp.losses import get_loss
+    >>> get_loss("cross_entropy")
+    SoftmaxCrossEntropy(label_smoothing=0.0)
+    """
     if isinstance(spec, Loss):
         return spec
     key = _ALIASES.get(spec, spec) if isinstance(spec, str) else None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import inspect
+from typing import Any, Callable
 
 import numpy as np
 
@@ -17,13 +19,45 @@ from .train import History, _prepare_X, _prepare_y, _sample_weights, evaluate, f
 __all__ = ["Sequential", "MLP", "load"]
 
 
-def _on_device(method):
+def _on_device(method: Callable) -> Callable:
     """Run a model method with the model's device current (CuPy allocates on the current device)."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         with self.backend.activate(), self.backend.matmul_precision(self.tf32):
             return method(self, *args, **kwargs)
     return run
+
+
+def _drop_parameter(doc: str | None, name: str) -> str | None:
+    """``doc`` without the entry of parameter ``name`` (a line ``name : ...`` and its indented text)."""
+    if not doc:
+        return doc
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        head = line.strip()
+        if head == name or head.startswith(name + " :"):
+            indent = len(line) - len(line.lstrip())
+            j = i + 1
+            while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
+                j += 1
+            while j > i + 1 and not lines[j - 1].strip():
+                j -= 1
+            return "\n".join(lines[:i] + lines[j:])
+    return doc
+
+
+def _as_method(function: Callable) -> Callable:
+    """A module function ``f(model, ...)`` as a model method, run on the model's device.
+
+    Its signature names the model ``self`` and its docstring drops the model's entry, so the
+    method documents (and introspects as) ``model.f(...)``.
+    """
+    method = _on_device(function)
+    signature = inspect.signature(function)
+    first, *rest = signature.parameters.values()
+    method.__signature__ = signature.replace(parameters=[first.replace(name="self"), *rest])  # type: ignore[attr-defined]
+    method.__doc__ = _drop_parameter(function.__doc__, first.name)
+    return method
 
 
 class Sequential:
@@ -48,10 +82,47 @@ class Sequential:
         Let float32 matrix products use TF32 tensor cores on a CuPy GPU (compute capability 8.0
         and newer): faster, with inputs rounded to 10 mantissa bits. No effect elsewhere. Like the
         device, a run-time choice: not saved with the model.
+
+    Attributes
+    ----------
+    layers : list of Layer
+        The layers, in order.
+    backend : Backend
+        Where the model runs (:class:`~xpmlp.Backend`); ``xp`` is its namespace.
+    loss : Loss or None
+        The loss of the last ``fit``.
+    optimizer : Optimizer or None
+        The optimiser of the last ``fit``, with its state.
+    history : History or None
+        What the last ``fit`` recorded (:class:`~xpmlp.History`).
+    flat : FlatParameters or None
+        Every parameter's value and gradient in one buffer each, once built
+        (:class:`xpmlp.params.FlatParameters`).
+
+    Raises
+    ------
+    TypeError
+        If an element of ``layers`` is not a :class:`~xpmlp.Layer`.
+    ValueError
+        If there is no Dense layer, or the dtype or device is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp import Dense, ReLU, Sequential
+    >>> model = Sequential([Dense(8, in_features=2), ReLU(), Dense(1)], seed=0)
+    >>> model.n_params
+    33
+    >>> X = np.random.default_rng(0).normal(size=(64, 2)).astype("float32")
+    >>> history = model.fit(X, X[:, :1] - X[:, 1:], loss="mse", epochs=2, verbose=0)
+    >>> len(history.history["loss"])
+    2
+    >>> model.predict(X).shape
+    (64, 1)
     """
 
-    def __init__(self, layers, *, device=None, xp=None, dtype: str = "float32", seed: int | None = None,
-                 in_features: int | None = None, tf32: bool = False):
+    def __init__(self, layers: Any, *, device: str | None = None, xp: Any = None, dtype: str = "float32",
+                 seed: int | None = None, in_features: int | None = None, tf32: bool = False) -> None:
         layers = list(layers)
         for layer in layers:
             if not isinstance(layer, Layer):
@@ -72,7 +143,7 @@ class Sequential:
         self.optimizer = None
         self.stop_training = False  # callbacks set it to end fit after the current epoch
         self.history: History | None = None
-        self.in_features = None
+        self.in_features: int | None = None
         self.flat: FlatParameters | None = None  # every parameter's value and gradient, once built
         first = next(layer for layer in layers if isinstance(layer, Dense))
         width = in_features if in_features is not None else first.in_features
@@ -82,6 +153,7 @@ class Sequential:
     # -- structure ---------------------------------------------------------------------------
     @property
     def built(self) -> bool:
+        """Whether the model has its weights (it knows its input width)."""
         return self.in_features is not None
 
     @_on_device
@@ -89,7 +161,18 @@ class Sequential:
         """Make every layer's parameters for inputs of width ``in_features``, in one flat buffer.
 
         Parameters are named ``layers.{i}.{key}`` (``layers.0.W``) and gathered, in layer order,
-        into :attr:`flat` (see :mod:`xpmlp.params`); the layers then read views of it.
+        into ``flat`` (see :mod:`xpmlp.params`); the layers then read views of it. ``fit`` builds
+        an unbuilt model from its data.
+
+        Parameters
+        ----------
+        in_features : int
+            The input width.
+
+        Raises
+        ------
+        ValueError
+            If a layer was given another input width.
         """
         width = int(in_features)
         self.in_features = width
@@ -102,18 +185,40 @@ class Sequential:
         self.flat = FlatParameters(self.backend, self.dtype, self.parameters())
 
     def parameters(self) -> list[Parameter]:
-        """Every trainable parameter, in a fixed order: layer by layer, then W before b."""
+        """Every trainable parameter, in a fixed order: layer by layer, then W before b.
+
+        Returns
+        -------
+        list of Parameter
+            The parameters (:class:`xpmlp.params.Parameter`), empty before the model is built.
+        """
         return [p for layer in self.layers for p in layer.parameters.values()]
 
     def get_weights(self) -> list[np.ndarray]:
-        """Copies of all parameters as NumPy arrays, in ``parameters()`` order."""
+        """Copies of all parameters as NumPy arrays, in ``parameters()`` order.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            One array per parameter, of its shape (W: (in, out), b: (out,)).
+        """
         return [to_numpy(p.value).copy() for p in self.parameters()]
 
     @_on_device
-    def set_weights(self, weights) -> None:
-        """Replace all parameters (NumPy or host arrays, in ``parameters()`` order), checking shapes.
+    def set_weights(self, weights: Any) -> None:
+        """Replace all parameters, checking shapes.
 
         Every array is checked and copied to the device before any parameter changes.
+
+        Parameters
+        ----------
+        weights : sequence of array-like
+            NumPy or host arrays, in ``parameters()`` order, each of its parameter's shape.
+
+        Raises
+        ------
+        ValueError
+            If the number of arrays or a shape does not match.
         """
         params = self.parameters()
         if len(weights) != len(params):
@@ -129,29 +234,56 @@ class Sequential:
 
     @property
     def n_params(self) -> int:
+        """The number of trainable parameters (0 before the model is built)."""
         return 0 if self.flat is None else self.flat.size
 
     # -- passes ------------------------------------------------------------------------------
     @_on_device
-    def forward(self, x, training: bool = False):
-        """Raw outputs (logits) for a device array x of shape (n, in_features) -> (n, out).
+    def forward(self, x: Any, training: bool = False) -> Any:
+        """Raw outputs (logits) for a device array x.
 
         The whole array in one pass; ``training=True`` (dropout on) also keeps what ``backward``
         needs, an inference pass keeps nothing. ``predict`` goes batch by batch.
+
+        Parameters
+        ----------
+        x : array of shape (n_samples, in_features)
+            An array of the model's library, on its device, of its dtype.
+        training : bool, default False
+            A training pass (Dropout drops, layers keep what backward needs).
+
+        Returns
+        -------
+        array of shape (n_samples, n_outputs)
+            The last layer's outputs.
         """
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
 
     @_on_device
-    def backward(self, grad, input_grad: bool = True):
-        """Backpropagate dL/d(outputs) (n, out); fills every layer's grads; returns dL/dx (n, in).
+    def backward(self, grad: Any, input_grad: bool = True) -> Any:
+        """Backpropagate dL/d(outputs); fills every layer's grads.
 
-        Uses what the last ``forward(x, training=True)`` kept; after an inference pass (as in
-        ``predict``), which keeps nothing, the layers raise a clear error.
+        Uses what the last ``forward(x, training=True)`` kept.
 
-        With ``input_grad=False`` (as in ``fit``) it stops at the first layer with parameters and
-        returns None: dL/dx is one matrix product per step that training never uses.
+        Parameters
+        ----------
+        grad : array of shape (n_samples, n_outputs)
+            Gradient of the loss with respect to the outputs of the last forward pass.
+        input_grad : bool, default True
+            With False (as in ``fit``) it stops at the first layer with parameters and returns
+            None: dL/dx is one matrix product per step that training never uses.
+
+        Returns
+        -------
+        array of shape (n_samples, in_features) or None
+            dL/dx, or None with ``input_grad=False``.
+
+        Raises
+        ------
+        RuntimeError
+            After an inference pass (as in ``predict``), which keeps nothing for backward.
         """
         first = next((i for i, layer in enumerate(self.layers) if layer.parameters), 0)
         stop = 0 if input_grad else first + 1
@@ -163,24 +295,8 @@ class Sequential:
         return None
 
     @_on_device
-    def gradients(self, X, y, *, loss=None, sample_weight=None) -> tuple[float, dict]:
+    def gradients(self, X: Any, y: Any, *, loss: Any = None, sample_weight: Any = None) -> tuple[float, dict]:
         """The loss over (X, y) and its gradient with respect to every parameter, by name.
-
-        Parameters
-        ----------
-        X : array (n, in_features); y : targets as ``fit`` takes them (NumPy or the model's library)
-        loss : str or Loss, optional
-            By default the model's loss (the one it was fitted with).
-        sample_weight : array (n,), optional
-
-        Returns
-        -------
-        (loss, grads)
-            ``loss`` is fit's loss as a Python float: ``sum_i w_i * loss_i / n`` (Keras's
-            convention: weights scale each row, the divisor stays n; w_i = 1 without weights), no
-            penalty. ``grads`` maps each name of :meth:`parameters` (``"layers.0.W"``) to
-            d(loss)/d(parameter), an array of the parameter's shape in the model's library and
-            on its device (slices of one new array, independent of the model's buffers).
 
         Inference mode: Dropout layers pass their inputs through (no mask is drawn, their counters
         do not move); every other layer runs its training pass, which keeps what backward needs.
@@ -188,6 +304,32 @@ class Sequential:
         The model's flat gradient buffer (``model.flat.grad``, where each backward writes) is left
         holding the last chunk's gradient, as a training step leaves its batch's; ``fit`` rewrites
         it at every step before reading it, so this may be called from a callback during ``fit``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, in_features)
+            Inputs, NumPy or the model's library.
+        y : array-like
+            Targets as ``fit`` takes them.
+        loss : str or Loss, optional
+            By default the model's loss (the one it was fitted with).
+        sample_weight : array-like of shape (n_samples,), optional
+            Each row's weight.
+
+        Returns
+        -------
+        loss : float
+            Fit's loss: ``sum_i w_i * loss_i / n`` (Keras's convention: weights scale each row, the
+            divisor stays n; w_i = 1 without weights), no penalty.
+        grads : dict of str to array
+            Maps each name of :meth:`parameters` (``"layers.0.W"``) to d(loss)/d(parameter), an
+            array of the parameter's shape in the model's library and on its device (slices of
+            one new array, independent of the model's buffers).
+
+        Raises
+        ------
+        ValueError
+            If the model is not built, or has no loss and none is given.
         """
         from .lbfgs import loss_and_gradient  # lbfgs imports the training loop, as this module does
 
@@ -199,12 +341,13 @@ class Sequential:
         yd = _prepare_y(self, loss, y, Xd.shape[0])
         weights = _sample_weights(self, loss, yd, None, sample_weight)
         value, grad = loss_and_gradient(self, loss, Xd, yd, weights, denominator=float(Xd.shape[0]))
+        assert self.flat is not None  # built
         grads = {p.name: self.xp.reshape(grad[start:start + p.size], p.shape)
                  for p, start in zip(self.flat.parameters, self.flat.offsets)}
         return float(to_numpy(value)), grads
 
     @_on_device
-    def inspect(self, X, y, *, loss=None, optimizer=None):
+    def inspect(self, X: Any, y: Any, *, loss: Any = None, optimizer: Any = None) -> Any:
         """Per-layer statistics of activations, gradients, weights and one update, as a pandas DataFrame.
 
         One forward and backward pass of all of (X, y) (pass a batch: a few hundred rows) through
@@ -213,7 +356,10 @@ class Sequential:
 
         Parameters
         ----------
-        X, y : arrays as ``fit`` takes them
+        X : array-like of shape (n_samples, in_features)
+            Inputs, as ``fit`` takes them.
+        y : array-like
+            Targets, as ``fit`` takes them.
         loss : str or Loss, optional
             By default the model's (the one it was fitted with).
         optimizer : str or Optimizer, optional
@@ -222,25 +368,27 @@ class Sequential:
 
         Returns
         -------
-        pandas.DataFrame, one row per layer (index ``layer``, as ``model.layers``), columns:
-        ``type`` (the layer's class); ``act_mean``, ``act_std``, ``act_frac_zero`` of the layer's
-        output; ``act_frac_saturated``, for Sigmoid and Tanh layers, the share of their inputs
-        beyond the bound where the output is within 0.01 of an asymptote (|x| > 4.6 and > 2.65;
-        NaN for other layers); over all the layer's parameters (W and b together; NaN for layers
-        without): ``grad_mean``, ``grad_std``, ``grad_norm`` of d(loss)/d(parameters), the loss
-        being the mean over the rows, ``weight_mean``, ``weight_std``, ``weight_norm``, and
-        ``update_ratio`` = ||update|| / ||weights|| of one optimiser step from these gradients
-        (about 1e-3 is healthy: see :mod:`xpmlp.vitals`). Std is the population std; norms are L2.
+        pandas.DataFrame
+            One row per layer (index ``layer``, as ``model.layers``), columns:
+            ``type`` (the layer's class); ``act_mean``, ``act_std``, ``act_frac_zero`` of the layer's
+            output; ``act_frac_saturated``, for Sigmoid and Tanh layers, the share of their inputs
+            beyond the bound where the output is within 0.01 of an asymptote (``|x|`` > 4.6 and > 2.65;
+            NaN for other layers); over all the layer's parameters (W and b together; NaN for layers
+            without): ``grad_mean``, ``grad_std``, ``grad_norm`` of d(loss)/d(parameters), the loss
+            being the mean over the rows, ``weight_mean``, ``weight_std``, ``weight_norm``, and
+            ``update_ratio`` = ||update|| / ||weights|| of one optimiser step from these gradients
+            (about 1e-3 is healthy: see :mod:`xpmlp.vitals`). Std is the population std; norms are L2.
         """
         from .vitals import inspect_model
 
         return inspect_model(self, X, y, loss=loss, optimizer=optimizer)
 
     # -- training API ------------------------------------------------------------------------
-    fit = _on_device(fit)
-    predict = _on_device(predict)
-    evaluate = _on_device(evaluate)
-    lr_find = _on_device(_lr_find)  # the learning-rate range test: see xpmlp.lr_find
+    # xpmlp.train's (and xpmlp.lr_find's) functions of a model, as methods
+    fit = _as_method(fit)
+    predict = _as_method(predict)
+    evaluate = _as_method(evaluate)
+    lr_find = _as_method(_lr_find)  # the learning-rate range test: see xpmlp.lr_find
 
     # -- configuration and state ---------------------------------------------------------------
     def get_config(self) -> dict:
@@ -248,15 +396,36 @@ class Sequential:
 
         Returns
         -------
-        ``{"layers": [{"class": name, "config": layer.get_config()}, ...], "dtype": str,
-        "seed": int or None, "in_features": int or None}``
+        dict
+            ``{"layers": [{"class": name, "config": layer.get_config()}, ...], "dtype": str,
+            "seed": int or None, "in_features": int or None}``
         """
         return {"layers": [{"class": type(layer).__name__, "config": layer.get_config()} for layer in self.layers],
                 "dtype": self.dtype, "seed": self.seed, "in_features": self.in_features}
 
     @staticmethod
-    def from_config(config: dict, *, device=None, xp=None) -> Sequential:
-        """A new Sequential from :meth:`get_config`'s dict (fresh weights from its seed), on ``device``."""
+    def from_config(config: dict, *, device: str | None = None, xp: Any = None) -> Sequential:
+        """A new Sequential from :meth:`get_config`'s dict (fresh weights from its seed), on ``device``.
+
+        Parameters
+        ----------
+        config : dict
+            As :meth:`get_config` gives.
+        device : str, optional
+            Where the new model runs, as for the constructor.
+        xp : module, optional
+            An Array API namespace instead of ``device``.
+
+        Returns
+        -------
+        Sequential
+            The new model.
+
+        Raises
+        ------
+        ValueError
+            If the config names an unknown layer class.
+        """
         layers = []
         for entry in config["layers"]:
             if entry["class"] not in LAYERS:
@@ -271,7 +440,7 @@ class Sequential:
         Returns
         -------
         dict
-            ``layers.{i}.{key}`` parameters (``layers.0.W``: views of :attr:`flat`, in
+            ``layers.{i}.{key}`` parameters (``layers.0.W``: views of ``flat``, in
             :meth:`parameters` order), ``layers.{i}.state.{key}`` buffers (Standardize's
             ``mean`` and ``std``), and ``layers.{i}.extra_state`` dicts of Python ints (each
             Dropout layer's ``key`` and ``counter``). The optimiser and the host generators
@@ -289,7 +458,7 @@ class Sequential:
         """``sd`` as one state dict per layer, with every host (NumPy) array moved to the device."""
         if not isinstance(sd, dict):
             raise ValueError(f"Sequential.load_state_dict: expected a dict, got {type(sd).__name__}")
-        per_layer = [{} for _ in self.layers]
+        per_layer: list[dict] = [{} for _ in self.layers]
         for name, value in sd.items():
             parts = name.split(".") if isinstance(name, str) else []
             if (len(parts) < 3 or parts[0] != "layers" or not parts[1].isdigit() or int(parts[1]) >= len(self.layers)
@@ -307,9 +476,19 @@ class Sequential:
 
     @_on_device
     def load_state_dict(self, sd: dict) -> None:
-        """Load :meth:`state_dict`'s entries (arrays of the model's library, or NumPy arrays),
-        all checked (names, shapes, dtypes) before any layer changes; parameters are written
-        into :attr:`flat` in place. Raises ValueError naming what does not match.
+        """Load :meth:`state_dict`'s entries, all checked (names, shapes, dtypes) before any layer changes.
+
+        Parameters are written into ``flat`` in place.
+
+        Parameters
+        ----------
+        sd : dict
+            Arrays of the model's library, or NumPy arrays, by the names :meth:`state_dict` gives.
+
+        Raises
+        ------
+        ValueError
+            Naming what does not match, or if the model is not built.
         """
         self._require_built("load a state dict")
         per_layer = self._split_state_dict(sd)
@@ -322,12 +501,23 @@ class Sequential:
             layer.load_state_dict(part)
 
     def get_rng_state(self) -> dict:
-        """``{"init": ..., "shuffle": ...}``: the states of the host generators for initial weights
-        and shuffles (NumPy ``bit_generator.state`` dicts, JSON-able)."""
+        """The states of the host generators for initial weights and shuffles.
+
+        Returns
+        -------
+        dict
+            ``{"init": ..., "shuffle": ...}``: NumPy ``bit_generator.state`` dicts, JSON-able.
+        """
         return {"init": self._init_rng.bit_generator.state, "shuffle": self.shuffle_rng.bit_generator.state}
 
     def set_rng_state(self, state: dict) -> None:
-        """Restore :meth:`get_rng_state`'s generator states."""
+        """Restore :meth:`get_rng_state`'s generator states.
+
+        Parameters
+        ----------
+        state : dict
+            As :meth:`get_rng_state` gives.
+        """
         self._init_rng.bit_generator.state = state["init"]
         self.shuffle_rng.bit_generator.state = state["shuffle"]
 
@@ -338,7 +528,7 @@ class Sequential:
     def _file_shapes(self) -> dict:
         """{name: shape} of the arrays a weights file may give: parameters and every
         Standardize layer's statistics (adapted or not)."""
-        shapes = {p.name: p.shape for p in self.parameters()}
+        shapes: dict[str, tuple] = {p.name: p.shape for p in self.parameters()}
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Standardize):
                 shapes[f"layers.{i}.state.mean"] = shapes[f"layers.{i}.state.std"] = (layer.features,)
@@ -347,26 +537,84 @@ class Sequential:
     # -- files ---------------------------------------------------------------------------------
     @_on_device
     def to_bytes(self) -> bytes:
-        """The file :meth:`save` writes, as bytes (scikit-learn estimators pickle these)."""
+        """The file :meth:`save` writes, as bytes (scikit-learn estimators pickle these).
+
+        Returns
+        -------
+        bytes
+            The model file's contents.
+
+        Raises
+        ------
+        ValueError
+            If the model is not built.
+        """
         self._require_built("save it")
+        assert self.flat is not None  # built
         return _io.encode_model(self.get_config(), self.state_dict(), self.get_rng_state(), self.loss, self.optimizer,
                                 self.flat.offsets)
 
-    def save(self, path) -> None:
-        """Save architecture, weights, loss, optimiser state and RNG states, atomically (see :mod:`xpmlp.io`)."""
+    def save(self, path: Any) -> None:
+        """Save architecture, weights, loss, optimiser state and RNG states, atomically (see :mod:`xpmlp.io`).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (replaced whole, or left as it was on an error).
+
+        Raises
+        ------
+        ValueError
+            If the model is not built.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import xpmlp
+        >>> model = xpmlp.MLP([3, 4, 2], seed=0)
+        >>> path = os.path.join(tempfile.mkdtemp(), "model.xpmlp")
+        >>> model.save(path)
+        >>> xpmlp.load(path).get_config() == model.get_config()
+        True
+        """
         _io.write(path, self.to_bytes())
 
     @_on_device
-    def save_weights(self, path) -> None:
-        """Save only the weights (and Standardize statistics), atomically."""
+    def save_weights(self, path: Any) -> None:
+        """Save only the weights (and Standardize statistics), atomically.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write.
+
+        Raises
+        ------
+        ValueError
+            If the model is not built.
+        """
         self._require_built("save it")
         _io.write(path, _io.encode_weights(self.state_dict()))
 
     @_on_device
-    def load_weights(self, path, *, allow_nonfinite: bool = False) -> None:
-        """Load weights saved from a model of the same architecture (NaN or inf refused unless allowed).
+    def load_weights(self, path: Any, *, allow_nonfinite: bool = False) -> None:
+        """Load weights saved from a model of the same architecture.
 
         The whole file is checked before any layer changes: on an error the model is left as it was.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A file written by :meth:`save_weights` (or :meth:`save`).
+        allow_nonfinite : bool, default False
+            Load NaN or infinite values instead of refusing them.
+
+        Raises
+        ------
+        ModelFileError
+            If the file is damaged or does not fit the model (:class:`~xpmlp.ModelFileError`).
+        ValueError
+            If the model is not built.
         """
         self._require_built("load weights")
         arrays = _io.read_weights(path, self._file_shapes(), self.dtype, allow_nonfinite=allow_nonfinite)
@@ -374,32 +622,71 @@ class Sequential:
         self.load_state_dict({**arrays, **extra})
 
     @staticmethod
-    def load(path, device=None, xp=None, *, allow_nonfinite: bool = False) -> Sequential:
+    def load(path: Any, device: str | None = None, xp: Any = None, *, allow_nonfinite: bool = False) -> Sequential:
         """Rebuild a model saved with :meth:`save` on ``device`` (or namespace ``xp``).
 
-        The file is checked whole before anything is allocated (see :mod:`xpmlp.io`); any defect
-        raises :class:`xpmlp.io.ModelFileError` saying what is wrong. ``allow_nonfinite``: load
-        weights, optimiser state or statistics holding NaN or infinity instead of refusing.
+        The file is checked whole before anything is allocated (see :mod:`xpmlp.io`).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A file written by :meth:`save`.
+        device : str, optional
+            Where the model runs, as for the constructor.
+        xp : module, optional
+            An Array API namespace instead of ``device``.
+        allow_nonfinite : bool, default False
+            Load weights, optimiser state or statistics holding NaN or infinity instead of refusing.
 
         Returns
         -------
-        Sequential, with its loss, optimiser (and its state) and RNG states restored.
+        Sequential
+            The model, with its loss, optimiser (and its state) and RNG states restored.
+
+        Raises
+        ------
+        ModelFileError
+            For any defect of the file, saying what is wrong (:class:`~xpmlp.ModelFileError`).
         """
         return Sequential._from_saved(_io.read_model(path, allow_nonfinite=allow_nonfinite), device, xp)
 
     @staticmethod
-    def from_bytes(data: bytes, device=None, xp=None, *, allow_nonfinite: bool = False) -> Sequential:
-        """The model :meth:`to_bytes` gave, rebuilt on ``device``, checked as :meth:`load` checks a file."""
+    def from_bytes(data: bytes, device: str | None = None, xp: Any = None, *,
+                   allow_nonfinite: bool = False) -> Sequential:
+        """The model :meth:`to_bytes` gave, rebuilt on ``device``, checked as :meth:`load` checks a file.
+
+        Parameters
+        ----------
+        data : bytes
+            What :meth:`to_bytes` returned.
+        device : str, optional
+            Where the model runs, as for the constructor.
+        xp : module, optional
+            An Array API namespace instead of ``device``.
+        allow_nonfinite : bool, default False
+            Accept NaN or infinite values instead of refusing them.
+
+        Returns
+        -------
+        Sequential
+            The model, as :meth:`load` rebuilds it.
+
+        Raises
+        ------
+        ModelFileError
+            For any defect of the data (:class:`~xpmlp.ModelFileError`).
+        """
         return Sequential._from_saved(_io.decode_model(data, allow_nonfinite=allow_nonfinite), device, xp)
 
     @staticmethod
-    def _from_saved(saved, device, xp) -> Sequential:
+    def _from_saved(saved: Any, device: Any, xp: Any) -> Sequential:
         # Everything is checked: the model built now has the shapes the file's data fills.
         model = Sequential(saved.layers, device=device, xp=xp, dtype=saved.dtype, seed=saved.seed,
                            in_features=saved.in_features)
         model.loss = saved.loss
         model.load_state_dict(saved.state)
         if saved.optimizer is not None:
+            assert model.flat is not None  # the saved model has its in_features: built
             with model.backend.activate():  # CuPy copies onto the current device: the model's
                 state = saved.optimizer_state["state"]
                 saved.optimizer.load_state_dict({"t": saved.optimizer_state["t"], "state": None if state is None else
@@ -409,8 +696,19 @@ class Sequential:
         model.set_rng_state(saved.rng)
         return model
 
-    def summary(self, print_fn=print) -> str:
-        """Print (and return) a table of layers, output shapes and parameter counts, like Keras."""
+    def summary(self, print_fn: Callable[[str], Any] = print) -> str:
+        """Print (and return) a table of layers, output shapes and parameter counts, like Keras.
+
+        Parameters
+        ----------
+        print_fn : callable, default print
+            Called with the table's text.
+
+        Returns
+        -------
+        str
+            The table.
+        """
         rows = [("Layer", "Output shape", "Params")]
         width = self.in_features
         if width is not None:
@@ -450,19 +748,40 @@ class MLP(Sequential):
     ----------
     sizes : sequence of int
         ``[n_inputs, hidden_1, ..., n_outputs]``; at least two entries.
-    activation : str, Activation, or a list with one per hidden layer; default "relu".
+    activation : str, Activation, or a list with one per hidden layer; default "relu"
+        The activation after each hidden Dense layer.
     dropout : float, default 0
         Dropout rate after each hidden activation.
     standardize : bool, default False
-        Start with a :class:`Standardize` layer, so raw (unscaled) features can be given.
+        Start with a :class:`~xpmlp.Standardize` layer, so raw (unscaled) features can be given.
     init : str, optional
         Weight initialiser for every Dense layer (see :mod:`xpmlp.init`); by default He for
         ReLU-like activations and Glorot otherwise.
-    **kwargs : passed to :class:`Sequential` (device, xp, dtype, seed, tf32).
+    **kwargs
+        Passed to :class:`Sequential` (device, xp, dtype, seed, tf32).
+
+    Raises
+    ------
+    ValueError
+        If ``sizes`` has fewer than two entries or a width below 1, or the activations do not
+        match the hidden layers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xpmlp
+    >>> X, y = xpmlp.datasets.make_xor(200, seed=0)
+    >>> model = xpmlp.MLP([2, 16, 2], activation="tanh", seed=0)
+    >>> history = model.fit(X, y, loss="softmax_cross_entropy", optimizer=xpmlp.Adam(lr=0.05),
+    ...                     epochs=20, verbose=0)
+    >>> model.predict(X[:3]).shape  # class probabilities
+    (3, 2)
+    >>> model.evaluate(X, y, metrics=["accuracy"])["accuracy"] > 0.9
+    True
     """
 
-    def __init__(self, sizes, activation="relu", *, dropout: float = 0.0, standardize: bool = False,
-                 init: str | None = None, **kwargs):
+    def __init__(self, sizes: Any, activation: Any = "relu", *, dropout: float = 0.0, standardize: bool = False,
+                 init: str | None = None, **kwargs: Any) -> None:
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) < 1:
             raise ValueError(f"MLP sizes must list at least an input and an output width, all positive; got {sizes}")
@@ -479,7 +798,9 @@ class MLP(Sequential):
             if dropout:
                 layers.append(Dropout(dropout))
         layers.append(Dense(sizes[-1]) if init is None else Dense(sizes[-1], init=init))
-        layers[0].in_features = sizes[0]
+        first = layers[0]
+        assert isinstance(first, Dense)  # the first hidden (or the output) layer
+        first.in_features = sizes[0]
         if standardize:
             layers.insert(0, Standardize())
         self.sizes = sizes
@@ -487,8 +808,44 @@ class MLP(Sequential):
         super().__init__(layers, **kwargs)
 
 
-def load(path, device=None, xp=None, *, allow_nonfinite: bool = False) -> Sequential:
-    """:meth:`Sequential.load`: rebuild a model saved with ``save`` on ``device`` (or namespace ``xp``)."""
+def load(path: Any, device: str | None = None, xp: Any = None, *, allow_nonfinite: bool = False) -> Sequential:
+    """Rebuild a model saved with ``save`` on ``device`` (or namespace ``xp``): :meth:`Sequential.load`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :meth:`Sequential.save`.
+    device : str, optional
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or None (``$XPMLP_DEVICE``).
+    xp : module, optional
+        An Array API namespace instead of ``device``.
+    allow_nonfinite : bool, default False
+        Load weights, optimiser state or statistics holding NaN or infinity instead of refusing.
+
+    Returns
+    -------
+    Sequential
+        The model (an :class:`MLP` is rebuilt as a Sequential of its layers), with its loss,
+        optimiser (and its state) and RNG states restored.
+
+    Raises
+    ------
+    ModelFileError
+        For any defect of the file, saying what is wrong (:class:`~xpmlp.ModelFileError`).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import xpmlp
+    >>> model = xpmlp.MLP([2, 8, 1], seed=0)
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.xpmlp")
+    >>> model.save(path)
+    >>> again = xpmlp.load(path)
+    >>> X = np.ones((2, 2), dtype="float32")
+    >>> bool((again.forward(X) == model.forward(X)).all())
+    True
+    """
     return Sequential.load(path, device, xp, allow_nonfinite=allow_nonfinite)
 
 

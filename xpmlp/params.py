@@ -17,6 +17,7 @@ views) and ``out=`` or fused kernels on the fast paths.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,15 @@ __all__ = ["Parameter", "FlatParameters"]
 
 class Parameter:
     """One weight tensor of a layer.
+
+    Parameters
+    ----------
+    name : str
+        The parameter's name in its layer ("W", "b").
+    value : array
+        Its initial value (any shape), held until a model gathers it.
+    decay : bool, default True
+        Whether weight decay that spares biases applies to it (see ``decay`` below).
 
     Attributes
     ----------
@@ -45,24 +55,39 @@ class Parameter:
 
     __slots__ = ("name", "shape", "value", "grad", "decay", "_in_buffer")
 
-    def __init__(self, name: str, value, decay: bool = True):
+    def __init__(self, name: str, value: Any, decay: bool = True) -> None:
         self.name = name
         self.decay = bool(decay)
         self.shape = tuple(int(d) for d in value.shape)
         self.value = value
-        self.grad = None
+        self.grad: Any = None
         self._in_buffer = False
 
     @property
     def size(self) -> int:
+        """The number of elements, the product of ``shape``."""
         return math.prod(self.shape)
 
-    def bind(self, value, grad) -> None:
-        """Make ``value`` and ``grad`` views of a model's flat buffers (see :class:`FlatParameters`)."""
+    def bind(self, value: Any, grad: Any) -> None:
+        """Make ``value`` and ``grad`` views of a model's flat buffers (see :class:`FlatParameters`).
+
+        Parameters
+        ----------
+        value : array of ``shape``
+            The view of the flat value buffer.
+        grad : array of ``shape``
+            The view of the flat gradient buffer.
+        """
         self.value, self.grad, self._in_buffer = value, grad, True
 
-    def set_grad(self, g) -> None:
-        """Store the gradient: into the flat gradient buffer when gathered, else as its own array."""
+    def set_grad(self, g: Any) -> None:
+        """Store the gradient: into the flat gradient buffer when gathered, else as its own array.
+
+        Parameters
+        ----------
+        g : array of ``shape``
+            The gradient.
+        """
         if self._in_buffer:
             self.grad[...] = g
         else:
@@ -77,7 +102,8 @@ class FlatParameters:
 
     Parameters
     ----------
-    backend : xpmlp.backend.Backend
+    backend : Backend
+        Where the buffers live (:class:`xpmlp.backend.Backend`).
     dtype : str
         "float32" or "float64": every parameter is stored in it.
     parameters : list of Parameter
@@ -94,7 +120,7 @@ class FlatParameters:
         Elements of the leading range that holds the parameters with ``decay``.
     """
 
-    def __init__(self, backend, dtype: str, parameters: list[Parameter]):
+    def __init__(self, backend: Any, dtype: str, parameters: list[Parameter]) -> None:
         self.backend, self.xp, self.dtype, self.parameters = backend, backend.xp, dtype, list(parameters)
         self.offsets, total = [0] * len(self.parameters), 0
         for decayed in (True, False):
@@ -113,31 +139,76 @@ class FlatParameters:
         for p, start in zip(self.parameters, self.offsets):
             p.bind(self._view(self.data, start, p), self._view(self.grad, start, p))
 
-    def _view(self, buffer, start: int, p: Parameter):
+    def _view(self, buffer: Any, start: int, p: Parameter) -> Any:
         return self.xp.reshape(buffer[start:start + p.size], p.shape)
 
-    def snapshot(self):
-        """A copy of every value (one device copy)."""
+    def snapshot(self) -> Any:
+        """A copy of every value (one device copy).
+
+        Returns
+        -------
+        array of shape (size,)
+            A new array on the buffers' device.
+        """
         return self.xp.asarray(self.data, copy=True)
 
-    def restore(self, saved) -> None:
-        """Write back values from :meth:`snapshot` (one in-place copy: views stay valid)."""
+    def restore(self, saved: Any) -> None:
+        """Write back values from :meth:`snapshot` (one in-place copy: views stay valid).
+
+        Parameters
+        ----------
+        saved : array of shape (size,)
+            What :meth:`snapshot` returned.
+        """
         self.data[...] = saved
 
     def to_host(self) -> np.ndarray:
-        """Every value as one NumPy array (one device-to-host copy)."""
+        """Every value as one NumPy array (one device-to-host copy).
+
+        Returns
+        -------
+        numpy.ndarray of shape (size,)
+            A copy of ``data``.
+        """
         return to_numpy(self.data).copy()
 
     def load_host(self, values: np.ndarray) -> None:
-        """Set every value from one NumPy array of ``size`` elements (one host-to-device copy)."""
+        """Set every value from one NumPy array of ``size`` elements (one host-to-device copy).
+
+        Parameters
+        ----------
+        values : numpy.ndarray
+            ``size`` values in this buffer's layout (any shape; cast to the dtype).
+
+        Raises
+        ------
+        ValueError
+            If ``values`` has another number of elements.
+        """
         values = np.asarray(values, dtype=self.dtype).reshape(-1)
         if values.size != self.size:
             raise ValueError(f"expected {self.size} values, got {values.size}")
         self.data[...] = self.backend.from_host(values)
 
     def from_parameter_order(self, values: np.ndarray) -> np.ndarray:
-        """A host array of ``size`` values laid out parameter after parameter (in the given order,
-        as model files store optimiser state) rearranged into this buffer's layout."""
+        """A host array of values laid out parameter after parameter, in this buffer's layout.
+
+        Parameters
+        ----------
+        values : numpy.ndarray
+            ``size`` values, parameter after parameter in the given order (as model files store
+            optimiser state).
+
+        Returns
+        -------
+        numpy.ndarray of shape (size,)
+            The values rearranged into this buffer's layout (decayed parameters first).
+
+        Raises
+        ------
+        ValueError
+            If ``values`` has another number of elements.
+        """
         values, out, start = np.asarray(values).reshape(-1), np.empty(self.size, dtype=np.asarray(values).dtype), 0
         if values.size != self.size:
             raise ValueError(f"expected {self.size} values, got {values.size}")

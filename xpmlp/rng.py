@@ -49,6 +49,7 @@ uint32 (twice the bytes, and the masking), which is why it is only the fallback.
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 __all__ = ["random_bits", "dropout_mask", "keep_threshold", "round_keys", "fmix32", "word_dtype"]
 
@@ -89,10 +90,22 @@ def round_keys(key: int, counter: int) -> tuple[int, int]:
     return z & _MASK32, z >> 32
 
 
-def word_dtype(xp, device=None):
+def word_dtype(xp: Any, device: Any = None) -> Any:
     """The dtype words are computed in on ``xp``: uint32 where the namespace declares it, else int64.
 
     Called once per layer build, not per step (torch's answer allocates a few empty arrays).
+
+    Parameters
+    ----------
+    xp : module
+        An Array API namespace.
+    device : optional
+        The device asked about (``__array_namespace_info__().dtypes(device=...)``).
+
+    Returns
+    -------
+    dtype
+        ``xp.uint32`` or ``xp.int64``.
     """
     try:
         declared = xp.__array_namespace_info__().dtypes(kind="unsigned integer", device=device)
@@ -131,7 +144,7 @@ def _fmix32_inplace(x, narrow: bool):
     return x
 
 
-def fmix32(xp, x):
+def fmix32(xp: Any, x: Any) -> Any:
     """MurmurHash3's 32-bit finaliser, elementwise.
 
     Parameters
@@ -146,7 +159,8 @@ def fmix32(xp, x):
     return _fmix32_inplace(x ^ 0, _is_uint32(xp, x.dtype))
 
 
-def random_bits(xp, shape, key: int, counter: int, device=None, *, dtype=None, offset: int = 0):
+def random_bits(xp: Any, shape: Any, key: int, counter: int, device: Any = None, *, dtype: Any = None,
+                offset: int = 0) -> Any:
     """32 random bits per element, the same on every backend for the same (key, counter).
 
     Parameters
@@ -193,15 +207,37 @@ def random_bits(xp, shape, key: int, counter: int, device=None, *, dtype=None, o
 
 
 def keep_threshold(rate: float) -> int:
-    """The integer t with keep iff bits >= t: ``round(rate * 2**32)``, for rate in [0, 1)."""
+    """The integer t with keep iff bits >= t: ``round(rate * 2**32)``, for rate in [0, 1).
+
+    Parameters
+    ----------
+    rate : float in [0, 1)
+        The dropout rate.
+
+    Returns
+    -------
+    int
+        The threshold, in [0, 2**32].
+
+    Raises
+    ------
+    ValueError
+        If ``rate`` is not in [0, 1).
+
+    Examples
+    --------
+    >>> from xpmlp.rng import keep_threshold
+    >>> keep_threshold(0.5)
+    2147483648
+    """
     rate = float(rate)
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
     return round(rate * 2**32)
 
 
-def dropout_mask(xp, shape, rate: float, key: int, counter: int, dtype, device=None, *, bits_dtype=None,
-                 offset: int = 0):
+def dropout_mask(xp: Any, shape: Any, rate: float, key: int, counter: int, dtype: Any, device: Any = None, *,
+                 bits_dtype: Any = None, offset: int = 0) -> Any:
     """An inverted-dropout mask: 0 where dropped, ``1 / (1 - rate)`` where kept.
 
     Element ``i`` is kept iff ``random_bits(...)[i] >= round(rate * 2**32)``, so each element

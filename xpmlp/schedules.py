@@ -9,24 +9,75 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any, Callable
+
+from .functional import inherit_docstrings
 
 __all__ = ["Schedule", "StepDecay", "ExponentialDecay", "CosineDecay", "OneCycle", "Scaled", "scaled", "SCHEDULES"]
 
 
 class Schedule:
+    """Base class of the saveable schedules: ``schedule(step) -> float``, the learning rate.
+
+    A subclass stores its settings as attributes named as its constructor's arguments (what
+    :meth:`~xpmlp.schedules.Schedule.get_config` returns and a model file saves) and gives ``__call__``.
+
+    Examples
+    --------
+    >>> from xpmlp.schedules import Schedule
+    >>> class Halving(Schedule):
+    ...     def __init__(self, lr):
+    ...         self.lr = lr
+    ...     def __call__(self, step):
+    ...         return self.lr / 2 ** step
+    >>> sched = Halving(0.1)
+    >>> sched(0), sched(2), sched.get_config()
+    (0.1, 0.025, {'lr': 0.1})
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        inherit_docstrings(cls)
+
     def __call__(self, step: int) -> float:
         raise NotImplementedError
 
     def get_config(self) -> dict:
+        """The constructor arguments that rebuild this schedule (saved in model files).
+
+        Returns
+        -------
+        dict
+            Keyword arguments of the constructor, JSON-able.
+        """
         return dict(vars(self))
 
     def state_dict(self) -> dict:
-        """The schedule's state: none. Its value is a function of the optimiser's step count, which
-        the optimiser's state dict holds; its settings are :meth:`get_config`."""
+        """The schedule's state: none.
+
+        Its value is a function of the optimiser's step count, which the optimiser's state dict
+        holds; its settings are :meth:`~xpmlp.schedules.Schedule.get_config`.
+
+        Returns
+        -------
+        dict
+            ``{}``.
+        """
         return {}
 
     def load_state_dict(self, sd: dict) -> None:
-        """Accept :meth:`state_dict`'s ``{}``; anything else is a ValueError (a file from elsewhere)."""
+        """Accept :meth:`~xpmlp.schedules.Schedule.state_dict`'s ``{}``.
+
+        Parameters
+        ----------
+        sd : dict
+            ``{}``.
+
+        Raises
+        ------
+        ValueError
+            For anything else (a file from elsewhere).
+        """
         if not isinstance(sd, dict) or sd:
             raise ValueError(f"{type(self).__name__}.load_state_dict: a schedule has no state; expected {{}}, got {sd!r}")
 
@@ -41,35 +92,105 @@ def _positive(value, name):
 
 
 class StepDecay(Schedule):
-    """lr * gamma ** (step // step_size): drop by ``gamma`` every ``step_size`` steps."""
+    """lr * gamma ** (step // step_size): drop by ``gamma`` every ``step_size`` steps.
 
-    def __init__(self, lr: float, step_size: int, gamma: float = 0.1):
+    Parameters
+    ----------
+    lr : float
+        The initial learning rate.
+    step_size : int
+        Steps between drops; positive.
+    gamma : float, default 0.1
+        The factor of each drop.
+
+    Raises
+    ------
+    ValueError
+        If ``step_size`` is not positive.
+
+    Examples
+    --------
+    >>> from xpmlp.schedules import StepDecay
+    >>> sched = StepDecay(0.1, step_size=10, gamma=0.5)
+    >>> [sched(0), sched(10), sched(25)]
+    [0.1, 0.05, 0.025]
+    """
+
+    def __init__(self, lr: float, step_size: int, gamma: float = 0.1) -> None:
         self.lr, self.step_size, self.gamma = float(lr), int(_positive(step_size, "step_size")), float(gamma)
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         return self.lr * self.gamma ** (step // self.step_size)
 
 
 class ExponentialDecay(Schedule):
-    """lr * decay_rate ** (step / decay_steps)."""
+    """lr * decay_rate ** (step / decay_steps).
 
-    def __init__(self, lr: float, decay_rate: float, decay_steps: int = 1):
+    Parameters
+    ----------
+    lr : float
+        The initial learning rate.
+    decay_rate : float
+        The factor over ``decay_steps`` steps.
+    decay_steps : int, default 1
+        Steps over which the rate is multiplied by ``decay_rate``; positive.
+
+    Raises
+    ------
+    ValueError
+        If ``decay_steps`` is not positive.
+
+    Examples
+    --------
+    >>> from xpmlp.schedules import ExponentialDecay
+    >>> sched = ExponentialDecay(0.1, decay_rate=0.5, decay_steps=100)
+    >>> round(sched(50), 4), round(sched(200), 4)
+    (0.0707, 0.025)
+    """
+
+    def __init__(self, lr: float, decay_rate: float, decay_steps: int = 1) -> None:
         self.lr, self.decay_rate = float(lr), float(decay_rate)
         self.decay_steps = int(_positive(decay_steps, "decay_steps"))
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         return self.lr * self.decay_rate ** (step / self.decay_steps)
 
 
 class CosineDecay(Schedule):
-    """Linear warm-up from 0 over ``warmup_steps``, then a cosine from ``lr`` down to ``final_lr``."""
+    """Linear warm-up from 0 over ``warmup_steps``, then a cosine from ``lr`` down to ``final_lr``.
 
-    def __init__(self, lr: float, total_steps: int, warmup_steps: int = 0, final_lr: float = 0.0):
+    Parameters
+    ----------
+    lr : float
+        The peak learning rate.
+    total_steps : int
+        Steps to the end of the cosine (``final_lr`` from then on).
+    warmup_steps : int, default 0
+        Steps of linear warm-up, ``0 <= warmup_steps < total_steps``.
+    final_lr : float, default 0
+        The learning rate at the end.
+
+    Raises
+    ------
+    ValueError
+        If ``warmup_steps`` is not in ``[0, total_steps)``.
+
+    Examples
+    --------
+    >>> from xpmlp import Adam
+    >>> from xpmlp.schedules import CosineDecay
+    >>> sched = CosineDecay(1e-3, total_steps=100, warmup_steps=10)
+    >>> [round(sched(t), 6) for t in (0, 9, 55, 100)]
+    [0.0001, 0.001, 0.0005, 0.0]
+    >>> opt = Adam(lr=sched)  # evaluated at the optimiser's step count
+    """
+
+    def __init__(self, lr: float, total_steps: int, warmup_steps: int = 0, final_lr: float = 0.0) -> None:
         if not 0 <= warmup_steps < total_steps:
             raise ValueError(f"need 0 <= warmup_steps < total_steps, got {warmup_steps} and {total_steps}")
         self.lr, self.total_steps, self.warmup_steps, self.final_lr = float(lr), int(total_steps), int(warmup_steps), float(final_lr)
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
@@ -77,17 +198,45 @@ class CosineDecay(Schedule):
 
 
 class OneCycle(Schedule):
-    """The one-cycle policy (Smith): cosine up from max_lr/div_factor to max_lr over ``pct_start``
-    of the steps, then cosine down to max_lr/(div_factor*final_div_factor), as torch's OneCycleLR."""
+    """The one-cycle policy (Smith), as torch's OneCycleLR.
+
+    A cosine up from max_lr/div_factor to max_lr over ``pct_start`` of the steps, then a cosine
+    down to max_lr/(div_factor*final_div_factor).
+
+    Parameters
+    ----------
+    max_lr : float
+        The peak learning rate.
+    total_steps : int
+        Steps of the cycle; positive (the last value holds after it).
+    pct_start : float in (0, 1), default 0.3
+        The fraction of the steps spent rising.
+    div_factor : float, default 25
+        The initial rate is ``max_lr / div_factor``.
+    final_div_factor : float, default 1e4
+        The final rate is the initial one divided by this.
+
+    Raises
+    ------
+    ValueError
+        If ``pct_start`` is not in (0, 1) or ``total_steps`` is not positive.
+
+    Examples
+    --------
+    >>> from xpmlp.schedules import OneCycle
+    >>> sched = OneCycle(0.1, total_steps=101, pct_start=0.5)
+    >>> [f"{sched(t):.2g}" for t in (0, 49, 100)]
+    ['0.004', '0.1', '4e-07']
+    """
 
     def __init__(self, max_lr: float, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
-                 final_div_factor: float = 1e4):
+                 final_div_factor: float = 1e4) -> None:
         if not 0.0 < pct_start < 1.0:
             raise ValueError(f"pct_start must be in (0, 1), got {pct_start!r}")
         self.max_lr, self.total_steps = float(max_lr), int(_positive(total_steps, "total_steps"))
         self.pct_start, self.div_factor, self.final_div_factor = float(pct_start), float(div_factor), float(final_div_factor)
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         initial = self.max_lr / self.div_factor
         final = initial / self.final_div_factor
         up = float(self.pct_start * self.total_steps) - 1
@@ -105,19 +254,35 @@ class OneCycle(Schedule):
 class Scaled(Schedule):
     """``factor * schedule(step)``: a schedule scaled down, as ReduceLROnPlateau does to one.
 
+    Scaling a Scaled multiplies the factors instead of nesting.
+
     Parameters
     ----------
-    schedule : Schedule of :data:`SCHEDULES`, or its class name with ``config``
+    schedule : Schedule or str
+        A schedule of :data:`~xpmlp.schedules.SCHEDULES`, or its class name with ``config``.
     factor : float >= 0
+        The factor, finite.
     config : str, optional
         With a class name: the schedule's ``get_config()`` as a JSON string. ``get_config``
         gives this form (scalars only), so a model file saves and loads a Scaled schedule like
         any other.
 
-    Scaling a Scaled multiplies the factors instead of nesting.
+    Raises
+    ------
+    TypeError
+        If ``schedule`` is not a schedule of this module.
+    ValueError
+        If ``factor`` is negative or not finite, or the name or config is malformed.
+
+    Examples
+    --------
+    >>> from xpmlp.schedules import Scaled, StepDecay
+    >>> sched = Scaled(Scaled(StepDecay(0.1, step_size=10), 0.5), 0.5)
+    >>> sched.factor, round(sched(0), 4)
+    (0.25, 0.025)
     """
 
-    def __init__(self, schedule: Schedule | str, factor: float, config: str | None = None):
+    def __init__(self, schedule: Schedule | str, factor: float, config: str | None = None) -> None:
         if isinstance(schedule, str):
             schedule = _schedule_from(schedule, config)
         elif config is not None:
@@ -129,13 +294,15 @@ class Scaled(Schedule):
         if not (math.isfinite(factor) and factor >= 0):
             raise ValueError(f"Scaled factor must be finite and non-negative, got {factor!r}")
         if isinstance(schedule, Scaled):
-            schedule, factor = schedule.schedule, schedule.factor * factor
-        self.schedule, self.factor = schedule, factor
+            factor = schedule.factor * factor
+            schedule = schedule.schedule
+        self.schedule: Schedule = schedule
+        self.factor: float = factor
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         return self.factor * self.schedule(step)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {"schedule": type(self.schedule).__name__, "factor": self.factor,
                 "config": json.dumps(self.schedule.get_config())}
 
@@ -162,10 +329,12 @@ class _ScaledFunction:
     Not a Schedule: a model file stores its current value, as for the function itself.
     """
 
-    def __init__(self, fn, factor: float):
+    def __init__(self, fn: Callable[[int], float], factor: float) -> None:
         if isinstance(fn, _ScaledFunction):
-            fn, factor = fn.fn, fn.factor * factor
-        self.fn, self.factor = fn, float(factor)
+            factor = fn.factor * factor
+            fn = fn.fn
+        self.fn: Callable[[int], float] = fn
+        self.factor: float = float(factor)
 
     def __call__(self, step):
         return self.factor * self.fn(step)
@@ -174,8 +343,30 @@ class _ScaledFunction:
         return f"{self.factor!r} * {self.fn!r}"
 
 
-def scaled(lr, factor: float):
-    """A learning rate ``factor`` times ``lr``: a float, a :class:`Scaled` schedule, or a scaled function."""
+def scaled(lr: float | Callable[[int], float], factor: float) -> float | Callable[[int], float]:
+    """A learning rate ``factor`` times ``lr``: a float, a :class:`Scaled` schedule, or a scaled function.
+
+    Parameters
+    ----------
+    lr : float or callable
+        A learning rate, a schedule of this module, or any callable ``fn(step) -> float``.
+    factor : float
+        The factor.
+
+    Returns
+    -------
+    float or callable
+        A float for a float; a :class:`Scaled` for a schedule of this module (saveable); else a
+        callable ``factor * lr(step)``.
+
+    Examples
+    --------
+    >>> from xpmlp.schedules import StepDecay, scaled
+    >>> scaled(0.1, 0.5)
+    0.05
+    >>> scaled(StepDecay(0.1, step_size=10), 0.5)
+    Scaled(schedule='StepDecay', factor=0.5, config='{"lr": 0.1, "step_size": 10, "gamma": 0.1}')
+    """
     if not callable(lr):
         return float(lr) * float(factor)
     if isinstance(lr, Schedule) and type(lr).__name__ in SCHEDULES:
@@ -183,4 +374,6 @@ def scaled(lr, factor: float):
     return _ScaledFunction(lr, factor)
 
 
+#: The schedule classes by class name (``"StepDecay"``, ``"CosineDecay"``, ...), as model files
+#: name them.
 SCHEDULES = {cls.__name__: cls for cls in (StepDecay, ExponentialDecay, CosineDecay, OneCycle, Scaled)}

@@ -11,7 +11,7 @@ There are two kinds:
   with softmax cross-entropy, sigmoid binary cross-entropy or MSE) with a backend's ``Ops``:
   every intermediate goes into a workspace allocated once per batch size, bias and activation
   are one operation, the loss's value and gradient one more, and the optimiser updates the
-  model's flat buffer in one pass. :class:`xpmlp.step_numpy.NumpyOps` does it with ``out=``
+  model's flat buffer in one pass. ``xpmlp.step_numpy.NumpyOps`` does it with ``out=``
   (bitwise equal to the reference); ``xpmlp.step_cuda`` with fused CuPy kernels (one launch
   each).
 
@@ -29,6 +29,7 @@ which a FusedStep keeps in a workspace that the next call overwrites.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from .backend import fast_kernels, is_sparse, sparse_matmul
 from .layers import Activation, Dense, Dropout, Softmax, Standardize
@@ -40,31 +41,56 @@ FUSED_LOSSES = (SoftmaxCrossEntropy, SigmoidBinaryCrossEntropy, MeanSquaredError
 
 
 class TrainStep:
-    """Base class: one batch of training, plus snapshot and restore of what training changes."""
+    """Base class: one batch of training, plus snapshot and restore of what training changes.
+
+    Parameters
+    ----------
+    model : Sequential
+        A built model.
+    loss : Loss
+        The loss.
+    optimizer : Optimizer
+        The optimiser; its update is made once, here.
+    kernels : module or Kernels, optional
+        The backend's fast kernels for the update (see :meth:`xpmlp.Optimizer.make_update`);
+        None: the Array API reference.
+    """
 
     variant = ""
 
-    def __init__(self, model, loss, optimizer, kernels=None):
+    def __init__(self, model: Any, loss: Any, optimizer: Any, kernels: Any = None) -> None:
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.flat = model.flat
         self.update = optimizer.make_update(model.xp, kernels)
         # Data-parallel fit sets this to a callable reduce_grad(flat_grad) that averages the
         # gradient across processes in place, between backward and the update; None: one process.
-        self.reduce_grad = None
+        self.reduce_grad: Any = None
         self._dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
 
-    def __call__(self, xb, yb, wb, row_loss):
+    def __call__(self, xb: Any, yb: Any, wb: Any, row_loss: Any) -> Any:
         raise NotImplementedError
 
-    def snapshot(self):
-        """Copies of what a step changes: parameters, optimiser state and step count, Dropout counters."""
+    def snapshot(self) -> tuple:
+        """Copies of what a step changes: parameters, optimiser state and step count, Dropout counters.
+
+        Returns
+        -------
+        tuple
+            ``(values, optimizer_state, dropout_counters)``, for :meth:`restore`.
+        """
         xp, opt = self.model.xp, self.optimizer
         state = opt.state_dict()
         buffers = None if state["state"] is None else {k: xp.asarray(a, copy=True) for k, a in state["state"].items()}
         return self.flat.snapshot(), {"t": state["t"], "state": buffers}, [d.counter for d in self._dropouts]
 
-    def restore(self, saved) -> None:
-        """Put back a :meth:`snapshot` (in place: every view of the buffers stays valid)."""
+    def restore(self, saved: tuple) -> None:
+        """Put back a :meth:`snapshot` (in place: every view of the buffers stays valid).
+
+        Parameters
+        ----------
+        saved : tuple
+            What :meth:`snapshot` returned.
+        """
         values, state, counters = saved
         self.flat.restore(values)
         self.optimizer.load_state_dict(state)
@@ -76,11 +102,24 @@ class TrainStep:
 
 
 class ReferenceStep(TrainStep):
-    """The layers' and loss's own code, then the optimiser: any model on any backend."""
+    """The layers' and loss's own code, then the optimiser: any model on any backend.
+
+    Parameters
+    ----------
+    model : Sequential
+        A built model.
+    loss : Loss
+        The loss.
+    optimizer : Optimizer
+        The optimiser; its update is made once, here.
+    kernels : module or Kernels, optional
+        The backend's fast kernels for the update (see :meth:`xpmlp.Optimizer.make_update`);
+        None: the Array API reference.
+    """
 
     variant = "reference"
 
-    def __call__(self, xb, yb, wb, row_loss):
+    def __call__(self, xb: Any, yb: Any, wb: Any, row_loss: Any) -> Any:
         model = self.model
         z = model.forward(xb, training=True)
         row_loss[...] = self.loss.row_losses(z, yb, wb)
@@ -135,6 +174,11 @@ class _Workspace:
     gradient g with respect to the stage's output (z for the last stage)."""
 
     __slots__ = ("z", "h", "d", "g", "mask")
+    z: Any
+    h: Any
+    d: Any
+    g: Any
+    mask: Any
 
 
 class FusedStep(TrainStep):
@@ -142,9 +186,25 @@ class FusedStep(TrainStep):
 
     Bitwise equal to :class:`ReferenceStep` on NumPy (tests/test_step.py); on CuPy within
     rounding (fused multiply-adds), see ``xpmlp.step_cuda``.
+
+    Parameters
+    ----------
+    model : Sequential
+        A built model.
+    loss : Loss
+        The loss.
+    optimizer : Optimizer
+        The optimiser; its update is made once, here.
+    kernels : module or Kernels
+        The backend's fast kernels for the update (see :meth:`xpmlp.Optimizer.make_update`);
+        None: the Array API reference.
+    ops : NumpyOps or CupyOps
+        The backend's fused operations.
+    plan : tuple
+        ``(standardize, stages)``, as ``fused_plan`` gives for the model and loss.
     """
 
-    def __init__(self, model, loss, optimizer, kernels, ops, plan):
+    def __init__(self, model: Any, loss: Any, optimizer: Any, kernels: Any, ops: Any, plan: tuple) -> None:
         super().__init__(model, loss, optimizer, kernels)
         self.ops, self.variant = ops, ops.name
         self.standardize, self.stages = plan
@@ -166,7 +226,7 @@ class FusedStep(TrainStep):
             self._workspaces[n] = ws
         return ws
 
-    def __call__(self, xb, yb, wb, row_loss):
+    def __call__(self, xb: Any, yb: Any, wb: Any, row_loss: Any) -> Any:
         ops, stages = self.ops, self.stages
         x = xb if self.standardize is None else self.standardize.forward(xb)
         ws = self._workspace(x.shape[0])
@@ -216,12 +276,31 @@ def _value(parameter):
     return None if parameter is None else parameter.value
 
 
-def make_train_step(model, loss, optimizer) -> TrainStep:
+def make_train_step(model: Any, loss: Any, optimizer: Any) -> TrainStep:
     """The train step for this model, loss and optimiser on the model's backend, chosen once.
 
-    NumPy and CuPy get a :class:`FusedStep` when :func:`fused_plan` accepts the model and loss
+    NumPy and CuPy get a :class:`FusedStep` when ``fused_plan`` accepts the model and loss
     (and, on CuPy, the fused kernels compiled); everything else, and every backend when
     ``XPMLP_REFERENCE=1``, the :class:`ReferenceStep`.
+
+    Parameters
+    ----------
+    model : Sequential
+        A built model.
+    loss : Loss
+        The loss.
+    optimizer : Optimizer
+        The optimiser.
+
+    Returns
+    -------
+    TrainStep
+        A :class:`FusedStep` or a :class:`ReferenceStep`.
+
+    Raises
+    ------
+    ValueError
+        If the model is not built.
     """
     if not model.built:
         raise ValueError("make_train_step needs a built model (fit builds it from the data)")

@@ -26,6 +26,8 @@ and cached per device).
 
 from __future__ import annotations
 
+from typing import Any
+
 from .kernels_cupy import ACT_SCALARS, LOSSES, STEP_DTYPES, act_backward_spec, bias_act_spec, loss_spec
 
 __all__ = ["CupyOps"]
@@ -42,13 +44,20 @@ class CupyOps:
     dtype : "float32" or "float64"
         The model's dtype (of the workspaces :meth:`empty` makes).
 
+    Raises
+    ------
+    ValueError
+        If ``dtype`` is not one the fused kernels run.
+
+    Notes
+    -----
     All arrays are CuPy arrays of the model's dtype (integer labels int64) on the current
     device; outputs are C-contiguous and are written in place.
     """
 
     name = "cupy"
 
-    def __init__(self, kernels, dtype: str):
+    def __init__(self, kernels: Any, dtype: str) -> None:
         if str(dtype) not in STEP_DTYPES:
             raise ValueError(f"the fused CuPy step runs {' and '.join(STEP_DTYPES)}, not {dtype}")
         self.kernels = kernels
@@ -64,17 +73,49 @@ class CupyOps:
             kernel = self._memo[key] = None if spec is None else self.kernels.elementwise(spec)
             return kernel
 
-    def empty(self, shape):
-        """A workspace of the model's dtype on the current device (from CuPy's pool: no launch)."""
+    def empty(self, shape: tuple) -> Any:
+        """A workspace of the model's dtype on the current device (from CuPy's pool: no launch).
+
+        Parameters
+        ----------
+        shape : tuple of int
+            Its shape.
+
+        Returns
+        -------
+        cupy.ndarray
+            An uninitialised array.
+        """
         return self._cupy.empty(shape, dtype=self.dtype)
 
-    def matmul(self, a, b, out) -> None:
-        """out[...] = a @ b; a (n, k), b (k, m) (either may be a transposed view), out (n, m)."""
+    def matmul(self, a: Any, b: Any, out: Any) -> None:
+        """out[...] = a @ b.
+
+        Parameters
+        ----------
+        a : array of shape (n, k)
+            Left operand (may be a transposed view).
+        b : array of shape (k, m)
+            Right operand (may be a transposed view).
+        out : array of shape (n, m)
+            Written in place.
+        """
         self._cupy.matmul(a, b, out=out)
 
-    def bias_act(self, z, b, act, h) -> None:
-        """z += b (b (k,) or None), then h[...] = act(z); z, h (n, k). For no activation or the
-        identity, h is z (untouched)."""
+    def bias_act(self, z: Any, b: Any, act: Any, h: Any) -> None:
+        """z += b, then h[...] = act(z); for no activation or the identity, h is z (untouched).
+
+        Parameters
+        ----------
+        z : array of shape (n, k)
+            Pre-activations, the bias added in place.
+        b : array of shape (k,) or None
+            The bias.
+        act : Activation or None
+            The activation (None: the identity).
+        h : array of shape (n, k)
+            Receives the activation.
+        """
         name = "identity" if act is None else act.name
         kernel = self._kernel(("act", name, b is not None), lambda: bias_act_spec(name, b is not None))
         if kernel is None:  # identity without bias: nothing to compute
@@ -86,28 +127,78 @@ class CupyOps:
             args.append(h)
         kernel(*args)
 
-    def act_backward(self, g, z, h, act) -> None:
-        """g *= act'(.) in place, from the activation's input z and output h, as its reference backward."""
+    def act_backward(self, g: Any, z: Any, h: Any, act: Any) -> None:
+        """g *= act'(.) in place, from the activation's input z and output h, as its reference backward.
+
+        Parameters
+        ----------
+        g : array of shape (n, k)
+            Gradient with respect to the activation's output, turned in place into the gradient
+            with respect to its input.
+        z : array of shape (n, k)
+            The activation's input.
+        h : array of shape (n, k)
+            The activation's output.
+        act : Activation or None
+            The activation (None: the identity).
+        """
         name = "identity" if act is None else act.name
         kernel = self._kernel(("grad", name, None), lambda: act_backward_spec(name))
         if kernel is None:  # identity
             return
         kernel(z, h, *[float(getattr(act, a)) for a in ACT_SCALARS.get(name, ())], g)
 
-    def bias_grad(self, g, out) -> None:
-        """out[...] = sum(g, axis=0); g (n, k), out (k,)."""
+    def bias_grad(self, g: Any, out: Any) -> None:
+        """out[...] = sum(g, axis=0).
+
+        Parameters
+        ----------
+        g : array of shape (n, k)
+            Gradient with respect to a layer's output.
+        out : array of shape (k,)
+            Receives the bias gradient.
+        """
         self._cupy.sum(g, axis=0, out=out)
 
-    def mul(self, a, b, out) -> None:
-        """out[...] = a * b (dropout masks); out may be a itself."""
+    def mul(self, a: Any, b: Any, out: Any) -> None:
+        """out[...] = a * b (dropout masks); out may be a itself.
+
+        Parameters
+        ----------
+        a : array
+            Left operand.
+        b : array
+            Right operand, of a's shape.
+        out : array
+            Written in place.
+        """
         self._cupy.multiply(a, b, out=out)
 
-    def loss_grad(self, loss, z, b, y, w, grad, row_loss) -> None:
+    def loss_grad(self, loss: Any, z: Any, b: Any, y: Any, w: Any, grad: Any, row_loss: Any) -> None:
         """z += b, then grad[...] = dL/dz of the weighted batch mean and row_loss[...] = each row's loss * w.
 
-        ``loss``: softmax cross-entropy (its ``label_smoothing``; y int64 labels (n,) or (n, k)
-        rows), sigmoid binary cross-entropy or MSE (y (n, k)), with y as ``loss.prepare_targets``
-        gives it; b (k,) or None; w (n,) or None; z, grad (n, k); row_loss (n,).
+        Parameters
+        ----------
+        loss : Loss
+            Softmax cross-entropy (with its ``label_smoothing``), sigmoid binary cross-entropy
+            or MSE.
+        z : array of shape (n, k)
+            The last layer's outputs, the bias added in place.
+        b : array of shape (k,) or None
+            The last layer's bias.
+        y : array
+            Targets as ``loss.prepare_targets`` gives them: int64 labels (n,) or rows (n, k).
+        w : array of shape (n,) or None
+            Row weights.
+        grad : array of shape (n, k)
+            Receives dL/dz of the weighted batch mean.
+        row_loss : array of shape (n,)
+            Receives each row's loss times its weight.
+
+        Raises
+        ------
+        ValueError
+            For a loss the fused kernels do not cover.
         """
         name = loss.name
         if name not in LOSSES:

@@ -11,6 +11,8 @@ check runs on every backend; it needs float64, where central differences are acc
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 from .backend import device_of, namespace_of, resolve, to_numpy
@@ -21,14 +23,54 @@ __all__ = ["GradcheckError", "gradcheck", "numeric_gradient"]
 
 
 class GradcheckError(AssertionError):
-    """An analytic gradient disagrees with its central-difference estimate."""
+    """An analytic gradient disagrees with its central-difference estimate.
+
+    Raised by :func:`gradcheck`; the message names the array, the first entry off and how many
+    entries are off. A subclass of AssertionError, so a test that calls ``gradcheck`` fails.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp import ReLU
+    >>> from xpmlp.testing import GradcheckError, gradcheck
+    >>> class WrongReLU(ReLU):
+    ...     def grad_from(self, xp, grad_out, x, y):
+    ...         return 2.0 * grad_out * (x > 0)
+    >>> x = np.array([[0.5, -1.0]])
+    >>> try:
+    ...     gradcheck(WrongReLU(), x)
+    ... except GradcheckError as e:
+    ...     print(str(e)[:43])
+    gradient of input disagrees with central di
+    """
 
 
-def numeric_gradient(f, a, eps: float = 1e-6) -> np.ndarray:
+def numeric_gradient(f: Callable[[Any], Any], a: Any, eps: float = 1e-6) -> np.ndarray:
     """Central-difference gradient of a scalar function ``f(array) -> float`` at ``a``.
 
-    Returns a NumPy array of a's shape. Costs 2 * a.size calls of f. Runs with a's device
-    current (CuPy allocates on the current device).
+    Costs 2 * a.size calls of f. Runs with a's device current (CuPy allocates on the current
+    device).
+
+    Parameters
+    ----------
+    f : callable
+        ``f(array) -> float`` (or a 0-d array), called with arrays of a's shape, library and device.
+    a : array
+        The point, any shape; float64 for accurate differences.
+    eps : float, default 1e-6
+        The step of the central differences.
+
+    Returns
+    -------
+    numpy.ndarray
+        The estimated gradient, of a's shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp.testing import numeric_gradient
+    >>> numeric_gradient(lambda a: float((a ** 2).sum()), np.array([1.0, -2.0])).round(6)
+    array([ 2., -4.])
     """
     with resolve(xp=namespace_of(a), device=device_of(a)).activate():
         return _numeric_gradient(f, a, eps)
@@ -45,8 +87,8 @@ def _numeric_gradient(f, a, eps):
     return grad.reshape(tuple(a.shape))
 
 
-def gradcheck(target, x, y=None, *, loss=None, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-8,
-              training: bool = True, seed: int = 0) -> dict[str, float]:
+def gradcheck(target: Any, x: Any, y: Any = None, *, loss: Any = None, eps: float = 1e-6, rtol: float = 1e-6,
+              atol: float = 1e-8, training: bool = True, seed: int = 0) -> dict[str, float]:
     """Compare a target's backward pass with central differences.
 
     Parameters
@@ -55,24 +97,53 @@ def gradcheck(target, x, y=None, *, loss=None, eps: float = 1e-6, rtol: float = 
         A Layer is built on x's backend if it has not been. For a Layer (or a model without a
         loss) the checked scalar is ``sum(forward(x) * R)`` for a fixed random R; for a Loss it
         is ``loss(x, y)`` with x the logits; for a model with ``loss`` it is ``loss(model(x), y)``.
-    x : float64 array (n, features)
-    y : targets, for a Loss or a model with ``loss``.
-    loss : str or Loss, optional, for a model.
-    eps, rtol, atol : step and tolerances (|analytic - numeric| <= atol + rtol * |numeric|).
-    training : forward mode, True by default: only a training pass keeps what backward needs.
+    x : array of shape (n_samples, n_features)
+        A float64 array of any Array API library.
+    y : array, optional
+        Targets, for a Loss or a model with ``loss``.
+    loss : str or Loss, optional
+        For a model: the loss whose gradient is checked.
+    eps : float, default 1e-6
+        The step of the central differences.
+    rtol : float, default 1e-6
+        Relative tolerance: ``|analytic - numeric| <= atol + rtol * |numeric|``.
+    atol : float, default 1e-8
+        Absolute tolerance.
+    training : bool, default True
+        Forward mode: only a training pass keeps what backward needs.
         Every evaluation draws the same Dropout masks (each layer's ``counter`` is put back before
         each pass, and restored at the end), so Dropout is checked in training mode too.
         ``training=False`` checks an inference pass, which works only for layers that keep
         nothing for backward (Dropout: the identity, Standardize).
+    seed : int, default 0
+        Seeds the random R of the checked scalar (and the weights of a Layer built here).
 
     Returns
     -------
-    dict mapping "input" and each parameter ("W", or "2.W" for layer 2 of a model) to the
-    largest absolute difference found.
+    dict of str to float
+        Maps "input" and each parameter ("W", or "2.W" for layer 2 of a model) to the largest
+        absolute difference found.
 
     Raises
     ------
-    GradcheckError if any entry exceeds the tolerance; ValueError if x is not float64.
+    GradcheckError
+        If any entry exceeds the tolerance.
+    ValueError
+        If x is not float64.
+    TypeError
+        If ``target`` is not a Layer, a Loss or a model.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp import Dense, SoftmaxCrossEntropy
+    >>> from xpmlp.testing import gradcheck
+    >>> x = np.random.default_rng(0).normal(size=(4, 3))
+    >>> errors = gradcheck(Dense(2), x)
+    >>> sorted(errors), max(errors.values()) < 1e-6
+    (['W', 'b', 'input'], True)
+    >>> sorted(gradcheck(SoftmaxCrossEntropy(), x, np.array([0, 1, 2, 0])))
+    ['input']
     """
     backend = resolve(xp=namespace_of(x), device=device_of(x))
     with backend.activate():  # x's GPU current (CuPy)

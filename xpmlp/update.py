@@ -14,8 +14,8 @@ previous ones wrote. Expressions: ``+ - * /``, unary ``-``, ``sqrt(x)``, names a
 From that one text come every variant, so they cannot drift apart:
 
 (a) :meth:`Update.reference` - Python over Array API arrays (functional: new arrays, no ``out=``);
-(b) :attr:`Update.program` - a list of in-place elementwise operations on scratch buffers, which
-    :func:`xpmlp.kernels_numpy.chunked` runs in cache-sized chunks with NumPy's ``out=``;
+(b) ``Update.program`` - a list of in-place elementwise operations on scratch buffers, which
+    ``xpmlp.kernels_numpy.chunked`` runs in cache-sized chunks with NumPy's ``out=``;
 (c) :meth:`Update.kernel_spec` - the body of one CuPy ``ElementwiseKernel`` (``KernelSpec``).
 
 All three do the same IEEE operations in the same order on values of the array dtype ``T``:
@@ -26,7 +26,7 @@ kernel's ``(T)`` cast all do). So (b) and host-compiled (c) are bitwise equal to
 (c) differs only by NVRTC's multiply-add contraction and float32 denormal flushing.
 
 This module imports no array library: the reference gets ``xp``, the NumPy executor lives in
-:mod:`xpmlp.kernels_numpy`, the CUDA source is a string.
+``xpmlp.kernels_numpy``, the CUDA source is a string.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import ast
 import copy
 import math
 import textwrap
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = ["Update", "KernelSpec", "Op"]
 
@@ -47,12 +47,21 @@ _FUNCTIONS = {"sqrt": "sqrt"}  # name in the description -> ufunc name / Array A
 
 
 class Op(NamedTuple):
-    """One in-place elementwise operation of :attr:`Update.program`: ``out[...] = fn(*args)``.
+    """One in-place elementwise operation of ``Update.program``: ``out[...] = fn(*args)``.
 
     ``fn`` is a ufunc name (``add``, ``subtract``, ``multiply``, ``divide``, ``negative``, ``sqrt``,
     or ``copy``); ``out`` and each arg are ``("array", name)`` (p, g or a state buffer),
     ``("scratch", k)`` (the k-th scratch buffer, temporaries included) or, for args only,
     ``("scalar", name)`` (a value of :meth:`Update.host_values`).
+
+    Parameters
+    ----------
+    fn : str
+        The operation: a ufunc name, or ``copy``.
+    out : tuple
+        Where it writes: ``("array", name)`` or ``("scratch", k)``.
+    args : tuple
+        Its operands: ``("array", name)``, ``("scratch", k)`` or ``("scalar", name)``.
     """
 
     fn: str
@@ -72,12 +81,31 @@ class Update:
     name : str
         The kernel's name, ``xpmlp_{name}``.
 
-    The host scalars (:attr:`scalars`) are the names read before any assignment that are not
-    ``p``, ``g`` or a state buffer. Raises ValueError for anything outside the expression
-    language, an assignment to a host scalar, or a statement of host scalars only.
+    Raises
+    ------
+    ValueError
+        For anything outside the expression language, an assignment to a host scalar, a
+        statement of host scalars only, or a reserved name.
+
+    Notes
+    -----
+    The host scalars (``scalars``) are the names read before any assignment that are not
+    ``p``, ``g`` or a state buffer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp.update import Update
+    >>> u = Update("m = mu * m + g; p = p - lr * m", state=("m",), name="momentum")
+    >>> u.scalars
+    ('mu', 'lr')
+    >>> arrays = {"p": np.ones(2), "g": np.array([1.0, -1.0]), "m": np.zeros(2)}
+    >>> u.reference_inplace(np, arrays, u.host_values({"mu": 0.9, "lr": 0.1}))
+    >>> arrays["p"], arrays["m"]
+    (array([0.9, 1.1]), array([ 1., -1.]))
     """
 
-    def __init__(self, text: str, state=(), name: str = "update"):
+    def __init__(self, text: str, state: Any = (), name: str = "update") -> None:
         self.text, self.state, self.name = text, tuple(state), name
         self.arrays = ("p", "g", *self.state)
         try:
@@ -159,10 +187,24 @@ class Update:
         return ast.Name(node.id, ast.Load())
 
     def host_values(self, scalars: dict) -> dict:
-        """The host scalars the executors take, by name (:attr:`host_names`): each folded
-        subexpression (and number) evaluated in double from ``scalars`` (Python floats; it must
-        hold every name of :attr:`scalars`, other keys are ignored), and the scalars the
-        statements use directly."""
+        """The host scalars the executors take, by name (``host_names``).
+
+        Parameters
+        ----------
+        scalars : dict of str to float
+            Python floats; it must hold every name of ``scalars``, other keys are ignored.
+
+        Returns
+        -------
+        dict of str to float
+            Each folded subexpression (and number) evaluated in double from ``scalars``, and the
+            scalars the statements use directly.
+
+        Raises
+        ------
+        ValueError
+            If a host scalar has no value.
+        """
         missing = [k for k in self.scalars if k not in scalars]
         if missing:
             raise ValueError(f"update {self.name}: no value for the host scalars {missing}")
@@ -185,17 +227,39 @@ class Update:
         self.reference_source = src
         return env["update"]
 
-    def reference(self, xp, arrays: dict, values: dict) -> dict:
+    def reference(self, xp: Any, arrays: dict, values: dict) -> dict:
         """The new value of each output (p and the state buffers it assigns), computed with ``xp``.
 
-        ``arrays``: p, g and the state buffers (not modified); ``values``: :meth:`host_values`.
+        Parameters
+        ----------
+        xp : module
+            The arrays' Array API namespace.
+        arrays : dict of str to array
+            p, g and the state buffers, 1-D of one shape (not modified).
+        values : dict of str to float
+            What :meth:`host_values` returned.
+
+        Returns
+        -------
+        dict of str to array
+            The new value of each output, by name (new arrays).
         """
         out = self._reference_code(xp, *(arrays[n] for n in self.arrays),
                                    **{h: values[h] for h in self.host_names})
         return dict(zip(self.outputs, out))
 
-    def reference_inplace(self, xp, arrays: dict, values: dict) -> None:
-        """:meth:`reference`, then each output written into its buffer in ``arrays`` (``[...] =``)."""
+    def reference_inplace(self, xp: Any, arrays: dict, values: dict) -> None:
+        """:meth:`reference`, then each output written into its buffer in ``arrays`` (``[...] =``).
+
+        Parameters
+        ----------
+        xp : module
+            The arrays' Array API namespace.
+        arrays : dict of str to array
+            p, g and the state buffers; the outputs are written in place.
+        values : dict of str to float
+            What :meth:`host_values` returned.
+        """
         new = self.reference(xp, arrays, values)
         for name, value in new.items():
             if any(value is a for a in arrays.values()):  # a plain copy (v = m): m may be written first
@@ -281,12 +345,17 @@ class Update:
     # -- (c) the CUDA ElementwiseKernel --------------------------------------------------------
 
     def kernel_spec(self) -> KernelSpec:
-        """The arguments of ``cupy.ElementwiseKernel`` for this update, called as
-        ``kernel(g, *(values[h] for h in host_names), p, *state)`` (outputs in place).
+        """The arguments of ``cupy.ElementwiseKernel`` for this update.
 
-        Array parameters are of type ``T`` (the parameters' dtype), host scalars ``float64`` cast
-        to ``T`` where used; temporaries are locals of type ``T``; ``g`` is an input (read-only), so
-        once reassigned it lives in a local.
+        The kernel is called as ``kernel(g, *(values[h] for h in host_names), p, *state)``
+        (outputs in place). Array parameters are of type ``T`` (the parameters' dtype), host
+        scalars ``float64`` cast to ``T`` where used; temporaries are locals of type ``T``; ``g``
+        is an input (read-only), so once reassigned it lives in a local.
+
+        Returns
+        -------
+        KernelSpec
+            ``(in_params, out_params, operation, name)``.
         """
         names: dict[str, str] = {n: n for n in self.arrays}
         lines = []
