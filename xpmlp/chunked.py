@@ -355,7 +355,7 @@ class _ChunkedData:
             mover.close()
 
     def _batches(self, ticket, spans, done):
-        """A pair's batches on the device, checked there (one host read: see :meth:`_prepare`)."""
+        """A pair's batches on the device, checked there (one host read: see ``_prepare``)."""
         if ticket is not None:
             Xd, yd, wd = self._prepare(*ticket.arrays())
         else:  # none of this pair's rows are this rank's (a last batch of fewer rows than ranks)

@@ -648,7 +648,7 @@ def _rows_reader(model, X):
     """(shape, high, low, read(rows) -> float64 host rows): X validated as fit validates it, read sparingly.
 
     Host data is read where it is (its largest and smallest value, then only sampled rows); device
-    arrays and sparse matrices go through fit's own check (:func:`xpmlp.train._prepare_X`).
+    arrays and sparse matrices go through fit's own check (``xpmlp.train._prepare_X``).
     """
     if _is_host(X) and not is_sparse(X):
         Xh = host_array(X, "X")

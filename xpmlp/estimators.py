@@ -431,7 +431,7 @@ class _BaseMLP(_CallbackSupport, _Base):
 
     def _fit_lbfgs(self, X, targets, loss, sample_weight, class_weight, scales):
         """scikit-learn's solver="lbfgs": full batch, max_iter iterations, max_fun evaluations, gtol=tol,
-        on the objective whose gradient scikit-learn uses (scaled: see :meth:`_scales`)."""
+        on the objective whose gradient scikit-learn uses (scaled: see ``_scales``)."""
         loss_scale, grad_scale = scales
         optimizer = LBFGS(max_iter=int(self.max_iter), max_fun=int(self.max_fun), tol=self.tol * grad_scale,
                           l2=self.alpha * grad_scale)
