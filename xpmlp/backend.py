@@ -60,6 +60,15 @@ class _Broken(_Unavailable):
 class Backend:
     """An Array API namespace and the device that a model allocates on.
 
+    Parameters
+    ----------
+    xp : module
+        The Array API namespace.
+    device : object
+        The device to allocate on.
+    name : str
+        The library's name.
+
     Attributes
     ----------
     xp : module
@@ -69,15 +78,6 @@ class Backend:
         ``torch.device``, an ``array_api_strict.Device``.
     name : str
         Library name: ``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``, ...
-
-    Parameters
-    ----------
-    xp : module
-        The Array API namespace.
-    device : object
-        The device to allocate on.
-    name : str
-        The library's name.
 
     See Also
     --------
@@ -839,14 +839,15 @@ def to_numpy(a: Any) -> np.ndarray:
 
     Examples
     --------
-    >>> import numpy as np
+    An array of another Array API library (here array-api-strict), copied through DLPack:
+
+    >>> import array_api_strict
     >>> import xpmlp
-    >>> from xpmlp.datasets import make_xor
-    >>> X, y = make_xor(8, seed=0)
-    >>> model = xpmlp.MLP([2, 4, 2], seed=0, device="cpu")
-    >>> proba = xpmlp.to_numpy(model.predict(X))
-    >>> type(proba).__name__, proba.shape
-    ('ndarray', (8, 2))
+    >>> a = xpmlp.to_numpy(array_api_strict.asarray([[1.0, 2.0], [3.0, 4.0]]))
+    >>> type(a).__name__, a.tolist()
+    ('ndarray', [[1.0, 2.0], [3.0, 4.0]])
+
+    Predictions of a model on any device, as NumPy: ``xpmlp.to_numpy(model.predict(X))``.
     """
     if _is_host(a):
         return np.asarray(a)

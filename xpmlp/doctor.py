@@ -715,14 +715,6 @@ def diagnose(model: Any, X: Any, y: Any, *, loss: Any = None, shuffle: bool = Tr
         validation (``sorted_classes``, ``validation_one_class``), the loss at initialisation
         (``initial_loss``) and ``overfit``. Thresholds: the module's constants.
 
-    Cost: one pass over X for its largest and smallest value, statistics on at most
-    ``STAT_ROWS`` rows spread evenly over X, one inference pass over ``INIT_ROWS`` rows, all of y
-    on the host: with ``overfit=False``, 0.05 s on MNIST's 60000 rows (float32 pixels / 255,
-    784-128-10, one CPU core), against 2.1 s for one epoch of fit at batch size 32. The overfit
-    test adds up to ``OVERFIT_STEPS`` steps on ``OVERFIT_ROWS`` rows of a copy.
-    The model's weights, optimiser, loss, generators and Dropout counters, and the caller's
-    arrays, are left as they were.
-
     Raises
     ------
     TypeError
@@ -735,6 +727,16 @@ def diagnose(model: Any, X: Any, y: Any, *, loss: Any = None, shuffle: bool = Tr
     See Also
     --------
     xpmlp.Sequential.fit : ``fit(..., diagnose=True)`` runs this before training.
+
+    Notes
+    -----
+    Cost: one pass over X for its largest and smallest value, statistics on at most
+    ``STAT_ROWS`` rows spread evenly over X, one inference pass over ``INIT_ROWS`` rows, all of y
+    on the host: with ``overfit=False``, 0.05 s on MNIST's 60000 rows (float32 pixels / 255,
+    784-128-10, one CPU core), against 2.1 s for one epoch of fit at batch size 32. The overfit
+    test adds up to ``OVERFIT_STEPS`` steps on ``OVERFIT_ROWS`` rows of a copy.
+    The model's weights, optimiser, loss, generators and Dropout counters, and the caller's
+    arrays, are left as they were.
 
     Examples
     --------
