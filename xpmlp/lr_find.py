@@ -283,11 +283,6 @@ def lr_find(model: Any, X: Any, y: Any, *, loss: Any = None, optimizer: Any = No
     LRFinderResult
         ``lrs``, ``losses`` (smoothed), ``raw_losses``, ``suggestion``, ``stop_reason``, ``plot()``.
 
-    Afterwards the model is as it was: weights, gradient buffer, optimiser (``model.optimizer``
-    and the one given are never stepped), Dropout counters, Standardize statistics, host generator
-    states, ``loss``, ``history`` and ``stop_training``; so a later ``fit`` is exactly the fit
-    without the test. Costs ``num_steps`` training steps and one host read per step.
-
     Raises
     ------
     ValueError
@@ -295,6 +290,23 @@ def lr_find(model: Any, X: Any, y: Any, *, loss: Any = None, optimizer: Any = No
         there is no loss, or the optimiser is LBFGS.
     TypeError
         If a rate is not a number or ``optimizer`` is neither a name nor an xpmlp Optimizer.
+
+    Notes
+    -----
+    Afterwards the model is as it was: weights, gradient buffer, optimiser (``model.optimizer``
+    and the one given are never stepped), Dropout counters, Standardize statistics, host generator
+    states, ``loss``, ``history`` and ``stop_training``; so a later ``fit`` is exactly the fit
+    without the test. Costs ``num_steps`` training steps and one host read per step.
+
+    Examples
+    --------
+    >>> import xpmlp
+    >>> from xpmlp.datasets import make_xor
+    >>> X, y = make_xor(256, seed=0)
+    >>> model = xpmlp.MLP([2, 16, 2], seed=0)
+    >>> result = model.lr_find(X, y, loss="softmax_cross_entropy", num_steps=50, seed=0)
+    >>> len(result.lrs) <= 50, float(result.lrs[0])
+    (True, 1e-07)
     """
     start_lr, end_lr = _rate(start_lr, "start_lr"), _rate(end_lr, "end_lr")
     if not start_lr < end_lr:
