@@ -195,7 +195,7 @@ class Backend:
         ``ticket = mover.submit([X, y, w])`` starts the copies and returns at once; work queued
         meanwhile on the current stream overlaps them; ``ticket.arrays()`` gives the device arrays,
         safe to use on the current stream from then on. On CuPy the copies come from pinned host
-        memory on a second stream (see :class:`CopyAhead`); elsewhere ``submit`` is
+        memory on a second stream (see :class:`xpmlp.backend.CopyAhead`); elsewhere ``submit`` is
         :meth:`from_host` of each array.
 
         Returns
@@ -210,7 +210,7 @@ class Backend:
     def asarray(self, a: Any, *, dtype: str | None = None, what: str = "array") -> Any:
         """Bring user data onto this backend.
 
-        Host data (NumPy arrays, lists, pandas objects: see :func:`host_array`) is copied to the
+        Host data (NumPy arrays, lists, pandas objects: see :func:`xpmlp.backend.host_array`) is copied to the
         device. An array of another library, or of this library on another device, is refused:
         silently moving it would hide a costly transfer or a mistake.
 

@@ -208,7 +208,8 @@ class History(Callback):
 
     See Also
     --------
-    Callback, xpmlp.Sequential.fit
+    xpmlp.callbacks.Callback : The base class of callbacks.
+    xpmlp.Sequential.fit : Returns one.
 
     Examples
     --------

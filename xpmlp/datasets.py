@@ -519,7 +519,7 @@ def make_xor(n: int = 4000, noise: float = 0.1, bias_column: bool = False,
 
 def make_sine(n: int = 1000, low: float = 0.0, high: float = 4 * np.pi, fn: Callable | None = None,
               noise: float = 0.0, seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A 1-D regression problem: x uniform on [low, high], y = fn(x) (default |sin x|) + noise.
+    """A 1-D regression problem: x uniform on [low, high], y = fn(x) (default ``|sin x|``) + noise.
 
     Parameters
     ----------

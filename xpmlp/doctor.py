@@ -65,7 +65,7 @@ class Finding:
     check : str
         The check's name, e.g. ``"unscaled_inputs"`` (stable: tests and filters use it).
     severity : {"error", "warning", "info"}
-        How serious it is (:data:`SEVERITIES`).
+        How serious it is (:data:`xpmlp.doctor.SEVERITIES`).
     message : str
         What is wrong, in one sentence, with the numbers.
     fix : str
@@ -78,7 +78,7 @@ class Finding:
     Raises
     ------
     ValueError
-        If ``severity`` is not one of :data:`SEVERITIES`.
+        If ``severity`` is not one of :data:`xpmlp.doctor.SEVERITIES`.
 
     See Also
     --------
@@ -708,7 +708,7 @@ def diagnose(model: Any, X: Any, y: Any, *, loss: Any = None, shuffle: bool = Tr
     -------
     Report
         The findings, most serious first; ``report.ok`` when none is an error or a warning. The
-        checks, in :data:`CHECKS` order: inputs (``unscaled_inputs``, ``feature_scales``),
+        checks, in :data:`xpmlp.doctor.CHECKS` order: inputs (``unscaled_inputs``, ``feature_scales``),
         targets against output and loss (``single_output_softmax``, ``continuous_targets``,
         ``label_range``, ``missing_classes``, ``targets_outside_output_range``,
         ``unscaled_targets``), the model's end (``probabilities_as_logits``), order and

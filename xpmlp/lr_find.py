@@ -73,7 +73,7 @@ class LRFinderResult:
         Each step's mean batch loss, measured before that step's update.
     suggestion : float or None
         The rate at the steepest descent of the smoothed curve towards its lowest point (see
-        :func:`suggest_lr`); None when the curve is too short or never descends.
+        :func:`xpmlp.lr_find.suggest_lr`); None when the curve is too short or never descends.
     stop_reason : str or None
         Why the sweep ended before ``num_steps`` (divergence, a NaN or infinite loss), or None.
     num_steps : int
@@ -81,7 +81,8 @@ class LRFinderResult:
 
     See Also
     --------
-    xpmlp.Sequential.lr_find, suggest_lr
+    xpmlp.Sequential.lr_find : Runs the test and returns one.
+    xpmlp.lr_find.suggest_lr : How the suggestion is chosen.
 
     Examples
     --------
@@ -168,7 +169,7 @@ def suggest_lr(lrs: Any, losses: Any) -> float | None:
     """The rate where the smoothed loss falls fastest against log(lr), on its way to its lowest point.
 
     The slope is ``np.gradient(losses, log10(lrs))`` (central differences). Its most negative
-    value is taken from the curve's point :data:`SKIP_START` (point 0 when the lowest loss comes
+    value is taken from the curve's point ``SKIP_START`` (point 0 when the lowest loss comes
     sooner than that) up to the lowest smoothed loss: torch-lr-finder takes the steepest slope of
     the whole curve less its last 5 points, which can land past the minimum, where the loss of an
     Adam run that never quite diverged falls back from a bump at large rates (on scikit-learn's

@@ -30,8 +30,8 @@ Checks, their definitions and thresholds (module constants below, with their sou
 - ``collapsed_predictions``: on the sample, one class gets at least 95% of the predictions for 5
   checks in a row, while that class holds at least 20 points less of the sample's labels.
 - ``saturated_units``: a sigmoid or tanh layer with at least half of its inputs (rows x units)
-  beyond the bound where its output is within 0.01 of an asymptote (|x| > ln 99 = 4.6 for sigmoid,
-  |x| > atanh 0.99 = 2.65 for tanh): there its derivative is under 4% (sigmoid) or 2% (tanh) of
+  beyond the bound where its output is within 0.01 of an asymptote (``|x| > ln 99 = 4.6`` for sigmoid,
+  ``|x| > atanh 0.99 = 2.65`` for tanh): there its derivative is under 4% (sigmoid) or 2% (tanh) of
   its peak, so the units barely learn (Glorot and Bengio 2010, section 3).
 - ``update_ratio_too_small`` / ``update_ratio_too_large``: ||W_after - W_before|| / ||W_before||
   for the epoch's first update of each weight matrix, against the rule of thumb of about 1e-3
@@ -40,7 +40,7 @@ Checks, their definitions and thresholds (module constants below, with their sou
   update under about 1e-7 of a weight is partly lost to rounding. Updates of exactly zero everywhere
   mean no gradient (every ReLU dead, say), which other checks name: not a small learning rate.
 - ``oscillating_loss``: over the last 8 epoch losses, at least 4 of the 6 possible sign changes of
-  their successive differences, with a mean |difference| of at least 5% of the window's mean loss
+  their successive differences, with a mean ``|difference|`` of at least 5% of the window's mean loss
   and 1% of the first epoch's loss (so a converged run's tiny noise stays quiet). Adapted from
   AUTOTRAINER's ``ol_judge`` (which counts accuracy peaks and troughs at least zeta apart).
 - ``nan_or_inf``: training diverged (fit's ``on_divergence``), or the sample's pass met NaN or
