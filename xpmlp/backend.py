@@ -26,7 +26,26 @@ FLOAT_DTYPES = ("float32", "float64")
 
 
 class DeviceMismatchError(ValueError):
-    """Arrays from another array library or another device than the model's."""
+    """Arrays from another array library or another device than the model's.
+
+    xpmlp never moves device data implicitly: a CuPy array given to a NumPy model (or a torch
+    array to a CuPy model, or an array on another GPU) raises this, naming both sides. Host data
+    (NumPy arrays, lists, pandas objects) is always accepted and copied. A subclass of
+    ``ValueError``.
+
+    Examples
+    --------
+    An array-api-strict array given to a NumPy backend:
+
+    >>> import array_api_strict
+    >>> from xpmlp import DeviceMismatchError, resolve
+    >>> strict = array_api_strict.asarray([1.0, 2.0])
+    >>> try:
+    ...     resolve("cpu").check_array(strict, "X")
+    ... except DeviceMismatchError as e:
+    ...     print(e)
+    X is a array_api_strict array but the model runs on numpy on cpu; pass NumPy data or an array of the model's library
+    """
 
 
 class _Unavailable(Exception):
@@ -41,6 +60,15 @@ class _Broken(_Unavailable):
 class Backend:
     """An Array API namespace and the device that a model allocates on.
 
+    Parameters
+    ----------
+    xp : module
+        The Array API namespace.
+    device : object
+        The device to allocate on.
+    name : str
+        The library's name.
+
     Attributes
     ----------
     xp : module
@@ -50,6 +78,20 @@ class Backend:
         ``torch.device``, an ``array_api_strict.Device``.
     name : str
         Library name: ``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``, ...
+
+    See Also
+    --------
+    resolve : how a device flag or a namespace becomes a Backend.
+
+    Examples
+    --------
+    >>> from xpmlp import resolve
+    >>> backend = resolve("cpu")
+    >>> str(backend), backend.is_gpu
+    ('numpy on cpu', False)
+    >>> a = backend.asarray([[1, 2], [3, 4]], dtype="float32")
+    >>> a.shape, str(a.dtype)
+    ((2, 2), 'float32')
     """
 
     xp: Any
@@ -61,15 +103,21 @@ class Backend:
 
     @property
     def is_gpu(self) -> bool:
+        """Whether the backend runs on a GPU (CuPy, or a CUDA device of another library)."""
         return self.name == "cupy" or "cuda" in str(self.device)
 
-    def activate(self):
+    def activate(self) -> Any:
         """A context manager that makes this backend's device current, for CuPy.
 
         CuPy allocates new arrays (``zeros_like``, ``arange``, every kernel's output) on the
         *current* device and refuses kernels whose arrays live elsewhere, so a model on GPU N
         runs all of its work inside ``with backend.activate():``. Other libraries take the
         device per call: for them this does nothing.
+
+        Returns
+        -------
+        context manager
+            A ``cupy.cuda.Device`` on CuPy, ``contextlib.nullcontext()`` otherwise.
         """
         if self.name == "cupy":
             # A fresh Device per use: a cupy.cuda.Device keeps the stack of devices to restore in
@@ -77,7 +125,7 @@ class Backend:
             return type(self.device)(self.device.id)
         return contextlib.nullcontext()
 
-    def matmul_precision(self, tf32: bool):
+    def matmul_precision(self, tf32: bool) -> Any:
         """A context manager inside which float32 matrix products may use TF32 (when ``tf32``).
 
         TF32 keeps float32's range but rounds the products' inputs to 10 mantissa bits, so GEMMs
@@ -85,19 +133,56 @@ class Backend:
         is CuPy's own setting (what ``CUPY_TF32=1`` selects), switched on for float32 while the
         context is open and put back afterwards, since CuPy keeps it per process. On every other
         backend, and with ``tf32=False``, this does nothing.
+
+        Parameters
+        ----------
+        tf32 : bool
+            Whether to allow TF32 inside the context.
+
+        Returns
+        -------
+        context manager
+            CuPy's TF32 setting while open (CuPy with ``tf32``), else ``contextlib.nullcontext()``.
         """
         if not tf32 or self.name != "cupy":
             return contextlib.nullcontext()
         return _cupy_tf32()
 
-    def dtype(self, name: str):
-        """The namespace's floating dtype called ``name`` ("float32" or "float64")."""
+    def dtype(self, name: str) -> Any:
+        """The namespace's floating dtype called ``name`` ("float32" or "float64").
+
+        Parameters
+        ----------
+        name : {"float32", "float64"}
+            The dtype's name.
+
+        Returns
+        -------
+        dtype
+            The namespace's dtype object (``xp.float32`` or ``xp.float64``).
+
+        Raises
+        ------
+        ValueError
+            If ``name`` is neither.
+        """
         if name not in FLOAT_DTYPES:
             raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {name!r}")
         return getattr(self.xp, name)
 
-    def from_host(self, a: np.ndarray):
-        """Copy a NumPy array to this backend's device, keeping its dtype."""
+    def from_host(self, a: np.ndarray) -> Any:
+        """Copy a NumPy array to this backend's device, keeping its dtype.
+
+        Parameters
+        ----------
+        a : numpy.ndarray
+            The host array.
+
+        Returns
+        -------
+        array
+            An array of the backend's library on its device, of ``a``'s shape and dtype.
+        """
         if self.name == "torch" and not a.flags.writeable:
             # torch on the CPU would share the memory of a read-only array (a pandas 3 column, a
             # frombuffer array), which it cannot honour, and warn: copy it instead
@@ -110,25 +195,47 @@ class Backend:
         ``ticket = mover.submit([X, y, w])`` starts the copies and returns at once; work queued
         meanwhile on the current stream overlaps them; ``ticket.arrays()`` gives the device arrays,
         safe to use on the current stream from then on. On CuPy the copies come from pinned host
-        memory on a second stream (see :class:`CopyAhead`); elsewhere ``submit`` is
+        memory on a second stream (see :class:`xpmlp.backend.CopyAhead`); elsewhere ``submit`` is
         :meth:`from_host` of each array.
+
+        Returns
+        -------
+        CopyAhead
+            A new mover for this backend.
         """
         if self.name == "cupy":
             return _CupyCopyAhead(self)
         return CopyAhead(self)
 
-    def asarray(self, a, *, dtype: str | None = None, what: str = "array"):
+    def asarray(self, a: Any, *, dtype: str | None = None, what: str = "array") -> Any:
         """Bring user data onto this backend.
 
-        Host data (NumPy arrays, lists, pandas objects: see :func:`host_array`) is copied to the
+        Host data (NumPy arrays, lists, pandas objects: see :func:`xpmlp.backend.host_array`) is copied to the
         device. An array of another library, or of this library on another device, is refused:
         silently moving it would hide a costly transfer or a mistake.
 
         Parameters
         ----------
         a : array-like
-        dtype : "float32", "float64" or None (keep the dtype).
-        what : name used in error messages ("X", "y", ...).
+            The data: host data, or an array of this backend's library on its device.
+        dtype : {"float32", "float64"} or None, default=None
+            The dtype to convert to; None keeps the dtype.
+        what : str, default="array"
+            Name used in error messages ("X", "y", ...).
+
+        Returns
+        -------
+        array
+            An array of the backend's library on its device, of ``a``'s shape.
+
+        Raises
+        ------
+        DeviceMismatchError
+            If ``a`` is an array of another library or device.
+        ValueError
+            If host data does not hold real numbers, or a pandas object holds a missing value.
+        TypeError
+            If ``a`` is not an array.
         """
         if _is_host(a):
             host = host_array(a, what)
@@ -146,8 +253,24 @@ class Backend:
             a = self.xp.astype(a, self.dtype(dtype))
         return a
 
-    def check_array(self, a, what: str = "array") -> None:
-        """Raise :class:`DeviceMismatchError` unless ``a`` lives in this namespace and device."""
+    def check_array(self, a: Any, what: str = "array") -> None:
+        """Raise :class:`DeviceMismatchError` unless ``a`` lives in this namespace and device.
+
+        Parameters
+        ----------
+        a : array
+            The array to check.
+        what : str, default="array"
+            Name used in error messages.
+
+        Raises
+        ------
+        DeviceMismatchError
+            If ``a`` is of another library (or GPU data of a library xpmlp does not run on), or on
+            another device.
+        TypeError
+            If ``a`` is not an array.
+        """
         try:
             ns = array_api_compat.array_namespace(a)
         except TypeError as e:
@@ -166,7 +289,7 @@ class Backend:
         if dev != self.device:
             raise DeviceMismatchError(f"{what} is on device {dev} but the model is on {self.device}")
 
-    def sparse_asarray(self, a, *, dtype: str, what: str = "X"):
+    def sparse_asarray(self, a: Any, *, dtype: str, what: str = "X") -> Any:
         """A SciPy or cupyx sparse matrix as a CSR matrix of ``dtype`` on this backend's device.
 
         NumPy gets a ``scipy.sparse.csr_matrix``, CuPy a ``cupyx.scipy.sparse.csr_matrix``; the
@@ -174,6 +297,29 @@ class Backend:
         written), other formats (CSC, COO, ...) are converted to CSR, and duplicate entries are
         summed in a copy. Other backends have no sparse matrices: a clear ``TypeError``. A
         cupyx matrix is taken only by a CuPy model on its device (as for dense arrays).
+
+        Parameters
+        ----------
+        a : sparse matrix of shape (n_samples, n_features)
+            A SciPy or cupyx sparse matrix or array.
+        dtype : {"float32", "float64"}
+            The dtype of the result.
+        what : str, default="X"
+            Name used in error messages.
+
+        Returns
+        -------
+        csr_matrix of shape (n_samples, n_features)
+            ``scipy.sparse.csr_matrix`` (NumPy) or ``cupyx.scipy.sparse.csr_matrix`` (CuPy).
+
+        Raises
+        ------
+        TypeError
+            On a backend other than NumPy and CuPy.
+        DeviceMismatchError
+            For a cupyx matrix on a non-CuPy backend or another device.
+        ValueError
+            If ``a`` is not 2-D or does not hold real numbers.
         """
         if self.name not in ("numpy", "cupy"):
             raise TypeError(f"{what} is a sparse matrix, which xpmlp trains on only with the NumPy (device='cpu') "
@@ -222,9 +368,19 @@ class Backend:
 
 
 class CopyTicket:
-    """The device arrays of one :meth:`CopyAhead.submit`; :meth:`arrays` hands them to the current stream."""
+    """The device arrays of one :meth:`CopyAhead.submit`; :meth:`arrays` hands them to the current stream.
 
-    def __init__(self, backend: Backend, arrays: tuple, event=None):
+    Parameters
+    ----------
+    backend : Backend
+        The backend the arrays live on.
+    arrays : tuple
+        The device arrays (None entries stay None).
+    event : cupy.cuda.Event, optional
+        The event recorded after the copies (CuPy); None when there is nothing to wait for.
+    """
+
+    def __init__(self, backend: Backend, arrays: tuple, event: Any = None) -> None:
         self._backend, self._arrays, self._event = backend, arrays, event
         self._ordered = event is None  # the current stream waited for the copies (or there was nothing to wait for)
 
@@ -247,6 +403,11 @@ class CopyTicket:
 
         On CuPy the current stream waits for the copies' event (:meth:`order`: no host sync). Calling it
         again returns the same arrays.
+
+        Returns
+        -------
+        tuple
+            The device arrays.
         """
         self.order()
         return self._arrays
@@ -263,26 +424,47 @@ class CopyAhead:
     This base class is every backend but CuPy: ``submit`` is ``from_host`` of each array, at once.
     ``overlaps`` says whether a copy runs while the caller's device work does (then it pays to
     submit the next data before using this one's).
+
+    Parameters
+    ----------
+    backend : Backend
+        The backend to copy to.
     """
 
     overlaps = False
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.closed = False
 
-    def __enter__(self):
+    def __enter__(self) -> "CopyAhead":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _check_open(self):
+    def _check_open(self) -> None:
         if self.closed:
             raise RuntimeError("this copy_ahead() mover is closed: make a new one with backend.copy_ahead()")
 
-    def submit(self, arrays) -> CopyTicket:
-        """Start copying ``arrays`` (host NumPy arrays or None) to the device; returns at once."""
+    def submit(self, arrays: Any) -> CopyTicket:
+        """Start copying ``arrays`` (host NumPy arrays or None) to the device; returns at once.
+
+        Parameters
+        ----------
+        arrays : sequence of numpy.ndarray or None
+            The host arrays; None entries stay None.
+
+        Returns
+        -------
+        CopyTicket
+            Its :meth:`CopyTicket.arrays` gives the device arrays.
+
+        Raises
+        ------
+        RuntimeError
+            If the mover is closed.
+        """
         self._check_open()
         return CopyTicket(self.backend, tuple(None if a is None else self.backend.from_host(a) for a in arrays))
 
@@ -341,7 +523,19 @@ class _CupyCopyAhead(CopyAhead):
             buf = buffers[position] = self._cupyx.empty_pinned((a.nbytes,), dtype=np.uint8)
         return buf[:a.nbytes].view(a.dtype).reshape(a.shape)
 
-    def submit(self, arrays) -> CopyTicket:
+    def submit(self, arrays: Any) -> CopyTicket:
+        """Copy through a pinned buffer on the copy stream (see the class notes); returns at once.
+
+        Parameters
+        ----------
+        arrays : sequence of numpy.ndarray or None
+            The host arrays; None entries stay None.
+
+        Returns
+        -------
+        CopyTicket
+            Its :meth:`CopyTicket.arrays` gives the device arrays.
+        """
         self._check_open()
         host = [None if a is None else np.asarray(a) for a in arrays]
         cupy = self._cupy
@@ -353,7 +547,7 @@ class _CupyCopyAhead(CopyAhead):
                 self._slot_events[slot].synchronize()
                 self._slot_events[slot] = None
             # device arrays first, on the current stream (its pool), then the copy stream waits for it
-            out = [None if a is None else cupy.empty(a.shape, dtype=a.dtype) for a in host]
+            out: list[Any] = [None if a is None else cupy.empty(a.shape, dtype=a.dtype) for a in host]
             self._stream.wait_event(current.record())
             try:
                 for position, (a, dst) in enumerate(zip(host, out)):
@@ -376,6 +570,7 @@ class _CupyCopyAhead(CopyAhead):
         self._unordered = []
 
     def close(self) -> None:
+        """Wait for copies still reading the pinned buffers, then free them; safe to call twice."""
         if self.closed:
             return
         self.closed = True
@@ -417,11 +612,21 @@ def _is_host(a) -> bool:
     return hasattr(a, "__array__")
 
 
-def is_pandas(a) -> bool:
+def is_pandas(a: Any) -> bool:
     """True for a pandas DataFrame, Series, Index or extension array (pandas 2 and 3).
 
     By type, not by module name (pandas 3 says ``pandas``, pandas 2 ``pandas.core.frame``); a
     pandas object cannot exist unless pandas is imported, so pandas is never imported here.
+
+    Parameters
+    ----------
+    a : object
+        Anything.
+
+    Returns
+    -------
+    bool
+        Whether ``a`` is a pandas object.
     """
     pd = sys.modules.get("pandas")
     if pd is None or not hasattr(pd, "DataFrame"):
@@ -429,7 +634,7 @@ def is_pandas(a) -> bool:
     return isinstance(a, (pd.DataFrame, pd.Series, pd.Index, pd.api.extensions.ExtensionArray))
 
 
-def host_array(a, what: str = "array") -> np.ndarray:
+def host_array(a: Any, what: str = "array") -> np.ndarray:
     """Host data (NumPy, Python sequences, pandas) as a NumPy array; never modifies ``a``.
 
     pandas objects are read by position: the index is ignored, rows are never aligned or
@@ -442,7 +647,19 @@ def host_array(a, what: str = "array") -> np.ndarray:
     Parameters
     ----------
     a : array-like
-    what : name used in error messages ("X", "y", ...).
+        Host data.
+    what : str, default="array"
+        Name used in error messages ("X", "y", ...).
+
+    Returns
+    -------
+    numpy.ndarray
+        The data, of ``a``'s shape.
+
+    Raises
+    ------
+    ValueError
+        If a pandas object holds a missing value.
     """
     if not is_pandas(a):
         return np.asarray(a)
@@ -453,12 +670,24 @@ def host_array(a, what: str = "array") -> np.ndarray:
     return a.to_numpy()
 
 
-def check_missing(a, what: str = "array") -> None:
+def check_missing(a: Any, what: str = "array") -> None:
     """Refuse a pandas object that holds a missing value, naming the column and the row.
 
     pandas marks missing values with ``pd.NA``, ``None`` or ``NaN``; converted to NumPy they
     become NaN or an object array, and the error would come later, not naming the column.
     Anything else than a pandas object passes unchecked.
+
+    Parameters
+    ----------
+    a : object
+        The data to check.
+    what : str, default="array"
+        Name used in error messages.
+
+    Raises
+    ------
+    ValueError
+        If ``a`` is a pandas object with a missing value.
     """
     if not is_pandas(a):
         return
@@ -511,32 +740,80 @@ def _sparse_module(a) -> str | None:
     return None
 
 
-def is_sparse(a) -> bool:
-    """True for a SciPy sparse matrix or array (any format) and a ``cupyx.scipy.sparse`` matrix."""
+def is_sparse(a: Any) -> bool:
+    """True for a SciPy sparse matrix or array (any format) and a ``cupyx.scipy.sparse`` matrix.
+
+    Parameters
+    ----------
+    a : object
+        Anything.
+
+    Returns
+    -------
+    bool
+        Whether ``a`` is a sparse matrix or array.
+    """
     return _sparse_module(a) is not None
 
 
-def sparse_matmul(a, b, *, transpose_a: bool = False):
+def sparse_matmul(a: Any, b: Any, *, transpose_a: bool = False) -> Any:
     """``a @ b`` (or ``a.T @ b``) for a sparse matrix ``a`` (m, k) and a dense 2-D array ``b``: dense (m, n).
 
     The Array API has no sparse arrays, so device-side code (Dense) gets the product here: SciPy's
     CSR kernel on the CPU, cuSPARSE through ``cupyx.scipy.sparse`` on the GPU. The transpose is a
     view (CSR -> CSC over the same arrays), never a copy. The result has the operands' dtype.
+
+    Parameters
+    ----------
+    a : sparse matrix of shape (m, k)
+        A CSR matrix (of shape (k, m) with ``transpose_a``).
+    b : array of shape (k, n)
+        A dense array of the matrix's library.
+    transpose_a : bool, default=False
+        Multiply by ``a.T`` instead of ``a``.
+
+    Returns
+    -------
+    array of shape (m, n)
+        The dense product.
     """
     return (a.T if transpose_a else a) @ b
 
 
-def sparse_rows(a, rows):
+def sparse_rows(a: Any, rows: Any) -> Any:
     """Rows ``rows`` (a 1-D integer array of the matrix's library, or a slice) of a CSR matrix, as CSR.
 
     A gather of each row's stored values: never dense. On CuPy it reads the batch's number of
     stored values back to the host (to allocate the result): one host sync per call.
+
+    Parameters
+    ----------
+    a : csr_matrix of shape (n_samples, n_features)
+        The matrix.
+    rows : array of int or slice
+        The rows to take.
+
+    Returns
+    -------
+    csr_matrix of shape (n_rows, n_features)
+        The rows, in the order given.
     """
     return a[rows]
 
 
-def is_device_library_array(a) -> bool:
-    """True for CuPy and torch arrays: data that may live on a GPU and must be copied to the host explicitly."""
+def is_device_library_array(a: Any) -> bool:
+    """True for CuPy and torch arrays: data that may live on a GPU and must be copied to the host explicitly.
+
+    Parameters
+    ----------
+    a : object
+        Anything.
+
+    Returns
+    -------
+    bool
+        Whether ``a`` is a CuPy or torch array.
+    """
     return array_api_compat.is_cupy_array(a) or array_api_compat.is_torch_array(a)
 
 
@@ -544,8 +821,34 @@ def _library_name(ns) -> str:
     return ns.__name__.rsplit(".", 1)[-1]
 
 
-def to_numpy(a) -> np.ndarray:
-    """Copy an array of any supported library to a NumPy array on the host."""
+def to_numpy(a: Any) -> np.ndarray:
+    """Copy an array of any supported library to a NumPy array on the host.
+
+    Host data is returned as ``np.asarray(a)``; CuPy arrays are copied with ``.get()``, torch
+    tensors with ``.detach().cpu().numpy()``, anything else through DLPack.
+
+    Parameters
+    ----------
+    a : array
+        An array of NumPy, CuPy, torch or any Array API library, or host data.
+
+    Returns
+    -------
+    numpy.ndarray
+        The values, of ``a``'s shape and dtype.
+
+    Examples
+    --------
+    An array of another Array API library (here array-api-strict), copied through DLPack:
+
+    >>> import array_api_strict
+    >>> import xpmlp
+    >>> a = xpmlp.to_numpy(array_api_strict.asarray([[1.0, 2.0], [3.0, 4.0]]))
+    >>> type(a).__name__, a.tolist()
+    ('ndarray', [[1.0, 2.0], [3.0, 4.0]])
+
+    Predictions of a model on any device, as NumPy: ``xpmlp.to_numpy(model.predict(X))``.
+    """
     if _is_host(a):
         return np.asarray(a)
     if array_api_compat.is_cupy_array(a):
@@ -558,7 +861,7 @@ def to_numpy(a) -> np.ndarray:
 _CUPY_KERNELS: dict = {}  # (id(cupy module), device id) -> (module, kernels or None)
 
 
-def fast_kernels(xp):
+def fast_kernels(xp: Any) -> Any:
     """The backend's fast-path kernels for namespace xp (a module), or None for the reference path.
 
     NumPy gets :mod:`xpmlp.kernels_numpy` (in-place, chunked optimiser updates, bitwise equal to
@@ -569,6 +872,16 @@ def fast_kernels(xp):
     reference path is used, with one ``RuntimeWarning`` saying why. ``XPMLP_REFERENCE=1`` turns
     every fast path off; it is read at each call, so callers that must not change their mind
     within a fit (``make_train_step``) call this once.
+
+    Parameters
+    ----------
+    xp : module
+        The Array API namespace.
+
+    Returns
+    -------
+    module or Kernels or None
+        The kernels, or None when the reference path is to be used.
     """
     if os.environ.get("XPMLP_REFERENCE", "") == "1":
         return None
@@ -605,8 +918,24 @@ def _cupy_kernels():
     return kernels
 
 
-def namespace_of(*arrays):
-    """The Array API namespace of ``arrays``; refuses a mix of libraries with a clear error."""
+def namespace_of(*arrays: Any) -> Any:
+    """The Array API namespace of ``arrays``; refuses a mix of libraries with a clear error.
+
+    Parameters
+    ----------
+    *arrays : array
+        Arrays of one library.
+
+    Returns
+    -------
+    module
+        Their Array API namespace (array-api-compat's wrapper for NumPy, CuPy and torch).
+
+    Raises
+    ------
+    DeviceMismatchError
+        If the arrays come from different libraries.
+    """
     try:
         return array_api_compat.array_namespace(*arrays)
     except TypeError as e:
@@ -614,8 +943,19 @@ def namespace_of(*arrays):
         raise DeviceMismatchError(f"arrays from different libraries cannot be combined: {', '.join(kinds)} ({e})") from None
 
 
-def device_of(a):
-    """The device an array lives on (array-api-compat's ``device``, which works on every library)."""
+def device_of(a: Any) -> Any:
+    """The device an array lives on (array-api-compat's ``device``, which works on every library).
+
+    Parameters
+    ----------
+    a : array
+        An array of any Array API library.
+
+    Returns
+    -------
+    object
+        Its device (``"cpu"`` for NumPy).
+    """
     return array_api_compat.device(a)
 
 
@@ -702,7 +1042,7 @@ def _fallback(spec: str, reason: str) -> Backend:
     return _numpy_backend()
 
 
-def resolve(device=None, xp=None) -> Backend:
+def resolve(device: Any = None, xp: Any = None) -> Backend:
     """Turn a device flag or a namespace into a :class:`Backend`.
 
     Parameters
@@ -717,6 +1057,27 @@ def resolve(device=None, xp=None) -> Backend:
     Returns
     -------
     Backend
+        The namespace, device and library name.
+
+    Raises
+    ------
+    ValueError
+        For an unknown device flag, a ``cuda:N`` beyond the GPUs present, or a device the
+        namespace cannot use.
+    TypeError
+        If ``device`` is not a string (without ``xp``).
+    RuntimeError
+        When a GPU was asked for but is not usable and ``XPMLP_STRICT_DEVICE=1`` forbids falling
+        back to the CPU; without it, a ``RuntimeWarning`` and the CPU.
+
+    Examples
+    --------
+    >>> from xpmlp import resolve
+    >>> backend = resolve("cpu")
+    >>> backend.name, str(backend.device)
+    ('numpy', 'cpu')
+    >>> resolve(backend) is backend
+    True
     """
     if isinstance(device, Backend):
         return device
@@ -746,7 +1107,20 @@ def resolve(device=None, xp=None) -> Backend:
 
 
 def available_backends() -> dict[str, str]:
-    """Which backends work here: name -> "ok" or the reason it does not."""
+    """Which backends work here: name -> "ok" or the reason it does not.
+
+    Returns
+    -------
+    dict of str to str
+        ``"numpy"`` and ``"cupy"``, each ``"ok (version...)"`` or why it cannot be used.
+
+    Examples
+    --------
+    >>> from xpmlp import available_backends
+    >>> found = available_backends()
+    >>> sorted(found), found["numpy"].startswith("ok")
+    (['cupy', 'numpy'], True)
+    """
     found = {"numpy": f"ok ({np.__version__})"}
     try:
         b = _cupy_backend(0)

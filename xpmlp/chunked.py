@@ -40,12 +40,14 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
 __all__ = ["CHUNK_ROWS", "Chunked", "is_out_of_core"]
 
-CHUNK_ROWS = 65536  # rows per block; a pair of blocks is the unit read, shuffled and copied (module notes)
+#: Rows per block by default; a pair of blocks is the unit read, shuffled and copied (module notes).
+CHUNK_ROWS = 65536
 
 
 class Chunked:
@@ -54,18 +56,47 @@ class Chunked:
     ``fit(model, Chunked(X, chunk_rows=10000), y)``. A bare memmap, Dask array or list of
     ``.npy`` paths given to fit is read with ``chunk_rows=CHUNK_ROWS``.
 
+    See the notes of :mod:`xpmlp.chunked` for how the blocks are read, shuffled and copied.
+
     Parameters
     ----------
-    source : np.memmap (or an array viewing one, as ``np.load(path, mmap_mode="r")`` returns), a Dask
-        array, or an iterable of ``.npy`` file paths, each a 2-D chunk of X (n_i, n_features)
-    chunk_rows : int >= 1
-        The most rows read from the source at once (a chunk file larger than that is read in parts).
-    prefetch : bool, default True
+    source : numpy.memmap, Dask array or iterable of paths
+        X of shape (n_samples, n_features): a ``np.memmap`` (or an array viewing one, as
+        ``np.load(path, mmap_mode="r")`` returns), a Dask array, or an iterable of ``.npy`` file
+        paths, each a 2-D chunk of X of shape (n_i, n_features).
+    chunk_rows : int, default=CHUNK_ROWS
+        The most rows read from the source at once, >= 1 (a chunk file larger than that is read
+        in parts).
+    prefetch : bool, default=True
         Read the next pair of blocks on a background thread while the model trains on this one, so
         that disk reads overlap training. The host then holds two pairs at once instead of one.
+
+    Raises
+    ------
+    ValueError
+        If ``chunk_rows`` is not a positive integer.
+    TypeError
+        If ``source`` is none of the above, or ``prefetch`` is not a bool.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import xpmlp
+    >>> from xpmlp.datasets import make_xor
+    >>> X, y = make_xor(1000, seed=0)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     np.save(os.path.join(tmp, "X.npy"), X)
+    ...     X_disk = np.load(os.path.join(tmp, "X.npy"), mmap_mode="r")
+    ...     model = xpmlp.MLP([2, 8, 2], seed=0)
+    ...     history = model.fit(xpmlp.Chunked(X_disk, chunk_rows=256), y, loss="softmax_cross_entropy",
+    ...                         epochs=2, batch_size=64, verbose=0)
+    ...     del X_disk
+    >>> len(history.epoch)
+    2
     """
 
-    def __init__(self, source, chunk_rows: int = CHUNK_ROWS, prefetch: bool = True):
+    def __init__(self, source: Any, chunk_rows: int = CHUNK_ROWS, prefetch: bool = True) -> None:
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
             raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         if not (_is_memmap(source) or _is_dask(source)) and not isinstance(source, (str, bytes, os.PathLike)):
@@ -96,8 +127,19 @@ def _is_paths(a) -> bool:
     return isinstance(a, (list, tuple)) and len(a) > 0 and all(isinstance(p, (str, os.PathLike)) for p in a)
 
 
-def is_out_of_core(X) -> bool:
-    """Whether ``fit`` streams X: a :class:`Chunked`, a memmap, a Dask array, or a list/tuple of paths."""
+def is_out_of_core(X: Any) -> bool:
+    """Whether ``fit`` streams X: a :class:`Chunked`, a memmap, a Dask array, or a list/tuple of paths.
+
+    Parameters
+    ----------
+    X : object
+        The training inputs given to ``fit``.
+
+    Returns
+    -------
+    bool
+        True when ``fit`` reads X block by block.
+    """
     return isinstance(X, Chunked) or _is_memmap(X) or _is_dask(X) or _is_paths(X)
 
 
@@ -313,7 +355,7 @@ class _ChunkedData:
             mover.close()
 
     def _batches(self, ticket, spans, done):
-        """A pair's batches on the device, checked there (one host read: see :meth:`_prepare`)."""
+        """A pair's batches on the device, checked there (one host read: see ``_prepare``)."""
         if ticket is not None:
             Xd, yd, wd = self._prepare(*ticket.arrays())
         else:  # none of this pair's rows are this rank's (a last batch of fewer rows than ranks)

@@ -77,7 +77,26 @@ def _accuracy(model, X, y) -> float:
     return float(np.mean(to_numpy(model.predict(X, batch_size=8192)).argmax(axis=1) == y))
 
 
-def cmd_mnist(args) -> int:
+def cmd_mnist(args: argparse.Namespace) -> int:
+    """``xpmlp train mnist``: an MLP on MNIST, then its test accuracy, time and throughput.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line.
+
+    Returns
+    -------
+    int
+        The exit status: 0.
+
+    Raises
+    ------
+    UsageError
+        For a wrong command line found here (exit status 2).
+    CliError
+        When the job fails (exit status 1).
+    """
     from .datasets import load_mnist
 
     if args.data is not None and not os.path.isdir(args.data):
@@ -159,7 +178,28 @@ def _is_classification(y) -> bool:
     return types.is_integer_dtype(y) and y.nunique() <= 20
 
 
-def cmd_csv(args) -> int:
+def cmd_csv(args: argparse.Namespace) -> int:
+    """``xpmlp train csv FILE --target COLUMN``: classification or regression, detected from the target column.
+
+    Inputs are standardised and 20% of the rows held out (stratified by class for classification).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line.
+
+    Returns
+    -------
+    int
+        The exit status: 0.
+
+    Raises
+    ------
+    UsageError
+        For a wrong command line found here (exit status 2).
+    CliError
+        When the job fails (exit status 1).
+    """
     from .backend import to_numpy
 
     from .datasets import train_test_split
@@ -192,7 +232,26 @@ def cmd_csv(args) -> int:
     return 0
 
 
-def cmd_toy(args) -> int:
+def cmd_toy(args: argparse.Namespace) -> int:
+    """``xpmlp train xor`` or ``xpmlp train sine``: the classic toy problems.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line.
+
+    Returns
+    -------
+    int
+        The exit status: 0.
+
+    Raises
+    ------
+    UsageError
+        For a wrong command line found here (exit status 2).
+    CliError
+        When the job fails (exit status 1).
+    """
     from .backend import to_numpy
     from .datasets import make_sine, make_xor
 
@@ -210,7 +269,19 @@ def cmd_toy(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
+    """``xpmlp info``: the versions, and which backends work here.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (unused).
+
+    Returns
+    -------
+    int
+        The exit status: 0.
+    """
     import platform
 
     import array_api_compat
@@ -333,8 +404,33 @@ def _communicator(args):
         raise UsageError(f"--distributed {kind}: {e}") from None
 
 
-def main(argv=None) -> int:
-    """Run the command; returns the exit status (0, 1 failure, 2 usage, 130 interrupted)."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status (0, 1 failure, 2 usage, 130 interrupted).
+
+    Errors are printed as one line on stderr, never a traceback.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after ``xpmlp``; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 done, 1 the job failed, 2 a wrong command line, 130 interrupted.
+
+    Examples
+    --------
+    >>> from xpmlp.cli import main
+    >>> main(["info"])
+    xpmlp ... on Python ...
+    numpy ..., array-api-compat ...
+    backend numpy: ok (...)
+    backend cupy: ...
+    0
+    >>> main(["train", "xor", "--epochs", "0"])  # the usage and the error go to stderr
+    2
+    """
     from .datasets import DataError
     from .train import DivergenceError
 
@@ -342,7 +438,7 @@ def main(argv=None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed the usage and the error (status 2), or --help (0)
-        return e.code
+        return int(e.code or 0)  # argparse exits with 2 (usage) or 0 (--help)
     try:
         args.comm = _communicator(args)
         _check_device(args)

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
+from typing import Any, Callable, cast
 
 import numpy as np
 
@@ -25,7 +26,21 @@ __all__ = ["load_mnist", "load_heart_disease", "make_xor", "make_sine", "make_sp
 
 
 class DataError(ValueError):
-    """A data file is missing, truncated, corrupted or malformed; the message names it."""
+    """A data file is missing, truncated, corrupted or malformed; the message names it.
+
+    Raised by :func:`load_mnist` and :func:`load_heart_disease` (and by a download that failed).
+    A subclass of ``ValueError``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from xpmlp.datasets import DataError, load_heart_disease
+    >>> try:
+    ...     load_heart_disease(os.path.join(tempfile.gettempdir(), "no-such-file.data"))
+    ... except DataError as e:
+    ...     print(str(e).endswith("file not found (the UCI Cleveland file processed.cleveland.data)"))
+    True
+    """
 
 
 # -- MNIST ------------------------------------------------------------------------------------
@@ -51,7 +66,21 @@ MNIST_MAX_CONTENT = 64 << 20  # decompressed, per file; the largest is 47 MB: bo
 
 
 def mnist_cache_dir() -> Path:
-    """Where downloaded MNIST files go: ``$XPMLP_CACHE/mnist`` or ``~/.cache/xpmlp/mnist``."""
+    """Where downloaded MNIST files go: ``$XPMLP_CACHE/mnist`` or ``~/.cache/xpmlp/mnist``.
+
+    ``~/.cache`` is ``$XDG_CACHE_HOME`` when that is set.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder (it may not exist yet).
+
+    Examples
+    --------
+    >>> from xpmlp.datasets import mnist_cache_dir
+    >>> mnist_cache_dir().name
+    'mnist'
+    """
     root = os.environ.get("XPMLP_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "xpmlp")
     return Path(root) / "mnist"
@@ -70,13 +99,30 @@ def _open_idx(path: Path, limit: int | None = None) -> bytes:
                 data = f.read(size)
         except (OSError, EOFError) as e:  # gzip raises these for truncated or damaged archives
             raise DataError(f"{path}: cannot be decompressed ({e}); the file is truncated or corrupted") from None
+    assert data is not None  # read in one branch or the other
     if limit is not None and len(data) > limit:
         raise DataError(f"{path}: holds more than {limit} bytes, more than any MNIST file; refused")
     return data
 
 
-def read_idx(path) -> np.ndarray:
-    """Read an IDX file (gzipped or not) of unsigned bytes into an array of its stated shape."""
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (gzipped or not) of unsigned bytes into an array of its stated shape.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+
+    Returns
+    -------
+    numpy.ndarray of uint8
+        The array, of the shape its header states.
+
+    Raises
+    ------
+    DataError
+        If the file is not an IDX file of unsigned bytes, or is truncated or corrupted.
+    """
     path = Path(path)
     return _parse_idx(_open_idx(path), path)
 
@@ -247,7 +293,7 @@ def _read_cached(cache: Path, name: str, download: bool, mirrors, progress: bool
     ``$XPMLP_DATA`` are the user's and are not checked, so MNIST-format data sets with the same
     file names (Fashion-MNIST) work there.
     """
-    path = _find_idx(cache, name)
+    path = cast(Path, _find_idx(cache, name))  # the caller found it there
     data = _open_idx(path, limit=MNIST_MAX_CONTENT)
     digest = hashlib.sha256(data).hexdigest()
     if digest != MNIST_FILES[name]:
@@ -263,8 +309,9 @@ def _read_cached(cache: Path, name: str, download: bool, mirrors, progress: bool
     return _parse_idx(data, path)
 
 
-def load_mnist(path=None, download: bool = True, *, flatten: bool = True, cache_dir=None,
-               mirrors=MNIST_MIRRORS, progress: bool = True):
+def load_mnist(path: str | os.PathLike | None = None, download: bool = True, *, flatten: bool = True,
+               cache_dir: str | os.PathLike | None = None, mirrors: Any = MNIST_MIRRORS,
+               progress: bool = True) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Load MNIST as NumPy arrays.
 
     Looks in ``path``, then ``$XPMLP_DATA/mnist``, then the cache directory, for the four IDX
@@ -278,19 +325,38 @@ def load_mnist(path=None, download: bool = True, *, flatten: bool = True, cache_
 
     Parameters
     ----------
-    path : folder, optional
-    download : bool, default True
-    flatten : bool, default True
+    path : str or path-like, optional
+        A folder to look in first.
+    download : bool, default=True
+        Download the files into the cache when no folder has them.
+    flatten : bool, default=True
         Images as (n, 784) rows; False gives (n, 28, 28).
-    cache_dir : folder, optional
+    cache_dir : str or path-like, optional
         Default :func:`mnist_cache_dir`.
-    mirrors : sequence of base URLs tried in order.
-    progress : show a tqdm progress bar while downloading.
+    mirrors : sequence of str, default=MNIST_MIRRORS
+        Base URLs tried in order.
+    progress : bool, default=True
+        Show a tqdm progress bar while downloading.
 
     Returns
     -------
-    (X_train, y_train), (X_test, y_test)
-        uint8 images (60000, 784) and (10000, 784); int64 labels 0..9.
+    train : tuple of (X_train, y_train)
+        uint8 images of shape (60000, 784) (or (60000, 28, 28)) and int64 labels 0..9 of shape (60000,).
+    test : tuple of (X_test, y_test)
+        uint8 images of shape (10000, 784) (or (10000, 28, 28)) and int64 labels of shape (10000,).
+
+    Raises
+    ------
+    DataError
+        If MNIST is not found and ``download`` is false or the download fails (the message says
+        where to put the files), or a file is malformed or fails its checksum.
+
+    Examples
+    --------
+    >>> from xpmlp.datasets import load_mnist
+    >>> (X_train, y_train), (X_test, y_test) = load_mnist()  # doctest: +SKIP
+    >>> X_train.shape, X_train.dtype, y_test.shape  # doctest: +SKIP
+    ((60000, 784), dtype('uint8'), (10000,))
     """
     cache = Path(cache_dir) if cache_dir is not None else mnist_cache_dir()
     places = ([Path(path)] if path is not None else [])
@@ -340,11 +406,13 @@ def _where_to_put_mnist(places) -> str:
 
 
 # -- UCI heart disease ------------------------------------------------------------------------
+#: The 14 columns of the UCI Cleveland heart-disease file, in order; the last, ``num``, is the target.
 HEART_COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach",
                  "exang", "oldpeak", "slope", "ca", "thal", "num"]
 
 
-def load_heart_disease(path=None, *, missing: str = "drop", target: str = "binary", as_frame: bool = False):
+def load_heart_disease(path: str | os.PathLike | None = None, *, missing: str = "drop", target: str = "binary",
+                       as_frame: bool = False) -> Any:
     """Load the UCI Cleveland heart-disease file (``processed.cleveland.data``).
 
     The file has 303 rows of 14 comma-separated columns (``HEART_COLUMNS``), no header, and
@@ -352,19 +420,36 @@ def load_heart_disease(path=None, *, missing: str = "drop", target: str = "binar
 
     Parameters
     ----------
-    path : file, optional
-        Default ``$XPMLP_DATA/uci-heart/processed.cleveland.data``.
-    missing : "drop" (default) or "median"
+    path : str or path-like, optional
+        The file; default ``$XPMLP_DATA/uci-heart/processed.cleveland.data``.
+    missing : {"drop", "median"}, default="drop"
         Missing-value policy: drop the 6 incomplete rows (297 remain), or fill each missing
         value with its column's median.
-    target : "binary" (default) or "num"
+    target : {"binary", "num"}, default="binary"
         ``disease`` = 1 when ``num`` > 0 (disease present), or the 0..4 severity ``num``.
-    as_frame : bool
+    as_frame : bool, default=False
         Return the pandas DataFrame (the 14 columns plus ``disease``) instead of X, y.
 
     Returns
     -------
-    DataFrame, or X (n, 13) float64 and y (n,) int64.
+    frame : pandas.DataFrame of shape (n_samples, 15)
+        With ``as_frame``.
+    X, y : tuple of ndarray
+        Otherwise: X of shape (n_samples, 13), float64, and y of shape (n_samples,), int64.
+
+    Raises
+    ------
+    DataError
+        If no path is given and ``$XPMLP_DATA`` is not set, or the file is missing or malformed.
+    ValueError
+        If ``missing`` or ``target`` is not one of the values above.
+
+    Examples
+    --------
+    >>> from xpmlp.datasets import load_heart_disease
+    >>> X, y = load_heart_disease()  # doctest: +SKIP
+    >>> X.shape, y.shape  # doctest: +SKIP
+    ((297, 13), (297,))
     """
     if path is None:
         if not os.environ.get("XPMLP_DATA"):
@@ -395,11 +480,34 @@ def load_heart_disease(path=None, *, missing: str = "drop", target: str = "binar
 
 
 # -- toy problems -----------------------------------------------------------------------------
-def make_xor(n: int = 4000, noise: float = 0.1, bias_column: bool = False, seed: int | None = 0):
+def make_xor(n: int = 4000, noise: float = 0.1, bias_column: bool = False,
+             seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
     """XOR: points near the corners of the unit square, label = x1 XOR x2.
 
-    Returns X (n, 2), or (n, 3) with a leading column of ones when ``bias_column`` (as in many
-    tutorials; xpmlp's layers have their own biases), and y (n,) int64.
+    Parameters
+    ----------
+    n : int, default=4000
+        The number of points.
+    noise : float, default=0.1
+        The standard deviation of the Gaussian noise added to each corner.
+    bias_column : bool, default=False
+        Add a leading column of ones (as in many tutorials; xpmlp's layers have their own biases).
+    seed : int or None, default=0
+        Seeds NumPy's generator.
+
+    Returns
+    -------
+    X : ndarray of shape (n, 2), or (n, 3) with ``bias_column``
+        The points, float64.
+    y : ndarray of shape (n,)
+        The labels 0 and 1, int64.
+
+    Examples
+    --------
+    >>> from xpmlp.datasets import make_xor
+    >>> X, y = make_xor(100, seed=0)
+    >>> X.shape, y.shape, y[:6].tolist()
+    ((100, 2), (100,), [0, 1, 0, 0, 1, 0])
     """
     rng = np.random.default_rng(seed)
     corners = rng.integers(0, 2, size=(n, 2))
@@ -409,11 +517,37 @@ def make_xor(n: int = 4000, noise: float = 0.1, bias_column: bool = False, seed:
     return X, (corners[:, 0] ^ corners[:, 1]).astype(np.int64)
 
 
-def make_sine(n: int = 1000, low: float = 0.0, high: float = 4 * np.pi, fn=None, noise: float = 0.0,
-              seed: int | None = 0):
-    """A 1-D regression problem: x uniform on [low, high], y = fn(x) (default |sin x|) + noise.
+def make_sine(n: int = 1000, low: float = 0.0, high: float = 4 * np.pi, fn: Callable | None = None,
+              noise: float = 0.0, seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 1-D regression problem: x uniform on [low, high], y = fn(x) (default ``|sin x|``) + noise.
 
-    Returns X (n, 1) and y (n, 1), float64.
+    Parameters
+    ----------
+    n : int, default=1000
+        The number of points.
+    low, high : float, default=0 and 4 pi
+        The interval x is drawn from.
+    fn : callable, optional
+        Maps the (n, 1) array of x to the (n, 1) targets; default ``np.abs(np.sin(x))``.
+    noise : float, default=0.0
+        The standard deviation of the Gaussian noise added to y.
+    seed : int or None, default=0
+        Seeds NumPy's generator.
+
+    Returns
+    -------
+    X : ndarray of shape (n, 1)
+        The inputs, float64.
+    y : ndarray of shape (n, 1)
+        The targets, float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp.datasets import make_sine
+    >>> X, y = make_sine(50, seed=0)
+    >>> X.shape, y.shape, bool(np.allclose(y, np.abs(np.sin(X))))
+    ((50, 1), (50, 1), True)
     """
     rng = np.random.default_rng(seed)
     X = rng.uniform(low, high, size=(n, 1))
@@ -422,10 +556,36 @@ def make_sine(n: int = 1000, low: float = 0.0, high: float = 4 * np.pi, fn=None,
 
 
 def make_spirals(n: int = 1000, n_classes: int = 2, noise: float = 0.2, turns: float = 1.5,
-                 seed: int | None = 0):
+                 seed: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
     """Interleaved 2-D spirals, one arm per class: not linearly separable.
 
-    Returns X (n, 2) float64 and y (n,) int64 with classes of (almost) equal size.
+    Parameters
+    ----------
+    n : int, default=1000
+        The number of points.
+    n_classes : int, default=2
+        The number of arms (classes).
+    noise : float, default=0.2
+        The noise level (the Gaussian noise's standard deviation is a tenth of it).
+    turns : float, default=1.5
+        How many times each arm winds around the centre.
+    seed : int or None, default=0
+        Seeds NumPy's generator.
+
+    Returns
+    -------
+    X : ndarray of shape (n, 2)
+        The points, float64.
+    y : ndarray of shape (n,)
+        The classes 0..n_classes-1, int64, of (almost) equal size.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp.datasets import make_spirals
+    >>> X, y = make_spirals(300, n_classes=3, seed=0)
+    >>> X.shape, np.bincount(y).tolist()
+    ((300, 2), [100, 100, 100])
     """
     rng = np.random.default_rng(seed)
     y = np.arange(n) % n_classes
@@ -472,28 +632,53 @@ def _test_counts(counts: np.ndarray, n_test: int, rng) -> np.ndarray:
     return take
 
 
-def train_test_split(X, y, test_size: float = 0.2, *, stratify: bool = True, seed: int | None = 0):
+def train_test_split(X: Any, y: Any, test_size: float = 0.2, *, stratify: bool = True,
+                     seed: int | None = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Shuffle and split (X, y) into train and test parts, keeping class proportions by default.
 
     The test part has ``n_test = round(test_size * n)`` rows (halves rounded up).
 
     Parameters
     ----------
-    X : array (n, ...)
-    y : array (n,) or (n, k)
-    test_size : float in (0, 1)
+    X : array-like of shape (n_samples, ...)
+        The inputs.
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        The targets.
+    test_size : float, default=0.2
+        The test part's share of the rows, in (0, 1).
     stratify : bool, default True
         Keep each class's proportion in both parts when ``y`` is class-like: at most ``n // 2``
         distinct values (or rows, for 2-D ``y``). Each class then sends its largest-remainder
         share of ``n_test`` to the test part: its exact share ``n_test * count / n`` rounded
         down or up, the totals adding up to ``n_test``. A continuous target (more distinct
         values) gets a plain random split, as with ``stratify=False``.
-    seed : int or None
+    seed : int or None, default=0
+        Seeds NumPy's generator.
 
     Returns
     -------
-    X_train, X_test, y_train, y_test
-        Rows in random order.
+    X_train : ndarray of shape (n_samples - n_test, ...)
+        The training inputs, rows in random order.
+    X_test : ndarray of shape (n_test, ...)
+        The test inputs, rows in random order.
+    y_train : ndarray of shape (n_samples - n_test,) or (n_samples - n_test, n_outputs)
+        The training targets.
+    y_test : ndarray of shape (n_test,) or (n_test, n_outputs)
+        The test targets.
+
+    Raises
+    ------
+    ValueError
+        If ``test_size`` is not in (0, 1), or X and y differ in length.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp.datasets import make_spirals, train_test_split
+    >>> X, y = make_spirals(300, n_classes=3, seed=0)
+    >>> X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, seed=0)
+    >>> X_train.shape, X_test.shape, np.bincount(y_test).tolist()
+    ((240, 2), (60, 2), [20, 20, 20])
     """
     if not 0.0 < float(test_size) < 1.0:
         raise ValueError(f"test_size must be in (0, 1), got {test_size!r}")

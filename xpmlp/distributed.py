@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import traceback
+from typing import Any, Callable
 
 import numpy as np
 
@@ -34,58 +35,190 @@ __all__ = ["Communicator", "single", "mpi", "nccl", "SingleProcess", "MPICommuni
 
 
 class Communicator:
-    """The protocol ``fit`` uses; see the module notes. Subclasses set ``rank`` and ``size``."""
+    """The protocol ``fit`` uses; see the module notes. Subclasses set ``rank`` and ``size``.
+
+    Attributes
+    ----------
+    rank : int
+        This process's number, 0 .. size-1.
+    size : int
+        The number of processes.
+    name : str
+        The transport's name (``"single"``, ``"mpi"``, ``"nccl"``).
+
+    See Also
+    --------
+    single, mpi, nccl
+
+    Examples
+    --------
+    Every rank runs the same script; only the communicator differs:
+
+    >>> import xpmlp
+    >>> from xpmlp.distributed import single
+    >>> from xpmlp.datasets import make_xor
+    >>> comm = single()  # xpmlp.distributed.mpi() under mpiexec
+    >>> X, y = make_xor(64, seed=0)
+    >>> model = xpmlp.MLP([2, 8, 2], seed=0)
+    >>> history = model.fit(X, y, loss="softmax_cross_entropy", epochs=2, verbose=0, comm=comm)
+    >>> comm.rank, comm.size, len(history.epoch)
+    (0, 1, 2)
+    """
 
     rank: int = 0
     size: int = 1
     name: str = ""
 
-    def allreduce_mean(self, buf) -> None:
+    def allreduce_mean(self, buf: Any) -> None:
+        """Replace ``buf`` in place by the mean over ranks of every rank's ``buf``.
+
+        Parameters
+        ----------
+        buf : array
+            A contiguous 1-D array (NumPy or the model's library), changed in place.
+        """
         raise NotImplementedError
 
-    def broadcast(self, buf, root: int = 0) -> None:
+    def broadcast(self, buf: Any, root: int = 0) -> None:
+        """Replace ``buf`` in place by rank ``root``'s.
+
+        Parameters
+        ----------
+        buf : array
+            A contiguous array (NumPy or the model's library), changed in place.
+        root : int, default=0
+            The rank whose values every rank gets.
+        """
         raise NotImplementedError
 
     def allreduce_sum_host(self, a: np.ndarray) -> np.ndarray:
+        """The element-wise sum over ranks of a host array (the epoch's loss sums and statistics).
+
+        Parameters
+        ----------
+        a : numpy.ndarray
+            This rank's values.
+
+        Returns
+        -------
+        numpy.ndarray of float64
+            The element-wise sum over ranks, of ``a``'s shape.
+        """
         raise NotImplementedError
 
     def abort(self, code: int = 1) -> None:
+        """End every rank now: a failing rank must not leave the others waiting in a collective.
+
+        Parameters
+        ----------
+        code : int, default=1
+            The exit status.
+        """
         raise NotImplementedError
 
     def fail(self, error: BaseException) -> None:
         """Called by ``fit`` when it raises on this rank while others may wait in a collective:
-        print the error and end every rank (with several ranks; one process just lets it raise)."""
+        print the error and end every rank (with several ranks; one process just lets it raise).
+
+        Parameters
+        ----------
+        error : BaseException
+            What ``fit`` raised.
+        """
         if self.size > 1:
             sys.stderr.write(f"xpmlp: rank {self.rank} of {self.size} failed; aborting every rank\n")
             traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
             sys.stderr.flush()
             self.abort(1)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
 
 
 class SingleProcess(Communicator):
-    """One process: rank 0 of 1; every collective leaves its buffer as it is."""
+    """One process: rank 0 of 1; every collective leaves its buffer as it is.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp.distributed import SingleProcess
+    >>> comm = SingleProcess()
+    >>> comm
+    SingleProcess(rank=0, size=1)
+    >>> comm.allreduce_sum_host(np.array([1.0, 2.0])).tolist()
+    [1.0, 2.0]
+    """
 
     name = "single"
 
-    def allreduce_mean(self, buf) -> None:
-        pass
+    def allreduce_mean(self, buf: Any) -> None:
+        """Leave ``buf`` as it is: the mean over one rank.
 
-    def broadcast(self, buf, root: int = 0) -> None:
+        Parameters
+        ----------
+        buf : array
+            A contiguous 1-D array (NumPy or the model's library), changed in place.
+        """
+
+    def broadcast(self, buf: Any, root: int = 0) -> None:
+        """Leave ``buf`` as it is: rank 0 is this process.
+
+        Parameters
+        ----------
+        buf : array
+            A contiguous array, left unchanged.
+        root : int, default=0
+            Must be 0.
+
+        Raises
+        ------
+        ValueError
+            If ``root`` is not 0.
+        """
         if root != 0:
             raise ValueError(f"root must be 0 in a single process, got {root}")
 
     def allreduce_sum_host(self, a: np.ndarray) -> np.ndarray:
+        """``a`` as float64: the sum over one rank.
+
+        Parameters
+        ----------
+        a : numpy.ndarray
+            This rank's values.
+
+        Returns
+        -------
+        numpy.ndarray of float64
+            The element-wise sum over ranks, of ``a``'s shape.
+        """
         return np.asarray(a, dtype=np.float64)
 
     def abort(self, code: int = 1) -> None:
+        """Raise ``SystemExit(code)``: there is no other process to stop.
+
+        Parameters
+        ----------
+        code : int, default=1
+            The exit status.
+        """
         raise SystemExit(code)  # no other process to stop
 
 
 def single() -> SingleProcess:
-    """The single-process communicator (what ``fit`` does without ``comm``)."""
+    """The single-process communicator (what ``fit`` does without ``comm``).
+
+    Returns
+    -------
+    SingleProcess
+        Rank 0 of 1.
+
+    Examples
+    --------
+    >>> from xpmlp.distributed import single
+    >>> comm = single()
+    >>> comm.rank, comm.size, comm.name
+    (0, 1, 'single')
+    """
     return SingleProcess()
 
 
@@ -95,11 +228,35 @@ class MPICommunicator(Communicator):
     NumPy buffers are passed to MPI in place (the buffer interface: no copy, no pickling). Other
     arrays (CuPy, torch) take one copy to the host and back per collective: CUDA-aware MPI (passing
     device pointers) is not used, even where the MPI library supports it.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm, optional
+        The mpi4py communicator; default ``MPI.COMM_WORLD``.
+
+    Attributes
+    ----------
+    comm : mpi4py.MPI.Comm
+        The mpi4py communicator.
+    blas_threads : int or None
+        BLAS threads set per rank (see :func:`mpi`), or None when left alone.
+
+    Raises
+    ------
+    ImportError
+        If mpi4py is not installed.
+
+    Examples
+    --------
+    >>> from xpmlp.distributed import MPICommunicator
+    >>> comm = MPICommunicator()  # doctest: +SKIP
+    >>> comm.rank, comm.size  # under mpiexec -n 2  # doctest: +SKIP
+    (0, 2)
     """
 
     name = "mpi"
 
-    def __init__(self, comm=None):
+    def __init__(self, comm: Any = None) -> None:
         from mpi4py import MPI  # lazily: an optional dependency (pip install "xpmlp[mpi]")
 
         self._MPI = MPI
@@ -107,7 +264,7 @@ class MPICommunicator(Communicator):
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.blas_threads = self._share_cores() if self.size > 1 else None
 
-    def _share_cores(self):
+    def _share_cores(self) -> int | None:
         """Ranks on one machine share its cores: each rank's BLAS gets its share (threadpoolctl).
 
         Without this, N ranks each run as many BLAS threads as the machine has cores, and MPI's
@@ -131,32 +288,87 @@ class MPICommunicator(Communicator):
         threadpool_limits(threads, user_api="blas")
         return threads
 
-    def allreduce_mean(self, buf) -> None:
+    def allreduce_mean(self, buf: Any) -> None:
+        """Replace ``buf`` in place by the mean over ranks (MPI ``Allreduce`` on the host).
+
+        Parameters
+        ----------
+        buf : array
+            A contiguous 1-D array (NumPy or the model's library), changed in place.
+        """
         host, back = _host(buf)
         self.comm.Allreduce(self._MPI.IN_PLACE, host, op=self._MPI.SUM)
         host /= self.size
         back(host)
 
-    def broadcast(self, buf, root: int = 0) -> None:
+    def broadcast(self, buf: Any, root: int = 0) -> None:
+        """Replace ``buf`` in place by rank ``root``'s (MPI ``Bcast`` on the host).
+
+        Parameters
+        ----------
+        buf : array
+            A contiguous array (NumPy or the model's library), changed in place.
+        root : int, default=0
+            The rank whose values every rank gets.
+        """
         host, back = _host(buf)
         self.comm.Bcast(host, root=root)
         back(host)
 
     def allreduce_sum_host(self, a: np.ndarray) -> np.ndarray:
+        """The element-wise sum over ranks (MPI ``Allreduce``).
+
+        Parameters
+        ----------
+        a : numpy.ndarray
+            This rank's values.
+
+        Returns
+        -------
+        numpy.ndarray of float64
+            The element-wise sum over ranks, of ``a``'s shape.
+        """
         a = np.array(a, dtype=np.float64)
         self.comm.Allreduce(self._MPI.IN_PLACE, a, op=self._MPI.SUM)
         return a
 
     def abort(self, code: int = 1) -> None:
+        """End every rank (MPI ``Abort``).
+
+        Parameters
+        ----------
+        code : int, default=1
+            The exit status.
+        """
         self.comm.Abort(code)
 
 
+#: The environment variables that set a BLAS thread count; with any of them set, ranks keep it.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def blas_share(ranks_here: int, cores: int | None = None):
+def blas_share(ranks_here: int, cores: int | None = None) -> int | None:
     """BLAS threads for each of ``ranks_here`` ranks on one machine of ``cores`` usable cores (default:
-    this process's CPU affinity): ``max(1, cores // ranks_here)``; None for a rank alone."""
+    this process's CPU affinity): ``max(1, cores // ranks_here)``; None for a rank alone.
+
+    Parameters
+    ----------
+    ranks_here : int
+        The ranks on this machine.
+    cores : int, optional
+        The usable cores; default this process's CPU affinity.
+
+    Returns
+    -------
+    int or None
+        Threads per rank, or None when ``ranks_here`` is 1 or less.
+
+    Examples
+    --------
+    >>> from xpmlp.distributed import blas_share
+    >>> blas_share(4, cores=16), blas_share(3, cores=2), blas_share(1)
+    (4, 1, None)
+    """
     if ranks_here <= 1:
         return None
     if cores is None:
@@ -164,13 +376,39 @@ def blas_share(ranks_here: int, cores: int | None = None):
     return max(1, cores // ranks_here)
 
 
-def mpi(comm=None) -> MPICommunicator:
+def mpi(comm: Any = None) -> MPICommunicator:
     """A communicator over MPI (mpi4py's ``COMM_WORLD``, or the mpi4py communicator given).
 
     Launch with ``mpiexec -n N python script.py``; needs ``pip install "xpmlp[mpi]"`` (mpi4py and
     the MPICH library from a wheel). Ranks that share a machine share its cores: each one's BLAS
     is limited to its share of them (see ``MPICommunicator._share_cores``; set OMP_NUM_THREADS to
     choose yourself).
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm, optional
+        The mpi4py communicator; default ``MPI.COMM_WORLD``.
+
+    Returns
+    -------
+    MPICommunicator
+        This rank's communicator.
+
+    Raises
+    ------
+    ImportError
+        If mpi4py or an MPI library is missing.
+
+    Examples
+    --------
+    Run with ``mpiexec -n 2 python train.py``; each rank trains on its share of every batch:
+
+    >>> import xpmlp
+    >>> from xpmlp.distributed import mpi
+    >>> from xpmlp.datasets import make_xor
+    >>> X, y = make_xor(1024, seed=0)
+    >>> model = xpmlp.MLP([2, 16, 2], seed=0)
+    >>> history = model.fit(X, y, loss="softmax_cross_entropy", epochs=5, comm=mpi())  # doctest: +SKIP
     """
     try:
         return MPICommunicator(comm)
@@ -179,7 +417,7 @@ def mpi(comm=None) -> MPICommunicator:
                           "pip install mpi4py mpich (or xpmlp[mpi])") from error
 
 
-def _host(buf):
+def _host(buf: Any) -> tuple[np.ndarray, Callable[[np.ndarray], None]]:
     """(a contiguous NumPy array holding buf's values, a function that puts values back into buf)."""
     if isinstance(buf, np.ndarray):
         if not buf.flags.c_contiguous:
@@ -189,7 +427,7 @@ def _host(buf):
 
     host = np.ascontiguousarray(to_numpy(buf)).copy()
 
-    def back(values):
+    def back(values: np.ndarray) -> None:
         buf[...] = _like(buf, values)
 
     return host, back
@@ -208,34 +446,88 @@ class NCCLCommunicator(Communicator):
     The collectives run on the device with no host copy. Host arrays (``allreduce_sum_host``) take
     one copy to the device and back. NOT run on real GPUs: tested only with the fake-GPU stand-in up
     to the collective call.
+
+    Parameters
+    ----------
+    n_devices : int
+        The number of processes (one GPU each).
+    rank : int
+        This process's number, 0 .. n_devices-1.
+    host : str, default="127.0.0.1"
+        The rendezvous address (rank 0's host).
+    port : int, default=13333
+        The rendezvous port.
+    backend : object, optional
+        A ``cupyx.distributed.NCCLBackend`` (or a stand-in, for tests); by default one is made.
+
+    Examples
+    --------
+    >>> from xpmlp.distributed import NCCLCommunicator
+    >>> comm = NCCLCommunicator(2, 0)  # needs CuPy, two GPUs and a second rank  # doctest: +SKIP
     """
 
     name = "nccl"
 
-    def __init__(self, n_devices: int, rank: int, host: str = "127.0.0.1", port: int = 13333, backend=None):
+    def __init__(self, n_devices: int, rank: int, host: str = "127.0.0.1", port: int = 13333,
+                 backend: Any = None) -> None:
         if backend is None:
             from cupyx.distributed import NCCLBackend  # lazily: needs CuPy, a GPU and the NCCL wheel
 
             backend = NCCLBackend(n_devices, rank, host=host, port=port)
         self.backend, self.rank, self.size = backend, rank, n_devices
 
-    def allreduce_mean(self, buf) -> None:
+    def allreduce_mean(self, buf: Any) -> None:
+        """Replace ``buf`` in place by the mean over ranks (NCCL all-reduce on the device).
+
+        Parameters
+        ----------
+        buf : array
+            A contiguous 1-D array (NumPy or the model's library), changed in place.
+        """
         d = _device(buf)
         self.backend.all_reduce(d, d, op="sum")
         d /= self.size
         _back(buf, d)
 
-    def broadcast(self, buf, root: int = 0) -> None:
+    def broadcast(self, buf: Any, root: int = 0) -> None:
+        """Replace ``buf`` in place by rank ``root``'s (NCCL broadcast on the device).
+
+        Parameters
+        ----------
+        buf : array
+            A contiguous array (NumPy or the model's library), changed in place.
+        root : int, default=0
+            The rank whose values every rank gets.
+        """
         d = _device(buf)
         self.backend.broadcast(d, root=root)
         _back(buf, d)
 
     def allreduce_sum_host(self, a: np.ndarray) -> np.ndarray:
+        """The element-wise sum over ranks (one copy to the device and back).
+
+        Parameters
+        ----------
+        a : numpy.ndarray
+            This rank's values.
+
+        Returns
+        -------
+        numpy.ndarray of float64
+            The element-wise sum over ranks, of ``a``'s shape.
+        """
         d = _device(np.array(a, dtype=np.float64))
         self.backend.all_reduce(d, d, op="sum")
         return _cupy().asnumpy(d)
 
     def abort(self, code: int = 1) -> None:
+        """End this process at once (SIGKILL); the launcher then ends the others.
+
+        Parameters
+        ----------
+        code : int, default=1
+            The exit status.
+        """
         # NCCL cannot stop the other ranks: end this process at once (no teardown that could wait on
         # them); the launcher (mpiexec, torchrun) then ends the others.
         os.kill(os.getpid(), signal.SIGKILL)
@@ -264,6 +556,36 @@ def nccl(n_devices: int | None = None, rank: int | None = None, *, host: str | N
     By default the number of processes, this rank and the rendezvous address come from the
     environment a launcher sets (``WORLD_SIZE``/``RANK`` as torchrun, or ``OMPI_COMM_WORLD_*``/
     ``PMI_*`` as mpiexec), with ``MASTER_ADDR`` and ``MASTER_PORT`` (default 127.0.0.1:13333).
+
+    Parameters
+    ----------
+    n_devices : int, optional
+        The number of processes; default from the environment.
+    rank : int, optional
+        This rank; default from the environment.
+    host : str, optional
+        The rendezvous address; default ``$MASTER_ADDR`` or 127.0.0.1.
+    port : int, optional
+        The rendezvous port; default ``$MASTER_PORT`` or 13333.
+
+    Returns
+    -------
+    NCCLCommunicator
+        This rank's communicator.
+
+    Raises
+    ------
+    ValueError
+        If the number of processes or the rank is neither given nor in the environment.
+
+    Examples
+    --------
+    Run with ``torchrun --nproc-per-node 2 train.py`` (or ``mpiexec -n 2``), one GPU per rank:
+
+    >>> import xpmlp
+    >>> from xpmlp.distributed import nccl
+    >>> comm = nccl()  # doctest: +SKIP
+    >>> model = xpmlp.MLP([784, 512, 10], device=f"cuda:{comm.rank}", seed=0)  # doctest: +SKIP
     """
     env = os.environ
     if n_devices is None:

@@ -18,6 +18,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,30 +29,69 @@ from .train import RAW_INPUT_LIMIT, _prepare_X
 
 __all__ = ["Finding", "Report", "DoctorWarning", "SEVERITIES", "CHECKS", "diagnose", "first_nonfinite_layer"]
 
+#: The severities of a :class:`Finding`, most serious first.
 SEVERITIES = ("error", "warning", "info")
 
 
 class DoctorWarning(UserWarning):
-    """A finding of the MLP doctor, issued as a warning (``fit(..., diagnose=True)``)."""
+    """A finding of the MLP doctor, issued as a warning (``fit(..., diagnose=True)``).
+
+    :meth:`Report.warn` issues each finding as one; filter them with the ``warnings`` module as
+    any ``UserWarning``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from xpmlp import DoctorWarning, Finding, Report
+    >>> report = Report([Finding("unscaled_inputs", "warning", "X looks unscaled.", "Scale X.")])
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     report.warn()
+    >>> caught[0].category is DoctorWarning
+    True
+    >>> print(caught[0].message)
+    [warning] unscaled_inputs (before training): X looks unscaled. Fix: Scale X.
+    """
 
 
 @dataclass(frozen=True)
 class Finding:
     """One recognised mistake.
 
-    Attributes
+    The constructor takes the fields below, in this order.
+
+    Parameters
     ----------
     check : str
         The check's name, e.g. ``"unscaled_inputs"`` (stable: tests and filters use it).
-    severity : "error", "warning" or "info"
+    severity : {"error", "warning", "info"}
+        How serious it is (:data:`xpmlp.doctor.SEVERITIES`).
     message : str
         What is wrong, in one sentence, with the numbers.
     fix : str
         What to change, in one sentence.
     evidence : dict
         The numbers that triggered it (Python scalars, short lists or strings), by name.
-    when : str
+    when : str, default="before training"
         ``"before training"``, or ``"epoch N"`` (1-based) for a check made during training.
+
+    Raises
+    ------
+    ValueError
+        If ``severity`` is not one of :data:`xpmlp.doctor.SEVERITIES`.
+
+    See Also
+    --------
+    diagnose, Report
+
+    Examples
+    --------
+    >>> from xpmlp import Finding
+    >>> f = Finding("unscaled_inputs", "warning", "X looks unscaled.", "Scale X.", {"max": 1200.0})
+    >>> print(f)
+    [warning] unscaled_inputs (before training): X looks unscaled. Fix: Scale X.
+    >>> f.evidence["max"]
+    1200.0
     """
 
     check: str
@@ -61,11 +101,11 @@ class Finding:
     evidence: dict = field(default_factory=dict)
     when: str = "before training"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}, got {self.severity!r}")
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"[{self.severity}] {self.check} ({self.when}): {self.message} Fix: {self.fix}"
 
 
@@ -75,21 +115,56 @@ class Report(list):
     ``print(report)`` shows them one per paragraph with their evidence; ``report.to_frame()``
     gives a pandas DataFrame (one row per finding); ``report.ok`` is True when nothing of
     severity "error" or "warning" was found.
+
+    Parameters
+    ----------
+    findings : iterable of Finding, default=()
+        The findings, in any order; sorted by severity (stable).
+
+    See Also
+    --------
+    diagnose, Finding
+
+    Examples
+    --------
+    >>> from xpmlp import Finding, Report
+    >>> report = Report([Finding("feature_scales", "info", "Scales differ.", "Scale X."),
+    ...                  Finding("label_range", "error", "Labels out of range.", "Use 0..k-1.")])
+    >>> report.checks()
+    ['label_range', 'feature_scales']
+    >>> report.ok
+    False
+    >>> report.to_frame().shape
+    (2, 6)
     """
 
-    def __init__(self, findings=()):
+    def __init__(self, findings: Any = ()) -> None:
         order = {s: i for i, s in enumerate(SEVERITIES)}
         super().__init__(sorted(findings, key=lambda f: order[f.severity]))  # sorted is stable
 
     @property
     def ok(self) -> bool:
+        """True when no finding has severity "error" or "warning"."""
         return not any(f.severity in ("error", "warning") for f in self)
 
     def checks(self) -> list[str]:
-        """The names of the checks that found something, in the report's order."""
+        """The names of the checks that found something, in the report's order.
+
+        Returns
+        -------
+        list of str
+            One name per finding.
+        """
         return [f.check for f in self]
 
-    def to_frame(self):
+    def to_frame(self) -> Any:
+        """The findings as a pandas DataFrame, one row per finding.
+
+        Returns
+        -------
+        pandas.DataFrame of shape (n_findings, 6)
+            Columns ``check``, ``severity``, ``when``, ``message``, ``fix`` and ``evidence``.
+        """
         import pandas as pd
 
         return pd.DataFrame([{"check": f.check, "severity": f.severity, "when": f.when, "message": f.message,
@@ -97,11 +172,17 @@ class Report(list):
                             columns=["check", "severity", "when", "message", "fix", "evidence"])
 
     def warn(self, stacklevel: int = 2) -> None:
-        """Issue every finding as a :class:`DoctorWarning`."""
+        """Issue every finding as a :class:`DoctorWarning`.
+
+        Parameters
+        ----------
+        stacklevel : int, default=2
+            As ``warnings.warn``'s, counted from the caller of this method.
+        """
         for f in self:
             warnings.warn(str(f), DoctorWarning, stacklevel=stacklevel + 1)
 
-    def __str__(self):
+    def __str__(self) -> str:
         if not self:
             return "MLP doctor: no problems found."
         counts = ", ".join(f"{sum(f.severity == s for f in self)} {s}{'s' if sum(f.severity == s for f in self) != 1 else ''}"
@@ -113,7 +194,7 @@ class Report(list):
                 lines.append("   Evidence: " + ", ".join(f"{k}={_short(v)}" for k, v in f.evidence.items()))
         return "\n".join(lines)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Report({self.checks()!r})"
 
 
@@ -172,8 +253,8 @@ _REGRESSION_FIX = "a linear output (no final activation) with loss='mse' for rea
 class _Case:
     """Everything the checks read, gathered once: host statistics and samples, never the whole X twice."""
 
-    model: object
-    loss: object
+    model: Any
+    loss: Any
     n: int
     high: float  # largest and smallest value of X
     low: float
@@ -424,7 +505,7 @@ def _validation_one_class(c: _Case) -> list[Finding]:
 _STATIC_CHECKS = (_unscaled_inputs, _feature_scales, _single_output_softmax, _continuous_targets, _label_range,
                   _missing_classes, _targets_outside_output_range, _unscaled_targets, _probabilities_as_logits,
                   _sorted_classes, _validation_one_class)
-# Every check's name, in the order diagnose runs them.
+#: Every check's name, in the order :func:`diagnose` runs them.
 CHECKS = ("unscaled_inputs", "feature_scales", "single_output_softmax", "continuous_targets", "label_range",
           "missing_classes", "targets_outside_output_range", "unscaled_targets", "probabilities_as_logits",
           "sorted_classes", "validation_one_class", "initial_loss", "overfit")
@@ -567,7 +648,7 @@ def _rows_reader(model, X):
     """(shape, high, low, read(rows) -> float64 host rows): X validated as fit validates it, read sparingly.
 
     Host data is read where it is (its largest and smallest value, then only sampled rows); device
-    arrays and sparse matrices go through fit's own check (:func:`xpmlp.train._prepare_X`).
+    arrays and sparse matrices go through fit's own check (``xpmlp.train._prepare_X``).
     """
     if _is_host(X) and not is_sparse(X):
         Xh = host_array(X, "X")
@@ -598,20 +679,24 @@ def _spread(n: int, m: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, m)).round().astype(np.int64))
 
 
-def diagnose(model, X, y, *, loss=None, shuffle: bool = True, validation_data=None, overfit: bool = True,
-             seed: int | None = None) -> Report:
+def diagnose(model: Any, X: Any, y: Any, *, loss: Any = None, shuffle: bool = True, validation_data: Any = None,
+             overfit: bool = True, seed: int | None = None) -> Report:
     """Look for the classic mistakes in data, model and loss before training; nothing is changed.
 
     Parameters
     ----------
     model : Sequential
         Built from X's width first if it is not built yet (as ``fit`` would, with the same weights).
-    X : array (n, n_features); y : targets as ``fit`` takes them
+    X : array-like of shape (n_samples, n_features)
+        The training inputs, as ``fit`` takes them.
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        The targets, as ``fit`` takes them.
     loss : str or Loss, optional
         By default the model's loss (from its last fit); required otherwise.
     shuffle : bool
         The ``shuffle`` fit will use (``sorted_classes`` looks at the row order only without it).
-    validation_data : (X_val, y_val), optional
+    validation_data : tuple of (X_val, y_val), optional
+        The validation set fit will use (``validation_one_class`` looks at it).
     overfit : bool, default True
         Include the overfit test (``overfit``), on a copy of the model with Dropout off: for a
         784-128-10 network on one CPU core, 0.06 s when it passes (50 steps), 1.1 s when it fails
@@ -623,13 +708,28 @@ def diagnose(model, X, y, *, loss=None, shuffle: bool = True, validation_data=No
     -------
     Report
         The findings, most serious first; ``report.ok`` when none is an error or a warning. The
-        checks, in :data:`CHECKS` order: inputs (``unscaled_inputs``, ``feature_scales``),
+        checks, in :data:`xpmlp.doctor.CHECKS` order: inputs (``unscaled_inputs``, ``feature_scales``),
         targets against output and loss (``single_output_softmax``, ``continuous_targets``,
         ``label_range``, ``missing_classes``, ``targets_outside_output_range``,
         ``unscaled_targets``), the model's end (``probabilities_as_logits``), order and
         validation (``sorted_classes``, ``validation_one_class``), the loss at initialisation
         (``initial_loss``) and ``overfit``. Thresholds: the module's constants.
 
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an xpmlp model.
+    ValueError
+        If no loss is given and the model has none, ``validation_data`` is not a pair, ``seed``
+        is not an integer, X and y (or X_val and y_val) differ in length, or the targets do not
+        suit the loss in a way no check names.
+
+    See Also
+    --------
+    xpmlp.Sequential.fit : ``fit(..., diagnose=True)`` runs this before training.
+
+    Notes
+    -----
     Cost: one pass over X for its largest and smallest value, statistics on at most
     ``STAT_ROWS`` rows spread evenly over X, one inference pass over ``INIT_ROWS`` rows, all of y
     on the host: with ``overfit=False``, 0.05 s on MNIST's 60000 rows (float32 pixels / 255,
@@ -637,6 +737,18 @@ def diagnose(model, X, y, *, loss=None, shuffle: bool = True, validation_data=No
     test adds up to ``OVERFIT_STEPS`` steps on ``OVERFIT_ROWS`` rows of a copy.
     The model's weights, optimiser, loss, generators and Dropout counters, and the caller's
     arrays, are left as they were.
+
+    Examples
+    --------
+    >>> import xpmlp
+    >>> from xpmlp.datasets import make_xor
+    >>> X, y = make_xor(64, seed=0)
+    >>> model = xpmlp.MLP([2, 8, 2], seed=0)
+    >>> report = xpmlp.diagnose(model, X * 1000, y, loss="softmax_cross_entropy", overfit=False)
+    >>> report.ok, report.checks()
+    (False, ['unscaled_inputs', 'initial_loss'])
+    >>> xpmlp.diagnose(model, X, y, loss="softmax_cross_entropy").ok
+    True
     """
     from .model import Sequential
 
@@ -693,19 +805,28 @@ def diagnose(model, X, y, *, loss=None, shuffle: bool = True, validation_data=No
     return Report(findings)
 
 
-def first_nonfinite_layer(model, X):
+def first_nonfinite_layer(model: Any, X: Any) -> tuple[int, str] | None:
     """The first layer whose output on X is NaN or infinite, in an inference pass: (index, class name) or None.
 
     Parameters
     ----------
-    model : a built Sequential
-    X : array (n, in_features), finite (NumPy, or the model's library)
+    model : Sequential
+        A built model.
+    X : array of shape (n_samples, in_features)
+        Finite inputs (NumPy, or the model's library).
 
     Returns
     -------
-    ``(i, name)`` with ``i`` the index in ``model.layers`` and ``name`` its class (``(2, "Dense")``),
-    or None when every layer's output is finite. All layers are checked in one host read; the
-    model is not changed (Dropout passes inputs through, nothing is kept for backward).
+    tuple of (int, str) or None
+        ``(i, name)`` with ``i`` the index in ``model.layers`` and ``name`` its class
+        (``(2, "Dense")``), or None when every layer's output is finite. All layers are checked in
+        one host read; the model is not changed (Dropout passes inputs through, nothing is kept
+        for backward).
+
+    Raises
+    ------
+    ValueError
+        If the model is not built.
     """
     if not model.built:
         raise ValueError("the model has no weights yet: fit it (or give in_features) before you look for "

@@ -23,6 +23,7 @@ import inspect
 import math
 import types
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -38,14 +39,14 @@ __all__ = ["MLPClassifier", "MLPRegressor", "NotFittedError", "ConvergenceWarnin
 try:  # scikit-learn's own warning class when it is installed, so its users' filters apply
     from sklearn.exceptions import ConvergenceWarning
 except ImportError:
-    class ConvergenceWarning(UserWarning):
+    class ConvergenceWarning(UserWarning):  # type: ignore[no-redef]
         """Training ended (max_iter) before the stopping rule was met."""
 
 try:  # scikit-learn's callbacks API (1.9 and newer): set_callbacks(ProgressBar(), ScoringMonitor(...))
     from sklearn.callback import CallbackSupportMixin as _CallbackSupport
     from sklearn.callback import with_callbacks as _with_callbacks
 except ImportError:
-    class _CallbackSupport:
+    class _CallbackSupport:  # type: ignore[no-redef]
         pass
 
     def _with_callbacks(method):
@@ -250,7 +251,7 @@ class _SklearnCallbacks(Callback):
 
 
 class _BaseMLP(_CallbackSupport, _Base):
-    _kind = None  # "classifier" or "regressor"
+    _kind: str | None = None  # "classifier" or "regressor"
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
@@ -431,7 +432,7 @@ class _BaseMLP(_CallbackSupport, _Base):
 
     def _fit_lbfgs(self, X, targets, loss, sample_weight, class_weight, scales):
         """scikit-learn's solver="lbfgs": full batch, max_iter iterations, max_fun evaluations, gtol=tol,
-        on the objective whose gradient scikit-learn uses (scaled: see :meth:`_scales`)."""
+        on the objective whose gradient scikit-learn uses (scaled: see ``_scales``)."""
         loss_scale, grad_scale = scales
         optimizer = LBFGS(max_iter=int(self.max_iter), max_fun=int(self.max_fun), tol=self.tol * grad_scale,
                           l2=self.alpha * grad_scale)
@@ -546,7 +547,134 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
 
     Binary targets get one sigmoid output (``out_activation_ = "logistic"``), several classes a
     softmax, and 2-D indicator targets one sigmoid per label (multilabel). Labels may be strings.
-    See ``MLPRegressor`` for the parameters.
+    scikit-learn's parameter names and defaults, with xpmlp's own options (device, dtype,
+    per-layer activations, dropout, class_weight, restore_best_weights, diagnose); see the module
+    notes of :mod:`xpmlp.estimators` for how it differs from scikit-learn's.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : int or tuple of int, default=(100,)
+        The width of each hidden layer.
+    activation : str or list of str, default="relu"
+        The hidden layers' activation: "relu", "tanh", "logistic", "identity", any xpmlp
+        activation name, or a list with one per hidden layer.
+    solver : {"adam", "sgd", "lbfgs", "adamw", "rmsprop"}, default="adam"
+        The optimiser; "lbfgs" trains full batch with :class:`xpmlp.LBFGS`.
+    alpha : float, default=0.0001
+        The L2 penalty on the weights (not the biases), as scikit-learn's.
+    batch_size : int or "auto", default="auto"
+        Rows per batch of the stochastic solvers; "auto" is ``min(200, n_samples)``.
+    learning_rate : {"constant", "invscaling", "adaptive"}, default="constant"
+        The learning-rate schedule of ``solver="sgd"``.
+    learning_rate_init : float, default=0.001
+        The initial learning rate of the stochastic solvers.
+    power_t : float, default=0.5
+        The exponent of "invscaling" (sgd).
+    max_iter : int, default=200
+        Epochs of the stochastic solvers; iterations of "lbfgs".
+    shuffle : bool, default=True
+        Shuffle the rows every epoch (stochastic solvers).
+    random_state : int, RandomState or None, default=None
+        Seeds the weights, the shuffles, dropout and the validation split.
+    tol : float, default=1e-4
+        Stop when the training loss (or, with ``early_stopping``, the validation score) has not
+        improved by ``tol`` for ``n_iter_no_change`` epochs; "lbfgs"'s gradient tolerance.
+    verbose : bool, default=False
+        Print the loss of each iteration.
+    warm_start : bool, default=False
+        Start ``fit`` from the previous fit's weights.
+    momentum : float, default=0.9
+        The momentum of "sgd".
+    nesterovs_momentum : bool, default=True
+        Nesterov momentum for "sgd".
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the rows and stop on the validation score, putting
+        back the weights of the best one.
+    validation_fraction : float, default=0.1
+        The share of rows held out with ``early_stopping``, in (0, 1).
+    beta_1 : float, default=0.9
+        Adam's first-moment decay.
+    beta_2 : float, default=0.999
+        Adam's second-moment decay.
+    epsilon : float, default=1e-8
+        Adam's and RMSprop's epsilon.
+    n_iter_no_change : int, default=10
+        Epochs without improvement by ``tol`` before stopping (stochastic solvers).
+    max_fun : int, default=15000
+        The most loss evaluations of "lbfgs".
+    device : str, default="cpu"
+        Where the model runs (xpmlp's option): "cpu", "cuda", "cuda:N" or "auto".
+    dtype : {"float32", "float64"} or None, default=None
+        None: the input's, as scikit-learn, on the CPU, and float32 on a GPU, where float64 is a
+        silent slowdown.
+    dropout : float, default=0.0
+        The dropout rate after each hidden layer (xpmlp's option).
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes (xpmlp's option), keyed by label: each row's loss is multiplied by
+        its class's weight; "balanced" weighs classes inversely to their frequency.
+    restore_best_weights : bool, default=False
+        Without ``early_stopping``, put back the weights of the lowest training loss at the end
+        (xpmlp's option).
+    diagnose : bool, default=False
+        Run the MLP doctor (see ``diagnose`` of :meth:`xpmlp.Sequential.fit`); its findings are
+        issued as :class:`xpmlp.DoctorWarning` and kept as ``doctor_``, a :class:`xpmlp.Report`,
+        for each fit or partial_fit call.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels (``arange(n_labels)`` for multilabel targets).
+    model_ : Sequential
+        The trained xpmlp model.
+    coefs_ : list of ndarray
+        The weight matrices, layer by layer (NumPy copies).
+    intercepts_ : list of ndarray
+        The bias vectors, layer by layer.
+    n_features_in_ : int
+        The number of input features.
+    n_layers_ : int
+        Layers, input and output included.
+    n_outputs_ : int
+        Output units.
+    out_activation_ : str
+        "logistic" (binary and multilabel) or "softmax".
+    loss_ : float
+        The last loss, in scikit-learn's units.
+    loss_curve_ : list of float
+        The loss of each epoch (stochastic solvers).
+    best_loss_ : float or None
+        The lowest training loss (without ``early_stopping``).
+    validation_scores_ : list of float or None
+        The validation score of each epoch, with ``early_stopping``.
+    best_validation_score_ : float or None
+        The best validation score, with ``early_stopping``.
+    n_iter_ : int
+        Epochs (or "lbfgs" iterations) run by the last fit.
+    t_ : int
+        Training rows seen by the stochastic solvers.
+    doctor_ : Report
+        With ``diagnose``, the MLP doctor's findings of the last fit.
+
+    Raises
+    ------
+    ValueError
+        At fit, for a parameter out of range (solver, learning_rate, hidden_layer_sizes,
+        max_iter, validation_fraction) or bad data.
+
+    See Also
+    --------
+    xpmlp.MLP : the model underneath, with xpmlp's whole API.
+
+    Examples
+    --------
+    >>> from xpmlp import MLPClassifier
+    >>> from xpmlp.datasets import make_xor
+    >>> X, y = make_xor(200, seed=0)
+    >>> clf = MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", random_state=0).fit(X, y)
+    >>> clf.predict(X[:4]).tolist(), y[:4].tolist()
+    ([0, 1, 0, 0], [0, 1, 0, 0])
+    >>> clf.predict_proba(X[:4]).shape, clf.out_activation_
+    ((4, 2), 'logistic')
     """
 
     _kind = "classifier"
@@ -593,10 +721,29 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
         return {position[c]: w for c, w in self.class_weight.items()}
 
     @_with_callbacks
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPClassifier:
         """Train on X (n, d) and labels y (n,) or a 0/1 indicator matrix (n, k); returns self.
 
         If it raises, the estimator is left unfitted (see the module's docstring).
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            The inputs.
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+            Class labels (of any type), or a 0/1 indicator matrix for multilabel targets.
+        sample_weight : array-like of shape (n_samples,), optional
+            Each row's weight.
+
+        Returns
+        -------
+        MLPClassifier
+            The fitted estimator (self).
+
+        Raises
+        ------
+        ValueError
+            For bad parameters or data (fewer than 2 classes, a non-0/1 indicator matrix, ...).
         """
         with self._unfitted_on_error():
             X, y = self._validate(X, y, fitting=True)
@@ -607,11 +754,33 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
 
     @_stochastic_only
     @_with_callbacks
-    def partial_fit(self, X, y, classes=None, sample_weight=None):
+    def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> MLPClassifier:
         """One epoch over (X, y); ``classes`` (all labels) is required on the first call.
 
         A batch refused while it is checked leaves a fitted estimator as it was; a failure
-        during training, or on the first call, leaves it unfitted.
+        during training, or on the first call, leaves it unfitted. Only for the stochastic
+        solvers: with ``solver="lbfgs"`` the attribute does not exist.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            The inputs.
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+            Class labels, or a 0/1 indicator matrix.
+        classes : array-like of shape (n_classes,), optional
+            Every label; required on the first call.
+        sample_weight : array-like of shape (n_samples,), optional
+            Each row's weight.
+
+        Returns
+        -------
+        MLPClassifier
+            The estimator (self).
+
+        Raises
+        ------
+        ValueError
+            If ``classes`` is missing on the first call, with ``early_stopping``, or for bad data.
         """
         first = not hasattr(self, "model_")
         if first and classes is None:
@@ -625,18 +794,63 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
             return self._fit(X, targets, n_out, loss, incremental=True, sample_weight=weights,
                              class_weight=class_weight, y=y)
 
-    def predict_proba(self, X):
-        """Class probabilities (n, n_classes); for multilabel, each label's probability."""
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities (n, n_classes); for multilabel, each label's probability.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            The inputs.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            float64 probabilities, in the order of ``classes_``.
+
+        Raises
+        ------
+        NotFittedError
+            If the estimator is not fitted.
+        """
         p = self._outputs(X)
         if p.shape[1] == 1 and not self._multilabel:
             return np.hstack([1.0 - p, p])
         return p
 
-    def predict_log_proba(self, X):
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """The logarithm of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            The inputs.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Log-probabilities (``-inf`` where a probability is 0).
+        """
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
 
-    def predict(self, X):
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each row (for multilabel, each label with probability > 0.5).
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            The inputs.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_labels)
+            Labels from ``classes_``, or a 0/1 indicator matrix for multilabel targets.
+
+        Raises
+        ------
+        NotFittedError
+            If the estimator is not fitted.
+        """
         p = self.predict_proba(X)
         if self._multilabel:
             return (p > 0.5).astype(int)
@@ -665,15 +879,156 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
     ``xpmlp.fit``'s ``diagnose``; its findings are issued as ``DoctorWarning`` and kept as ``doctor_``,
     a Report, for each fit or partial_fit call).
     The output layer is linear (``out_activation_ = "identity"``).
+
+    Parameters
+    ----------
+    hidden_layer_sizes : int or tuple of int, default=(100,)
+        The width of each hidden layer.
+    activation : str or list of str, default="relu"
+        The hidden layers' activation: "relu", "tanh", "logistic", "identity", any xpmlp
+        activation name, or a list with one per hidden layer.
+    solver : {"adam", "sgd", "lbfgs", "adamw", "rmsprop"}, default="adam"
+        The optimiser; "lbfgs" trains full batch with :class:`xpmlp.LBFGS`.
+    alpha : float, default=0.0001
+        The L2 penalty on the weights (not the biases), as scikit-learn's.
+    batch_size : int or "auto", default="auto"
+        Rows per batch of the stochastic solvers; "auto" is ``min(200, n_samples)``.
+    learning_rate : {"constant", "invscaling", "adaptive"}, default="constant"
+        The learning-rate schedule of ``solver="sgd"``.
+    learning_rate_init : float, default=0.001
+        The initial learning rate of the stochastic solvers.
+    power_t : float, default=0.5
+        The exponent of "invscaling" (sgd).
+    max_iter : int, default=200
+        Epochs of the stochastic solvers; iterations of "lbfgs".
+    shuffle : bool, default=True
+        Shuffle the rows every epoch (stochastic solvers).
+    random_state : int, RandomState or None, default=None
+        Seeds the weights, the shuffles, dropout and the validation split.
+    tol : float, default=1e-4
+        Stop when the training loss (or, with ``early_stopping``, the validation score) has not
+        improved by ``tol`` for ``n_iter_no_change`` epochs; "lbfgs"'s gradient tolerance.
+    verbose : bool, default=False
+        Print the loss of each iteration.
+    warm_start : bool, default=False
+        Start ``fit`` from the previous fit's weights.
+    momentum : float, default=0.9
+        The momentum of "sgd".
+    nesterovs_momentum : bool, default=True
+        Nesterov momentum for "sgd".
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the rows and stop on the validation score, putting
+        back the weights of the best one.
+    validation_fraction : float, default=0.1
+        The share of rows held out with ``early_stopping``, in (0, 1).
+    beta_1 : float, default=0.9
+        Adam's first-moment decay.
+    beta_2 : float, default=0.999
+        Adam's second-moment decay.
+    epsilon : float, default=1e-8
+        Adam's and RMSprop's epsilon.
+    n_iter_no_change : int, default=10
+        Epochs without improvement by ``tol`` before stopping (stochastic solvers).
+    max_fun : int, default=15000
+        The most loss evaluations of "lbfgs".
+    device : str, default="cpu"
+        Where the model runs (xpmlp's option): "cpu", "cuda", "cuda:N" or "auto".
+    dtype : {"float32", "float64"} or None, default=None
+        None: the input's, as scikit-learn, on the CPU, and float32 on a GPU, where float64 is a
+        silent slowdown.
+    dropout : float, default=0.0
+        The dropout rate after each hidden layer (xpmlp's option).
+    class_weight : None, default=None
+        Classifiers only; kept so both estimators take the same parameters.
+    restore_best_weights : bool, default=False
+        Without ``early_stopping``, put back the weights of the lowest training loss at the end
+        (xpmlp's option).
+    diagnose : bool, default=False
+        Run the MLP doctor (see ``diagnose`` of :meth:`xpmlp.Sequential.fit`); its findings are
+        issued as :class:`xpmlp.DoctorWarning` and kept as ``doctor_``, a :class:`xpmlp.Report`,
+        for each fit or partial_fit call.
+
+    Attributes
+    ----------
+    model_ : Sequential
+        The trained xpmlp model.
+    coefs_ : list of ndarray
+        The weight matrices, layer by layer (NumPy copies).
+    intercepts_ : list of ndarray
+        The bias vectors, layer by layer.
+    n_features_in_ : int
+        The number of input features.
+    n_layers_ : int
+        Layers, input and output included.
+    n_outputs_ : int
+        Output units.
+    out_activation_ : str
+        "identity".
+    loss_ : float
+        The last loss, in scikit-learn's units.
+    loss_curve_ : list of float
+        The loss of each epoch (stochastic solvers).
+    best_loss_ : float or None
+        The lowest training loss (without ``early_stopping``).
+    validation_scores_ : list of float or None
+        The validation score of each epoch, with ``early_stopping``.
+    best_validation_score_ : float or None
+        The best validation score, with ``early_stopping``.
+    n_iter_ : int
+        Epochs (or "lbfgs" iterations) run by the last fit.
+    t_ : int
+        Training rows seen by the stochastic solvers.
+    doctor_ : Report
+        With ``diagnose``, the MLP doctor's findings of the last fit.
+
+    Raises
+    ------
+    ValueError
+        At fit, for a parameter out of range (solver, learning_rate, hidden_layer_sizes,
+        max_iter, validation_fraction) or bad data.
+
+    See Also
+    --------
+    xpmlp.MLP : the model underneath, with xpmlp's whole API.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp import MLPRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 3))
+    >>> y = X @ np.array([1.0, -2.0, 0.5]) + 0.1
+    >>> reg = MLPRegressor(hidden_layer_sizes=(16,), solver="lbfgs", random_state=0).fit(X, y)
+    >>> reg.predict(X[:3]).shape, reg.score(X, y) > 0.99
+    ((3,), True)
     """
 
     _kind = "regressor"
 
     @_with_callbacks
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPRegressor:
         """Train on X (n, d) and targets y (n,) or (n, k); returns self.
 
         If it raises, the estimator is left unfitted (see the module's docstring).
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            The inputs.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            The targets.
+        sample_weight : array-like of shape (n_samples,), optional
+            Each row's weight.
+
+        Returns
+        -------
+        MLPRegressor
+            The fitted estimator (self).
+
+        Raises
+        ------
+        ValueError
+            For bad parameters or data.
         """
         with self._unfitted_on_error():
             X, y = self._validate(X, y, fitting=True)
@@ -686,11 +1041,31 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
 
     @_stochastic_only
     @_with_callbacks
-    def partial_fit(self, X, y, sample_weight=None):
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPRegressor:
         """One epoch over (X, y).
 
         A batch refused while it is checked leaves a fitted estimator as it was; a failure
-        during training, or on the first call, leaves it unfitted.
+        during training, or on the first call, leaves it unfitted. Only for the stochastic
+        solvers: with ``solver="lbfgs"`` the attribute does not exist.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            The inputs.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            The targets.
+        sample_weight : array-like of shape (n_samples,), optional
+            Each row's weight.
+
+        Returns
+        -------
+        MLPRegressor
+            The estimator (self).
+
+        Raises
+        ------
+        ValueError
+            With ``early_stopping``, if y's number of outputs changes, or for bad data.
         """
         first = not hasattr(self, "model_")
         with self._unfitted_on_error(enabled=first):
@@ -707,6 +1082,23 @@ class MLPRegressor(_RegressorMixin, _BaseMLP):
             self.out_activation_ = "identity"
             return self._fit(X, targets, targets.shape[1], "mse", incremental=True, sample_weight=weights, y=y)
 
-    def predict(self, X):
+    def predict(self, X: Any) -> np.ndarray:
+        """The predicted targets.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            The inputs.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            float64 predictions, 1-D when the model was fitted on a 1-D y.
+
+        Raises
+        ------
+        NotFittedError
+            If the estimator is not fitted.
+        """
         out = self._outputs(X)
         return out[:, 0] if self._y_1d else out

@@ -21,7 +21,7 @@ What saving guarantees
   file is renamed over the target. A kill, an exception or a full disk at any moment leaves
   either the previous file or the new one, whole. A failed save removes its temporary file;
   one killed outright (SIGKILL, power loss) cannot, and the next save to the same target
-  removes it (see :func:`_remove_stale_temporaries` for which files count as stale).
+  removes it (see ``_remove_stale_temporaries`` for which files count as stale).
 - A path that exists but is not a regular file (a folder, FIFO, socket or device) is refused
   with :class:`ModelFileError` and left as it was.
 - A symlink stays a link: the file it points to gets the new model, atomically (the temporary
@@ -42,12 +42,12 @@ What loading guarantees (a file is never trusted)
 - Every malformed file raises :class:`ModelFileError` saying what is wrong.
 - Checksum: files of format 3 carry in metadata ``sha256`` the SHA-256 of their tensor bytes,
   taken tensor by tensor in the order of the tensors' sorted names (so it does not depend on
-  how safetensors lays them out); :func:`load` and :func:`load_weights` verify it, so a flipped
+  how safetensors lays them out); :func:`xpmlp.load` and :meth:`xpmlp.Sequential.load_weights` verify it, so a flipped
   byte is refused. Formats 1 and 2 have no checksum and still load. The checksum detects
   corruption, not tampering: whoever can edit a file can rewrite its checksum too.
 - Weights, optimiser state and Standardize statistics must be finite, unless
   ``allow_nonfinite=True`` is given.
-- :func:`load_weights` validates the whole file before it changes any layer: a failed load
+- :meth:`xpmlp.Sequential.load_weights` validates the whole file before it changes any layer: a failed load
   leaves the model as it was.
 """
 
@@ -65,7 +65,7 @@ import stat
 import time
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -78,8 +78,9 @@ from .schedules import SCHEDULES, Schedule
 __all__ = ["encode_model", "encode_weights", "write", "read_model", "decode_model", "read_weights", "SavedModel",
            "ModelFileError", "FORMAT_VERSION"]
 
-# 3: SHA-256 of the tensor bytes in metadata "sha256"; 2: dropout state is (key, counter) of the
-# device generator; 1: a NumPy generator state per Dropout layer. All three load.
+#: The format version of the files written: 3, SHA-256 of the tensor bytes in metadata "sha256";
+#: 2, dropout state is (key, counter) of the device generator; 1, a NumPy generator state per
+#: Dropout layer. All three load.
 FORMAT_VERSION = 3
 _LOSSES = {cls.__name__: cls for cls in LOSSES.values()}
 _OPTIMIZERS = {cls.__name__: cls for cls in OPTIMIZERS.values()}
@@ -92,7 +93,21 @@ _MODEL_DTYPES = ("F32", "F64")
 
 class ModelFileError(ValueError):
     """A model file is missing, truncated, corrupted, pickle-based or not an xpmlp file, or a save
-    was asked to replace something that is not a regular file."""
+    was asked to replace something that is not a regular file.
+
+    Raised by :func:`xpmlp.load`, :meth:`xpmlp.Sequential.load_weights` and
+    :meth:`xpmlp.Sequential.save` (and the functions of :mod:`xpmlp.io`), with a message that
+    names the file and says what is wrong. A subclass of ``ValueError``.
+
+    Examples
+    --------
+    >>> import xpmlp
+    >>> try:
+    ...     xpmlp.load("no-such-model.safetensors")
+    ... except xpmlp.ModelFileError as e:
+    ...     print(e)
+    no-such-model.safetensors: no such file
+    """
 
 
 # -- saving ------------------------------------------------------------------------------------
@@ -229,7 +244,8 @@ def _arrays(state: dict) -> dict:
     return {name: to_numpy(value) for name, value in state.items() if not _is_extra(name)}
 
 
-def encode_model(config: dict, state: dict, rng: dict, loss=None, optimizer=None, offsets=None) -> bytes:
+def encode_model(config: dict, state: dict, rng: dict, loss: Any = None, optimizer: Any = None,
+                 offsets: list[int] | None = None) -> bytes:
     """The bytes of a model file (format :data:`FORMAT_VERSION`) from the model's state dicts.
 
     Parameters
@@ -252,6 +268,16 @@ def encode_model(config: dict, state: dict, rng: dict, loss=None, optimizer=None
     offsets : list of int, optional
         Where each parameter (in ``state``'s order) starts in the optimiser's flat buffers
         (``FlatParameters.offsets``); by default one after the other.
+
+    Returns
+    -------
+    bytes
+        The file's bytes: a safetensors header and data.
+
+    Raises
+    ------
+    ValueError
+        If an optimiser buffer's size does not match the parameters (it belongs to another model).
     """
     tensors = _arrays(state)
     section = None
@@ -291,7 +317,7 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 def _user_level() -> int:
     """The ``stacklevel`` of the first caller outside xpmlp, for a warning issued by the function
     that calls this (so the warning names the user's line, however deep in xpmlp it was raised)."""
-    frame, level = inspect.currentframe().f_back, 1
+    frame, level = cast(Any, inspect.currentframe()).f_back, 1
     while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     return level
@@ -310,12 +336,38 @@ def _lr_config(opt):
 
 
 def encode_weights(state: dict) -> bytes:
-    """The bytes of a weights file: the arrays of a model's state dict (extra states left out)."""
+    """The bytes of a weights file: the arrays of a model's state dict (extra states left out).
+
+    Parameters
+    ----------
+    state : dict
+        ``Sequential.state_dict()``: name to array, of any library and device.
+
+    Returns
+    -------
+    bytes
+        The file's bytes: a safetensors header and data.
+    """
     return _encode(_arrays(state), {"format": "xpmlp-weights", "format_version": str(FORMAT_VERSION)})
 
 
-def write(path, data: bytes) -> None:
-    """Write a model file's bytes to ``path`` atomically (see the module docstring)."""
+def write(path: str | os.PathLike, data: bytes) -> None:
+    """Write a model file's bytes to ``path`` atomically (see the module docstring).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The target file; a symlink's target gets the bytes.
+    data : bytes
+        What :func:`encode_model` or :func:`encode_weights` returned.
+
+    Raises
+    ------
+    ModelFileError
+        If ``path`` exists but is not a regular file.
+    OSError
+        If the file cannot be written (the target is left as it was).
+    """
     _atomic_write(path, data)
 
 
@@ -530,7 +582,7 @@ def _fits(value, annotation) -> bool:
         return "None" in names
     for name in names:
         if name in _KINDS and isinstance(value, _KINDS[name]) and (name == "bool") == isinstance(value, bool):
-            return name != "float" or abs(value) < 2.0**1023  # float() of a larger int overflows
+            return name != "float" or abs(cast(float, value)) < 2.0**1023  # float() of a larger int overflows
     return False
 
 
@@ -568,7 +620,7 @@ def _check_model(metadata, where) -> dict:
     config = _json(metadata, "model", where)
     if not isinstance(config, dict):
         raise ModelFileError(f"{where}: metadata 'model' must be an object, got {_show(config)}")
-    dtype, seed, width = config.get("dtype"), config.get("seed"), config.get("in_features")
+    dtype, seed, width = config.get("dtype"), config.get("seed"), cast(Any, config.get("in_features"))
     if not isinstance(dtype, str) or dtype not in FLOAT_DTYPES:
         raise ModelFileError(f"{where}: metadata 'model' has dtype {_show(dtype)}, expected one of {FLOAT_DTYPES}")
     if seed is not None and not (_is_int(seed) and seed >= 0):
@@ -724,7 +776,8 @@ def _architecture_shapes(layers, in_features: int, file: _File) -> dict:
     """{array name: shape} that the declared layers need for inputs of width ``in_features``,
     computed from their configs (nothing is built). A Standardize layer saved before it was
     adapted has no statistics, so its two are expected when the file holds either."""
-    shapes, width = {}, in_features
+    shapes: dict[str, tuple[int, ...]] = {}
+    width = in_features
     for i, layer in enumerate(layers):
         if isinstance(layer, Dense):
             if layer.in_features is not None and layer.in_features != width:
@@ -748,6 +801,28 @@ class SavedModel(NamedTuple):
     """A model file, checked whole and turned into state dicts (see :func:`read_model`).
 
     Nothing here is on a device: arrays are NumPy, of the model's dtype.
+
+    Parameters
+    ----------
+    layers : list of Layer
+        Constructed from the architecture, not built (nothing allocated).
+    dtype : str
+        The model's dtype, "float32" or "float64".
+    seed : int or None
+        The model's seed.
+    in_features : int
+        The input width.
+    loss : Loss or None
+        The loss the model was saved with.
+    state : dict
+        The model's state dict: ``layers.{i}.{key}``, ``layers.{i}.state.{key}``,
+        ``layers.{i}.extra_state``.
+    optimizer : Optimizer or None
+        The optimiser the model was saved with.
+    optimizer_state : dict or None
+        Its state dict ``{"t", "state": {name: flat array} or None}``; None without an optimiser.
+    rng : dict
+        ``{"init": ..., "shuffle": ...}`` NumPy generator states.
     """
     layers: list  # constructed from the architecture, not built (nothing allocated)
     dtype: str
@@ -788,31 +863,86 @@ def _saved_model(file: _File, allow_nonfinite: bool) -> SavedModel:
                       optimizer_state, {"init": rng["init"], "shuffle": rng["shuffle"]})
 
 
-def read_model(path, *, allow_nonfinite: bool = False) -> SavedModel:
+def read_model(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> SavedModel:
     """The model file at ``path`` (written by ``Sequential.save``), checked whole before anything
     is allocated (see the module docstring); any defect raises :class:`ModelFileError`.
 
-    ``allow_nonfinite``: accept weights, optimiser state or statistics holding NaN or infinity.
+    Parameters
+    ----------
+    path : str or path-like
+        The model file.
+    allow_nonfinite : bool, default=False
+        Accept weights, optimiser state or statistics holding NaN or infinity.
+
+    Returns
+    -------
+    SavedModel
+        The checked contents, as NumPy state dicts.
+
+    Raises
+    ------
+    ModelFileError
+        If the file is missing, malformed, or not an xpmlp model file.
     """
     return _saved_model(_read(path, ("xpmlp",)), allow_nonfinite)
 
 
 def decode_model(data: bytes, *, allow_nonfinite: bool = False) -> SavedModel:
-    """:func:`read_model` of bytes (as ``Sequential.to_bytes`` gives)."""
+    """:func:`read_model` of bytes (as ``Sequential.to_bytes`` gives).
+
+    Parameters
+    ----------
+    data : bytes
+        A model file's bytes.
+    allow_nonfinite : bool, default=False
+        Accept weights, optimiser state or statistics holding NaN or infinity.
+
+    Returns
+    -------
+    SavedModel
+        The checked contents, as NumPy state dicts.
+
+    Raises
+    ------
+    ModelFileError
+        If the bytes are malformed or not an xpmlp model file.
+
+    Examples
+    --------
+    >>> import xpmlp
+    >>> from xpmlp.io import decode_model
+    >>> saved = decode_model(xpmlp.MLP([2, 4, 2], seed=0).to_bytes())
+    >>> saved.dtype, saved.in_features, saved.state["layers.0.W"].shape
+    ('float32', 2, (2, 4))
+    """
     return _saved_model(_check_file(data, "model bytes", ("xpmlp",)), allow_nonfinite)
 
 
-def read_weights(path, shapes: dict, dtype: str, *, allow_nonfinite: bool = False) -> dict:
+def read_weights(path: str | os.PathLike, shapes: dict, dtype: str, *, allow_nonfinite: bool = False) -> dict:
     """The arrays of a weights file (or of a model file, its optimiser aside), checked whole.
 
     Parameters
     ----------
+    path : str or path-like
+        The weights file or model file.
     shapes : dict
         {name: shape} the model needs (``layers.{i}.{key}``, and ``layers.{i}.state.{key}`` for
         every Standardize layer); a layer's statistics are required only when the file holds
         either of them (a model saved before it was adapted has none).
     dtype : str
         The arrays are returned as NumPy arrays of this dtype.
+    allow_nonfinite : bool, default=False
+        Accept arrays holding NaN or infinity.
+
+    Returns
+    -------
+    dict
+        Name to NumPy array of ``dtype``, one per expected name.
+
+    Raises
+    ------
+    ModelFileError
+        If the file is missing or malformed, or its arrays do not match ``shapes``.
     """
     file = _read(path, ("xpmlp-weights", "xpmlp"))
     expected = {}

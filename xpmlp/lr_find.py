@@ -24,6 +24,8 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import os
+from typing import Any
 
 import numpy as np
 
@@ -35,33 +37,68 @@ from .train import _ArrayData, _positive_int, _prepare_data
 
 __all__ = ["LRFinderResult", "lr_find", "suggest_lr"]
 
-# The suggestion leaves out the curve's first SKIP_START points (torch-lr-finder's default
-# skip_start=10 in LRFinder.plot): there the moving average is still settling on a flat loss.
+#: The suggestion leaves out the curve's first SKIP_START points (torch-lr-finder's default
+#: skip_start=10 in LRFinder.plot): there the moving average is still settling on a flat loss.
 SKIP_START = 10
 
 
 class LRFinderResult:
     """The curve of a learning-rate range test and the rate it suggests.
 
+    :meth:`xpmlp.Sequential.lr_find` returns one; ``print(result)`` summarises it.
+
+    Parameters
+    ----------
+    lrs : array-like of shape (m,)
+        The learning rates tried.
+    losses : array-like of shape (m,)
+        The smoothed loss at each rate.
+    raw_losses : array-like of shape (m,)
+        Each step's mean batch loss.
+    stop_reason : str, optional
+        Why the sweep ended early, or None.
+    num_steps : int, optional
+        The steps asked for; by default ``len(lrs)``.
+
     Attributes
     ----------
-    lrs : ndarray (m,)
+    lrs : ndarray of shape (m,)
         The learning rates tried, in order: ``start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))``
         for the m <= num_steps steps that ran with a finite loss.
-    losses : ndarray (m,)
+    losses : ndarray of shape (m,)
         The smoothed loss at each rate: an exponential moving average of ``raw_losses`` with
         weight ``smoothing`` on each new loss, bias-corrected (divided by ``1 - (1 - smoothing)**k``
         after k steps, as fastai does), so the first point is the first raw loss.
-    raw_losses : ndarray (m,)
+    raw_losses : ndarray of shape (m,)
         Each step's mean batch loss, measured before that step's update.
     suggestion : float or None
         The rate at the steepest descent of the smoothed curve towards its lowest point (see
-        :func:`suggest_lr`); None when the curve is too short or never descends.
+        :func:`xpmlp.lr_find.suggest_lr`); None when the curve is too short or never descends.
     stop_reason : str or None
         Why the sweep ended before ``num_steps`` (divergence, a NaN or infinite loss), or None.
+    num_steps : int
+        The steps asked for.
+
+    See Also
+    --------
+    xpmlp.Sequential.lr_find : Runs the test and returns one.
+    xpmlp.lr_find.suggest_lr : How the suggestion is chosen.
+
+    Examples
+    --------
+    >>> import xpmlp
+    >>> from xpmlp.datasets import make_xor
+    >>> X, y = make_xor(256, seed=0)
+    >>> model = xpmlp.MLP([2, 16, 2], seed=0)
+    >>> result = model.lr_find(X, y, loss="softmax_cross_entropy", num_steps=50, seed=0)
+    >>> result.lrs.shape, result.losses.shape
+    ((50,), (50,))
+    >>> 0 < result.suggestion < 10
+    True
     """
 
-    def __init__(self, lrs, losses, raw_losses, stop_reason=None, num_steps=None):
+    def __init__(self, lrs: Any, losses: Any, raw_losses: Any, stop_reason: str | None = None,
+                 num_steps: int | None = None) -> None:
         self.lrs = np.asarray(lrs, dtype=float)
         self.losses = np.asarray(losses, dtype=float)
         self.raw_losses = np.asarray(raw_losses, dtype=float)
@@ -69,7 +106,7 @@ class LRFinderResult:
         self.num_steps = len(self.lrs) if num_steps is None else int(num_steps)
         self.suggestion = suggest_lr(self.lrs, self.losses)
 
-    def plot(self, path=None, *, ax=None):
+    def plot(self, path: str | os.PathLike | None = None, *, ax: Any = None) -> Any:
         """Draw the smoothed loss (and, faintly, the raw loss) against the rate, log-scaled, with
         the suggestion marked.
 
@@ -83,7 +120,13 @@ class LRFinderResult:
 
         Returns
         -------
-        The matplotlib Axes. Needs matplotlib (``pip install xpmlp[plot]``).
+        matplotlib.axes.Axes
+            The axes drawn into. Needs matplotlib (``pip install xpmlp[plot]``).
+
+        Raises
+        ------
+        ImportError
+            If matplotlib is not installed.
         """
         try:
             from matplotlib.figure import Figure
@@ -112,7 +155,7 @@ class LRFinderResult:
             ax.figure.savefig(path)
         return ax
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if not len(self.lrs):
             return f"LRFinderResult(no finite loss: {self.stop_reason})"
         shown = "none" if self.suggestion is None else f"{self.suggestion:.3g}"
@@ -122,18 +165,37 @@ class LRFinderResult:
         return text + (f"; stopped: {self.stop_reason})" if self.stop_reason else ")")
 
 
-def suggest_lr(lrs, losses) -> float | None:
+def suggest_lr(lrs: Any, losses: Any) -> float | None:
     """The rate where the smoothed loss falls fastest against log(lr), on its way to its lowest point.
 
     The slope is ``np.gradient(losses, log10(lrs))`` (central differences). Its most negative
-    value is taken from the curve's point :data:`SKIP_START` (point 0 when the lowest loss comes
+    value is taken from the curve's point ``SKIP_START`` (point 0 when the lowest loss comes
     sooner than that) up to the lowest smoothed loss: torch-lr-finder takes the steepest slope of
     the whole curve less its last 5 points, which can land past the minimum, where the loss of an
     Adam run that never quite diverged falls back from a bump at large rates (on scikit-learn's
     digits that rule suggested 3.3 and 3.9 for two seeds, and one epoch at them reached 8% and 10%
     accuracy); the descent that leads to the lowest loss is the one Smith's test reads.
 
-    Returns None when fewer than 3 points lead to the lowest one, or none of them descends.
+    Parameters
+    ----------
+    lrs : array-like of shape (m,)
+        The learning rates, increasing.
+    losses : array-like of shape (m,)
+        The smoothed loss at each rate.
+
+    Returns
+    -------
+    float or None
+        The suggested rate; None when fewer than 3 points lead to the lowest one, or none of them
+        descends.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpmlp.lr_find import suggest_lr
+    >>> lrs = np.geomspace(1e-4, 1.0, 5)
+    >>> float(suggest_lr(lrs, [1.0, 0.9, 0.5, 0.4, 2.0]))
+    0.001
     """
     lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     if len(lrs) < 3:
@@ -178,7 +240,8 @@ def _fresh_optimizer(model, optimizer) -> Optimizer:
     return opt
 
 
-def lr_find(model, X, y, *, loss=None, optimizer=None, start_lr: float = 1e-7, end_lr: float = 10.0,
+def lr_find(model: Any, X: Any, y: Any, *, loss: Any = None, optimizer: Any = None, start_lr: float = 1e-7,
+            end_lr: float = 10.0,
             num_steps: int = 100, batch_size: int = 32, smoothing: float = 0.05, diverge: float = 4.0,
             seed: int | None = None) -> LRFinderResult:
     """Run the learning-rate range test and put the model back as it was.
@@ -190,8 +253,12 @@ def lr_find(model, X, y, *, loss=None, optimizer=None, start_lr: float = 1e-7, e
 
     Parameters
     ----------
-    X : array (n, n_features); y : targets, as ``fit`` takes them
-        An unbuilt model is built from X's width first (as ``fit`` would build it).
+    model : Sequential
+        The model; an unbuilt one is built from X's width first (as ``fit`` would build it).
+    X : array-like of shape (n_samples, n_features)
+        The training inputs, as ``fit`` takes them.
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        The targets, as ``fit`` takes them.
     loss : str or Loss, optional
         By default the model's loss (the one it was fitted with).
     optimizer : str or Optimizer, optional
@@ -217,10 +284,30 @@ def lr_find(model, X, y, *, loss=None, optimizer=None, start_lr: float = 1e-7, e
     LRFinderResult
         ``lrs``, ``losses`` (smoothed), ``raw_losses``, ``suggestion``, ``stop_reason``, ``plot()``.
 
+    Raises
+    ------
+    ValueError
+        If a rate, ``num_steps``, ``batch_size``, ``smoothing`` or ``diverge`` is out of range,
+        there is no loss, or the optimiser is LBFGS.
+    TypeError
+        If a rate is not a number or ``optimizer`` is neither a name nor an xpmlp Optimizer.
+
+    Notes
+    -----
     Afterwards the model is as it was: weights, gradient buffer, optimiser (``model.optimizer``
     and the one given are never stepped), Dropout counters, Standardize statistics, host generator
     states, ``loss``, ``history`` and ``stop_training``; so a later ``fit`` is exactly the fit
     without the test. Costs ``num_steps`` training steps and one host read per step.
+
+    Examples
+    --------
+    >>> import xpmlp
+    >>> from xpmlp.datasets import make_xor
+    >>> X, y = make_xor(256, seed=0)
+    >>> model = xpmlp.MLP([2, 16, 2], seed=0)
+    >>> result = model.lr_find(X, y, loss="softmax_cross_entropy", num_steps=50, seed=0)
+    >>> len(result.lrs) <= 50, float(result.lrs[0])
+    (True, 1e-07)
     """
     start_lr, end_lr = _rate(start_lr, "start_lr"), _rate(end_lr, "end_lr")
     if not start_lr < end_lr:
@@ -242,7 +329,8 @@ def lr_find(model, X, y, *, loss=None, optimizer=None, start_lr: float = 1e-7, e
     num_steps, smoothing, diverge = int(num_steps), float(smoothing), float(diverge)
 
     # builds an unbuilt model (as fit does): everything is recorded after that
-    data = _ArrayData(model, *_prepare_data(model, loss, X, y, seed, None, 0.0, None, None), batch_size, True)
+    Xd, yd, weights, Xv, yv, rng = _prepare_data(model, loss, X, y, seed, None, 0.0, None, None)
+    data = _ArrayData(model, Xd, yd, weights, Xv, yv, rng, batch_size, True)
     attributes = (model.loss, model.optimizer, model.history, model.stop_training)
     rng_state = model.get_rng_state()
     unadapted = [layer for layer in model.layers if hasattr(layer, "adapt") and not layer.adapted]
@@ -265,7 +353,8 @@ def lr_find(model, X, y, *, loss=None, optimizer=None, start_lr: float = 1e-7, e
 
 def _sweep(model, step, opt, data, lrs, smoothing: float, diverge: float):
     """One step per rate on successive batches: (raw losses, smoothed losses, why it stopped or None)."""
-    raw, smoothed = [], []
+    raw: list[float] = []
+    smoothed: list[float] = []
     average, best, batches = 0.0, math.inf, _cycle(data)
     for i, lr in enumerate(lrs):
         xb, yb, wb, row_loss = next(batches)

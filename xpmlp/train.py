@@ -11,11 +11,11 @@ Batches from an iterable (``fit(x)`` with ``y=None``: a list of chunks, a genera
 ``DataLoader``) are not held: each is checked and copied to the device when its turn comes (its
 finiteness check is one host read per batch, next to the host-to-device copy it follows), and
 its rows' losses are summed on the device and read with the rest at the end of the epoch. Both
-sources give fit the same thing, an epoch's batches (:class:`_ArrayData`, :class:`_IterableData`),
+sources give fit the same thing, an epoch's batches (``_ArrayData``, ``_IterableData``),
 so the loop, its callbacks, divergence checks and snapshots are the same for both.
 
 Divergence. A batch diverges when its loss is NaN, infinite or above ``sqrt(finfo(dtype).max)``
-(1.3e154 in float64, 1.8e19 in float32; see :func:`_divergence_limit`). Each batch's loss is
+(1.3e154 in float64, 1.8e19 in float32; see ``_divergence_limit``). Each batch's loss is
 taken before its update, so the epoch's last update is checked on its own: the updated weights'
 loss on the last batch (an inference pass) and their norm must stay within the same limit.
 Either failure stops training and restores the snapshot taken at the start of the epoch. That
@@ -45,6 +45,7 @@ import math
 import time
 import warnings
 import weakref
+from typing import Any
 
 import numpy as np
 
@@ -58,12 +59,33 @@ from .step import make_train_step
 
 __all__ = ["History", "DivergenceError", "fit", "predict", "evaluate"]  # History lives in callbacks
 
-_WARNED_RAW_OUTPUTS = weakref.WeakSet()  # models whose predict has warned about raw outputs (once each)
-EVAL_BATCH = 4096  # rows per inference batch: bounds memory, does not change results
+_WARNED_RAW_OUTPUTS: weakref.WeakSet = weakref.WeakSet()  # models whose predict has warned about raw outputs (once each)
+#: Rows per inference batch of ``predict`` and ``evaluate``: bounds memory, does not change results.
+EVAL_BATCH = 4096
 
 
 class DivergenceError(FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite.
+
+    Raised by ``fit`` when an epoch diverges (a batch's loss NaN, infinite or above
+    ``sqrt(finfo(dtype).max)``, or a last update that makes the weights overflow) and no
+    callback's ``on_divergence`` handles it. The message says what diverged, where, and the usual
+    causes. The weights from the start of that epoch are kept. A subclass of
+    ``FloatingPointError``. ``fit(..., on_divergence="warn")`` warns instead;
+    :class:`xpmlp.callbacks.TerminateOnNaN` ends training quietly.
+
+    Examples
+    --------
+    >>> import xpmlp
+    >>> from xpmlp.datasets import make_sine
+    >>> X, y = make_sine(64, seed=0)
+    >>> model = xpmlp.MLP([1, 8, 1], seed=0)
+    >>> try:
+    ...     model.fit(X, y * 1000, loss="mse", optimizer=xpmlp.SGD(lr=10.0), epochs=5, verbose=0)
+    ... except xpmlp.DivergenceError as e:
+    ...     print(str(e).split(" (")[0])
+    the training loss became ... in epoch 1
+    """
 
 
 # -- input checks ---------------------------------------------------------------------------------
@@ -79,7 +101,7 @@ def _prepare_X(model, X, what="X", *, stats=False):
     With ``stats``, also return X's largest and smallest values, taken in the same single read
     as the finiteness check (reductions only: no temporary the size of X).
 
-    A sparse X (SciPy, or cupyx on CuPy) stays sparse: see :func:`_prepare_sparse_X`.
+    A sparse X (SciPy, or cupyx on CuPy) stays sparse: see ``_prepare_sparse_X``.
     """
     if is_sparse(X):
         return _prepare_sparse_X(model, X, what, stats)
@@ -219,78 +241,90 @@ def _result(metric, acc, data=None) -> float:
 
 
 # -- fit ------------------------------------------------------------------------------------------
-def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_size: int = 32,
-        shuffle: bool = True, seed: int | None = None, verbose="auto", validation_data=None,
-        validation_split: float = 0.0, validation_freq=1, metrics=None, class_weight=None, sample_weight=None,
-        callbacks=None, on_divergence: str = "raise", initial_epoch: int = 0,
-        steps_per_epoch: int | None = None, diagnose: bool = False, comm=None) -> History:
+def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any = None, epochs: int = 1,
+        batch_size: int = 32, shuffle: bool = True, seed: int | None = None, verbose: str | int = "auto",
+        validation_data: Any = None, validation_split: float = 0.0, validation_freq: Any = 1, metrics: Any = None,
+        class_weight: Any = None, sample_weight: Any = None, callbacks: Any = None, on_divergence: str = "raise",
+        initial_epoch: int = 0, steps_per_epoch: int | None = None, diagnose: bool = False,
+        comm: Any = None) -> History:
     """Train the model with minibatch gradient descent.
+
+    Bound as :meth:`xpmlp.Sequential.fit` (``model.fit(X, y, ...)``), where ``model`` is the
+    model itself.
 
     Parameters
     ----------
-    X : array (n_samples, n_features), or an iterable of batches
+    model : Sequential
+        The model to train (``self`` of :meth:`xpmlp.Sequential.fit`); built from X's width if
+        it is not built yet.
+    X : array-like of shape (n_samples, n_features), or an iterable of batches
         NumPy (or pandas, lists) for any backend, or an array of the model's own library/device.
         With ``y=None``, an iterable of ``(X, y)`` or ``(X, y, sample_weight)`` batches (a list of
         chunks, a PyTorch ``DataLoader``, a generator): see "Batches from an iterable" below.
         Data larger than memory - a NumPy memmap, a Dask array, a list of ``.npy`` chunk files or
         an :class:`xpmlp.chunked.Chunked` - is streamed in blocks (see :mod:`xpmlp.chunked`).
-    y : array
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs), optional
         (n,) integer labels or (n, k) one-hot rows for softmax cross-entropy; (n,) or (n, k)
         targets for the other losses. None when X yields the batches.
-    loss : str or Loss
+    loss : str or Loss, optional
         Required on the first call; None reuses the previous one.
     optimizer : str, Optimizer, LBFGS or None
         None continues with the previous optimiser and its state (Adam(lr=1e-3) at first);
         a name creates a fresh one with default settings. An :class:`xpmlp.LBFGS` trains full
         batch instead (see :func:`xpmlp.lbfgs.fit_lbfgs`: no epochs or batches).
-    epochs : int >= 1
-        The index of the last epoch (as in Keras): epochs ``initial_epoch .. epochs - 1`` run.
-    batch_size : int >= 1
-        Rows per batch of arrays (an iterable brings its own batches).
-    shuffle : bool
+    epochs : int, default=1
+        The index of the last epoch, >= 1 (as in Keras): epochs ``initial_epoch .. epochs - 1`` run.
+    batch_size : int, default=32
+        Rows per batch of arrays, >= 1 (an iterable brings its own batches).
+    shuffle : bool, default=True
         A fresh permutation every epoch (arrays only: an iterable yields batches in its own order).
     seed : int, optional
         Seeds this call's shuffles and validation split; by default they come from the model's seed.
-    verbose : "auto" (default, as 1), 0 quiet, 1 a progress bar per epoch (one line per epoch
-        when stdout is not a terminal), 2 one line per epoch (shown by a
-        :class:`xpmlp.callbacks.ProgbarLogger`).
-    validation_data : (X_val, y_val), optional
-    validation_split : float in (0, 1), optional
-        Hold out this fraction of (X, y), shuffled and (for classification) stratified by class,
+    verbose : {"auto", 0, 1, 2}, default="auto"
+        "auto" (as 1), 0 quiet, 1 a progress bar per epoch (one line per epoch when stdout is not
+        a terminal), 2 one line per epoch (shown by a :class:`xpmlp.callbacks.ProgbarLogger`).
+    validation_data : tuple of (X_val, y_val), optional
+        A validation set, evaluated at the end of validated epochs (``val_*`` logs).
+    validation_split : float, default=0.0
+        In (0, 1): hold out this fraction of (X, y), shuffled and (for classification) stratified by class,
         drawn from the seed. Standardize layers learn only from the training part. Arrays only.
-    validation_freq : int >= 1 or a collection of epoch numbers
+    validation_freq : int or collection of int, default=1
         Validate after epochs whose 1-based number is a multiple of it (or is in it), as Keras
         does; the other epochs' logs (and ``History``) have no ``val_*`` entries, and callbacks
         that monitor one skip those epochs.
-    metrics : list of names ("accuracy", "top_5_accuracy", "mse", "mae", "r2"), Metric objects or
-        callables ``fn(y_true, y_pred) -> float`` (run once per epoch on NumPy arrays of the
-        validation set, or of the training set without one: arrays only).
-    class_weight : dict {class: weight} or "balanced" (arrays only), optional
-    sample_weight : array (n,), optional
+    metrics : list, optional
+        Names ("accuracy", "top_5_accuracy", "mse", "mae", "r2"), :class:`xpmlp.metrics.Metric`
+        objects or callables ``fn(y_true, y_pred) -> float`` (run once per epoch on NumPy arrays
+        of the validation set, or of the training set without one: arrays only).
+    class_weight : dict or "balanced", optional
+        ``{class: weight}``, or "balanced" (arrays only): each row's loss is multiplied by its
+        class's weight.
+    sample_weight : array-like of shape (n_samples,), optional
         Each row's loss is multiplied by its weight (and by its class's weight). An iterable's
         batches carry their own, as a third element.
-    callbacks : list of :class:`xpmlp.callbacks.Callback`
-        Called after fit's own History (and ProgbarLogger), with the same hooks.
-    on_divergence : "raise" (default) or "warn"
+    callbacks : list of Callback, optional
+        :class:`xpmlp.callbacks.Callback` objects, called after fit's own History (and ProgbarLogger), with the same hooks.
+    on_divergence : {"raise", "warn"}, default="raise"
         What to do when training diverges (a loss NaN, infinite or beyond the dtype's limit, or a
         last update that makes the weights overflow; see the module notes) and no callback's
         ``on_divergence`` handles it (``TerminateOnNaN`` ends training quietly): raise
         :class:`DivergenceError`, or warn and stop. Either way the weights from the end of the last
         good epoch (or those fit started from) are kept.
-    initial_epoch : int >= 0
-        The epoch to start at (to resume a training): callbacks, the history, schedules by epoch
+    initial_epoch : int, default=0
+        The epoch to start at, >= 0 (to resume a training): callbacks, the history, schedules by epoch
         and the progress display see the true epoch numbers. Nothing runs when it is >= epochs.
-    steps_per_epoch : int >= 1, optional
-        Batches per epoch drawn from an iterable X (required when X has no length, e.g. a
+    steps_per_epoch : int, optional
+        Batches per epoch, >= 1, drawn from an iterable X (required when X has no length, e.g. a
         generator): they come from one iterator that carries on from epoch to epoch.
-    diagnose : bool, default False
+    diagnose : bool, default=False
         Run the MLP doctor: before training, the cheap checks of :func:`xpmlp.diagnose` on X and y
         (arrays only: an iterable of batches skips them), and during training the checks of
         :class:`xpmlp.vitals.Vitals` (once per epoch, on a fixed sample of 256 training rows, or
         of the first batch of an iterable). Each finding is issued as a
-        :class:`xpmlp.doctor.DoctorWarning`; all of them are kept in ``history.doctor`` (a
-        :class:`xpmlp.doctor.Report`; None without ``diagnose``). Training itself is unchanged.
-    comm : :class:`xpmlp.distributed.Communicator`, optional
+        :class:`xpmlp.DoctorWarning`; all of them are kept in ``history.doctor`` (a
+        :class:`xpmlp.Report`; None without ``diagnose``). Training itself is unchanged.
+    comm : Communicator, optional
+        An :class:`xpmlp.distributed.Communicator`.
         Data-parallel training over the processes of ``comm`` (e.g. ``xpmlp.distributed.mpi()``
         under ``mpiexec -n N``), arrays X, y only, the same on every process. ``batch_size`` stays
         the global batch: each batch of the epoch's permutation (the same on every rank: without
@@ -305,6 +339,29 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
         An exception on one rank prints it and aborts every rank (``comm.fail``), never a hang.
         None or a single-process communicator: the ordinary fit.
 
+    Returns
+    -------
+    History
+        One entry per epoch (``history.history["loss"]`` and so on), also kept as ``model.history``.
+
+    Raises
+    ------
+    DivergenceError
+        When training diverges and neither a callback nor ``on_divergence="warn"`` handles it.
+    ValueError
+        For a bad option or bad data (shapes, non-finite values, labels that do not suit the
+        loss, a monitored name that is not logged, ...), before training starts.
+    TypeError
+        For data or options of the wrong type.
+    DeviceMismatchError
+        For arrays of another library or device than the model's.
+
+    See Also
+    --------
+    predict, evaluate, xpmlp.callbacks
+
+    Notes
+    -----
     Batches from an iterable: each batch is checked (as X and y are) and copied to the device
     when it is used, so the data never has to fit on the device. An iterable with a length (a
     list, a ``DataLoader``) is read afresh each epoch; otherwise ``steps_per_epoch`` batches are
@@ -316,9 +373,18 @@ def fit(model, X, y=None, *, loss=None, optimizer=None, epochs: int = 1, batch_s
     model is left at the end of the last epoch in ``model.history``, every callback's
     ``on_train_end`` runs, and the exception propagates.
 
-    Returns
-    -------
-    History, also kept as ``model.history``.
+    Examples
+    --------
+    >>> import xpmlp
+    >>> from xpmlp.datasets import make_xor
+    >>> X, y = make_xor(256, seed=0)
+    >>> model = xpmlp.MLP([2, 16, 2], seed=0)
+    >>> history = model.fit(X, y, loss="softmax_cross_entropy", optimizer=xpmlp.Adam(lr=0.01),
+    ...                     epochs=20, verbose=0, validation_split=0.2, metrics=["accuracy"])
+    >>> sorted(history.history)
+    ['accuracy', 'epoch_time', 'loss', 'lr', 'samples_per_s', 'val_accuracy', 'val_loss']
+    >>> len(history.epoch), history["val_accuracy"][-1] > 0.9
+    (20, True)
     """
     from .lbfgs import LBFGS, fit_lbfgs  # here: lbfgs imports this module
 
@@ -449,7 +515,7 @@ def _shared_seed(comm, model) -> int:
 
 
 class _ShardedData:
-    """An :class:`_ArrayData` (or out-of-core :class:`xpmlp.chunked._ChunkedData`) seen by one rank of a
+    """An ``_ArrayData`` (or out-of-core ``xpmlp.chunked._ChunkedData``) seen by one rank of a
     data-parallel fit: each global batch of the epoch's permutation is cut into ``comm.size``
     contiguous shards, and this rank trains on its own (the inner data's ``epoch(shard=)`` gives it).
 
@@ -659,7 +725,7 @@ def _check_keras_options(verbose, initial_epoch, epochs, validation_freq, valida
 
 def _training_data(model, loss, X, y, batch_size, shuffle, seed, validation_data, validation_split, class_weight,
                    sample_weight, steps_per_epoch, metrics):
-    """fit's data as batches for each epoch: an :class:`_ArrayData` (X and y) or an :class:`_IterableData` (y None)."""
+    """fit's data as batches for each epoch: an ``_ArrayData`` (X and y) or an ``_IterableData`` (y None)."""
     if steps_per_epoch is not None:
         steps_per_epoch = _positive_int(steps_per_epoch, "steps_per_epoch")
     if y is None:
@@ -680,7 +746,7 @@ def _training_data(model, loss, X, y, batch_size, shuffle, seed, validation_data
 class _ArrayData:
     """Training arrays copied to the device once; each epoch's batches gathered from one seeded permutation.
 
-    The interface fit uses, shared with :class:`_IterableData`: ``epoch()`` yields each batch's
+    The interface fit uses, shared with ``_IterableData``: ``epoch()`` yields each batch's
     (X, y, weights or None, the array that receives its rows' losses); then ``batch_losses()``
     gives each batch's loss sum (on the device) and size (on the host), and ``rows`` the rows
     trained on; ``Xv, yv`` the validation set (or None); ``X, y`` the training set (or None);
@@ -703,7 +769,7 @@ class _ArrayData:
 
     def epoch(self, shard=None):
         """Each batch's (X, y, weights or None, row losses); with ``shard`` (global batch start, stop ->
-        this rank's lo, hi: see :class:`_ShardedData`), only rows lo:hi of each batch."""
+        this rank's lo, hi: see ``_ShardedData``), only rows lo:hi of each batch."""
         order = self.model.backend.from_host(self.rng.permutation(self.rows)) if self.shuffle else None
         for start, stop in _batches(self.rows, self.batch_size):
             lo, hi = (start, stop) if shard is None else shard(start, stop)
@@ -722,7 +788,7 @@ class _IterableData:
     sized iterable starts again once its batches are used up at the end of an epoch, as in Keras).
     When the iterator runs out within an epoch, fit warns (Keras's words) and stops after that
     epoch. The first batch is drawn at once: it builds the model and shows the data's width.
-    Same interface as :class:`_ArrayData`; ``X, y`` are None (no training set held).
+    Same interface as ``_ArrayData``; ``X, y`` are None (no training set held).
     """
 
     def __init__(self, model, loss, x, steps_per_epoch, validation_data, validation_split, class_weight,
@@ -993,14 +1059,47 @@ def _evaluate(model, loss, metrics, Xd, yd, batch_size=EVAL_BATCH) -> dict:
     return out
 
 
-def predict(model, X, *, batch_size: int | None = EVAL_BATCH):
+def predict(model: Any, X: Any, *, batch_size: int | None = EVAL_BATCH) -> Any:
     """Predictions for X (n, n_features) -> (n, n_outputs), as arrays of the model's library.
 
-    The loss's link is applied: class probabilities (rows summing to one) for softmax
-    cross-entropy, probabilities for sigmoid cross-entropy, raw outputs for regression. A model
-    without a loss (never fitted) returns raw outputs (logits), with a warning the first time.
-    Rows go through the network ``batch_size`` at a time (None: all at once), so memory holds
-    one batch's activations, not all of them; each row's prediction does not depend on it.
+    Bound as :meth:`xpmlp.Sequential.predict`. The loss's link is applied: class probabilities
+    (rows summing to one) for softmax cross-entropy, probabilities for sigmoid cross-entropy, raw
+    outputs for regression. A model without a loss (never fitted) returns raw outputs (logits),
+    with a warning the first time.
+
+    Parameters
+    ----------
+    model : Sequential
+        A built model (``self`` of :meth:`xpmlp.Sequential.predict`).
+    X : array-like of shape (n_samples, n_features)
+        Host data, or an array of the model's library and device.
+    batch_size : int or None, default=EVAL_BATCH
+        Rows go through the network ``batch_size`` at a time (None: all at once), so memory holds
+        one batch's activations, not all of them; each row's prediction does not depend on it.
+
+    Returns
+    -------
+    y_pred : array of shape (n_samples, n_outputs)
+        An array of the model's library, on its device (:func:`xpmlp.to_numpy` copies it to NumPy).
+
+    Raises
+    ------
+    ValueError
+        If the model is not built, ``batch_size`` is not a positive integer, or X is malformed.
+    DeviceMismatchError
+        For an array of another library or device than the model's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xpmlp
+    >>> from xpmlp.datasets import make_xor
+    >>> X, y = make_xor(256, seed=0)
+    >>> model = xpmlp.MLP([2, 16, 2], seed=0)
+    >>> _ = model.fit(X, y, loss="softmax_cross_entropy", epochs=2, verbose=0)
+    >>> proba = xpmlp.to_numpy(model.predict(X[:5]))
+    >>> proba.shape, bool(np.allclose(proba.sum(axis=1), 1.0))
+    ((5, 2), True)
     """
     if not model.built:
         raise ValueError("the model has no weights yet: call fit first or give in_features")
@@ -1017,12 +1116,48 @@ def predict(model, X, *, batch_size: int | None = EVAL_BATCH):
     return out if model.loss is None else model.loss.link(model.xp, out)
 
 
-def evaluate(model, X, y, *, loss=None, metrics=None, batch_size: int | None = EVAL_BATCH):
+def evaluate(model: Any, X: Any, y: Any, *, loss: Any = None, metrics: Any = None,
+             batch_size: int | None = EVAL_BATCH) -> float | dict[str, float]:
     """Mean loss over (X, y), by default with the loss the model was trained with.
 
-    Rows go through the network ``batch_size`` at a time (None: all at once), which bounds
-    memory and changes the result only by rounding.
-    Returns a float, or with ``metrics`` a dict {"loss": ..., "<metric>": ...}.
+    Bound as :meth:`xpmlp.Sequential.evaluate`.
+
+    Parameters
+    ----------
+    model : Sequential
+        A built model (``self`` of :meth:`xpmlp.Sequential.evaluate`).
+    X : array-like of shape (n_samples, n_features)
+        Inputs.
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        Targets, as ``fit`` takes them.
+    loss : str or Loss, optional
+        By default the model's loss.
+    metrics : list, optional
+        Metric names or :class:`xpmlp.metrics.Metric` objects to compute too.
+    batch_size : int or None, default=EVAL_BATCH
+        Rows go through the network ``batch_size`` at a time (None: all at once), which bounds
+        memory and changes the result only by rounding.
+
+    Returns
+    -------
+    float or dict of str to float
+        The mean loss, or with ``metrics`` a dict ``{"loss": ..., "<metric>": ...}``.
+
+    Raises
+    ------
+    ValueError
+        If the model is not built, there is no loss, ``batch_size`` is not a positive integer,
+        or the data are malformed.
+
+    Examples
+    --------
+    >>> import xpmlp
+    >>> from xpmlp.datasets import make_xor
+    >>> X, y = make_xor(256, seed=0)
+    >>> model = xpmlp.MLP([2, 16, 2], seed=0)
+    >>> _ = model.fit(X, y, loss="softmax_cross_entropy", epochs=2, verbose=0)
+    >>> sorted(model.evaluate(X, y, metrics=["accuracy"]))
+    ['accuracy', 'loss']
     """
     if not model.built:
         raise ValueError("the model has no weights yet: call fit first or give in_features")
@@ -1045,7 +1180,7 @@ def _take_rows(xp, a, idx):
 
 
 def _prepare_sparse_X(model, X, what, stats):
-    """:func:`_prepare_X` for a sparse X: a CSR matrix of the model's dtype on its device, never dense.
+    """``_prepare_X`` for a sparse X: a CSR matrix of the model's dtype on its device, never dense.
 
     Only a model whose first layer is Dense takes it (that layer multiplies sparse by dense; a
     Standardize or Dropout first would make every row dense). The finiteness check and the

@@ -30,8 +30,8 @@ Checks, their definitions and thresholds (module constants below, with their sou
 - ``collapsed_predictions``: on the sample, one class gets at least 95% of the predictions for 5
   checks in a row, while that class holds at least 20 points less of the sample's labels.
 - ``saturated_units``: a sigmoid or tanh layer with at least half of its inputs (rows x units)
-  beyond the bound where its output is within 0.01 of an asymptote (|x| > ln 99 = 4.6 for sigmoid,
-  |x| > atanh 0.99 = 2.65 for tanh): there its derivative is under 4% (sigmoid) or 2% (tanh) of
+  beyond the bound where its output is within 0.01 of an asymptote (``|x| > ln 99 = 4.6`` for sigmoid,
+  ``|x| > atanh 0.99 = 2.65`` for tanh): there its derivative is under 4% (sigmoid) or 2% (tanh) of
   its peak, so the units barely learn (Glorot and Bengio 2010, section 3).
 - ``update_ratio_too_small`` / ``update_ratio_too_large``: ||W_after - W_before|| / ||W_before||
   for the epoch's first update of each weight matrix, against the rule of thumb of about 1e-3
@@ -40,7 +40,7 @@ Checks, their definitions and thresholds (module constants below, with their sou
   update under about 1e-7 of a weight is partly lost to rounding. Updates of exactly zero everywhere
   mean no gradient (every ReLU dead, say), which other checks name: not a small learning rate.
 - ``oscillating_loss``: over the last 8 epoch losses, at least 4 of the 6 possible sign changes of
-  their successive differences, with a mean |difference| of at least 5% of the window's mean loss
+  their successive differences, with a mean ``|difference|`` of at least 5% of the window's mean loss
   and 1% of the first epoch's loss (so a converged run's tiny noise stays quiet). Adapted from
   AUTOTRAINER's ``ol_judge`` (which counts accuracy peaks and troughs at least zeta apart).
 - ``nan_or_inf``: training diverged (fit's ``on_divergence``), or the sample's pass met NaN or
@@ -55,6 +55,7 @@ import inspect
 import math
 import os
 import warnings
+from typing import Any, cast
 
 import numpy as np
 
@@ -65,7 +66,8 @@ from .layers import Dense, Dropout
 
 __all__ = ["Vitals", "FitVitals", "inspect_model", "SAMPLE_ROWS", "INSPECT_COLUMNS"]
 
-SAMPLE_ROWS = 256  # rows of the fixed sample batch: enough for stable shares, cheap beside an epoch
+#: Rows of the fixed sample batch: enough for stable shares, cheap beside an epoch.
+SAMPLE_ROWS = 256
 
 # AUTOTRAINER (Zhang et al., ICSE 2021), AutoTrainer/utils/monitor.py gradient_issue: beta_1, beta_2, beta_3, gamma
 VANISHING_RATIO = 1e-3  # beta_1: ||dW_first|| / ||dW_last|| below it ...
@@ -102,17 +104,35 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 def _caller_level() -> int:
     """The stacklevel, for a warning issued by our caller, of the first frame outside xpmlp (the line
     that called fit), so that each finding points at the user's code whatever path led to it."""
-    frame, level = inspect.currentframe().f_back, 1  # our caller, the one that calls warnings.warn: level 1
+    frame, level = cast(Any, inspect.currentframe()).f_back, 1  # our caller, the one that calls warnings.warn: level 1
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     return level
 
 
-def layer_pass(model, loss, X, y):
+def layer_pass(model: Any, loss: Any, X: Any, y: Any) -> tuple[list, list]:
     """One forward and backward pass of X through the layers, Dropout off: what the checks measure.
 
-    Returns (inputs, outputs): each layer's input and output (device arrays). Every parameter's
-    gradient is left in ``model.flat.grad``: the caller saves and restores that buffer.
+    Every parameter's gradient is left in ``model.flat.grad``: the caller saves and restores that
+    buffer.
+
+    Parameters
+    ----------
+    model : Sequential
+        A built model.
+    loss : Loss
+        The loss (its caches are written: pass a copy).
+    X : array of shape (n_samples, n_features)
+        Inputs on the model's device.
+    y : array
+        Targets on the model's device, as the loss takes them.
+
+    Returns
+    -------
+    inputs : list of array
+        Each layer's input (device arrays).
+    outputs : list of array
+        Each layer's output (device arrays).
     """
     h, inputs, outputs = X, [], []
     with warnings.catch_warnings():  # a diverged model's overflows: fit has warned of them already
@@ -206,6 +226,13 @@ class Vitals(Callback):
 
     # -- callback hooks ---------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
+        """Run the checks before training (fit's), reset the state and draw the fixed sample.
+
+        Parameters
+        ----------
+        logs : dict or None
+            Unused (None).
+        """
         from .train import _class_index, _prepare_X, _prepare_y, _take_rows
 
         model = self.model
@@ -236,10 +263,28 @@ class Vitals(Callback):
                 self.chance = float(-np.sum(p[p > 0] * np.log(p[p > 0])))
 
     def on_epoch_begin(self, epoch, logs=None):
+        """Keep a copy of the parameters, for the epoch's first update-to-weight ratios.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch's index, from 0.
+        logs : dict or None
+            The epoch's record.
+        """
         self.pending, self.update = None, None
         self.snap = self.model.flat.snapshot()
 
     def on_batch_end(self, batch, logs=None):
+        """Measure the first update (after batch 0) and the sample's pass (after the last batch).
+
+        Parameters
+        ----------
+        batch : int
+            The batch's index within its epoch, from 0.
+        logs : dict or None
+            Unused (None).
+        """
         if batch == 0 and self.snap is not None:
             self.update = self._update_norms()
             self.snap = None  # freed: one copy per epoch held for one batch
@@ -247,6 +292,15 @@ class Vitals(Callback):
             self.pending = self._measure()
 
     def on_epoch_end(self, epoch, logs=None):
+        """Read the epoch's measurements (one host read) and run the checks.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch's index, from 0.
+        logs : dict or None
+            The epoch's record.
+        """
         if self.pending is None:
             self.pending = self._measure()
         stats = self._read()
@@ -255,6 +309,20 @@ class Vitals(Callback):
         self._check(epoch, stats)
 
     def on_divergence(self, epoch, message):
+        """Fire ``nan_or_inf``, naming the first non-finite layer and parameters.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch that diverged, from 0.
+        message : str
+            What diverged and what was kept.
+
+        Returns
+        -------
+        bool
+            False: fit still raises or warns, as it was asked.
+        """
         stats = self._read() if self.pending is not None else {}
         layer, bad_params = self._nonfinite(stats)
         if layer is None and self.sample is not None:
@@ -271,6 +339,13 @@ class Vitals(Callback):
         return False  # fit still raises or warns, as it was asked
 
     def on_train_end(self, logs=None):
+        """With ``fit(diagnose=True)``, keep every finding in ``history.doctor``.
+
+        Parameters
+        ----------
+        logs : dict or None
+            Unused (None).
+        """
         if self._fit_made:  # fit(diagnose=True)'s: every finding, before and during training
             self.model.history.doctor = Report([*self.before, *self.report])
 
@@ -501,12 +576,37 @@ class FitVitals(Vitals):
 
 
 # -- model.inspect ---------------------------------------------------------------------------------
+#: The columns of :func:`inspect_model`'s DataFrame.
 INSPECT_COLUMNS = ["type", "act_mean", "act_std", "act_frac_zero", "act_frac_saturated", "grad_mean", "grad_std",
                    "grad_norm", "weight_mean", "weight_std", "weight_norm", "update_ratio"]
 
 
-def inspect_model(model, X, y, *, loss=None, optimizer=None):
-    """Per-layer statistics of activations, gradients, weights and one update: see :meth:`Sequential.inspect`."""
+def inspect_model(model: Any, X: Any, y: Any, *, loss: Any = None, optimizer: Any = None) -> Any:
+    """Per-layer statistics of activations, gradients, weights and one update: see :meth:`xpmlp.Sequential.inspect`.
+
+    Parameters
+    ----------
+    model : Sequential
+        A built model; left as it was.
+    X : array-like of shape (n_samples, n_features)
+        Inputs.
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        Targets.
+    loss : str or Loss, optional
+        By default the model's loss.
+    optimizer : str or Optimizer, optional
+        The update measured (on a copy); by default the model's, else Adam.
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_layers, 12)
+        One row per layer, the columns of ``INSPECT_COLUMNS``.
+
+    Raises
+    ------
+    ValueError
+        If the model is not built, there is no loss, or the optimiser is not first-order.
+    """
     import pandas as pd
 
     from .lbfgs import LBFGS
