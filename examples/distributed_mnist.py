@@ -1,4 +1,5 @@
 """Data-parallel MNIST: the same experiment on 1 or N processes.
+=============================================================
 
 ``batch_size`` is the global batch: each batch is split across the processes, their gradients
 are averaged with one all-reduce per step, and every process ends with the same weights as one

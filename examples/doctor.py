@@ -1,4 +1,7 @@
-"""The MLP doctor on the classic mistakes: each case breaks a small MNIST network in one of the ways
+"""The MLP doctor on the classic mistakes
+======================================
+
+The MLP doctor on the classic mistakes: each case breaks a small MNIST network in one of the ways
 from-scratch MLPs fail, prints what the doctor finds, then trains the fixed version.
 
 Mistakes a look at the data, model and loss reveals are named by ``xpmlp.diagnose`` before any

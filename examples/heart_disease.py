@@ -1,4 +1,7 @@
-"""UCI heart disease (Cleveland): a 13-13-1 classifier on standardised features, and a 0..4 regression.
+"""UCI heart disease (Cleveland)
+=============================
+
+UCI heart disease (Cleveland): a 13-13-1 classifier on standardised features, and a 0..4 regression.
 
 The reported failure is "every prediction becomes 1": raw features (cholesterol ~250 mg/dl next
 to binary flags) saturate the sigmoid units, and the network falls back to the majority class.

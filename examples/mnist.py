@@ -1,4 +1,7 @@
-"""MNIST with three architectures: two that people report failing with, and a strong one.
+"""MNIST with three architectures
+==============================
+
+MNIST with three architectures: two that people report failing with, and a strong one.
 
 - 784-128-64-10 with sigmoid hidden layers: often "stuck at 11%" when pixels are left at 0..255
   (the sigmoids saturate) or softmax is taken over the whole batch instead of each row.

@@ -1,4 +1,7 @@
-"""The standard backprop sanity check: drive a 12288-64-1 network to near-zero loss on 10 samples.
+"""Overfitting ten samples: the backprop sanity check
+==================================================
+
+The standard backprop sanity check: drive a 12288-64-1 network to near-zero loss on 10 samples.
 
 12288 = 64 x 64 x 3 pixels. The reported failure - loss explodes, then freezes - comes from raw
 0..255 pixels: the first layer's pre-activations are in the thousands, a sigmoid saturates, and

@@ -1,4 +1,7 @@
-"""|sin(x)| on [0, 4 pi] with a linear output.
+"""Sine regression with a linear output
+=====================================
+
+``|sin(x)|`` on [0, 4 pi] with a linear output.
 
 Two classic mistakes make this fail past [0, pi]: a sigmoid (or tanh) on the *output*, which
 cannot follow a target outside its range and saturates, and too small a network. Here the

@@ -1,4 +1,7 @@
-"""The training loop people expect: a validation split, metrics, early stopping with the best
+"""The training loop people expect
+===============================
+
+The training loop people expect: a validation split, metrics, early stopping with the best
 weights restored, a learning rate cut on plateaus, a CSV log, and the loss curves as a picture.
 
 Trains 784-256-10 on MNIST; writes training_curves.png (the picture in the README) and

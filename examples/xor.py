@@ -1,4 +1,7 @@
-"""XOR with a 2-3-1 network: the problem a single-layer perceptron cannot solve.
+"""XOR with a 2-3-1 network
+========================
+
+XOR with a 2-3-1 network: the problem a single-layer perceptron cannot solve.
 
 A from-scratch network often stalls at 50% here: no biases, weights initialised to zero (every
 hidden unit stays identical), or a learning rate without momentum stuck on a plateau. xpmlp's
