@@ -273,34 +273,9 @@ def _constant_doc(app, what, name, obj, options, lines):
             return
 
 
-# The user guide's pages, in reading order. The index's "User guide" toctree lists those of them
-# that exist, then any other docs/guide/*.rst by name: a missing page is not an error.
-GUIDE_ORDER = ["getting-started", "devices", "training", "estimators", "saving", "performance", "gpu",
-               "doctor", "distributed", "internals"]
-GUIDE_MARKER = "   .. the pages of docs/guide/ that exist"
-
-
-def guide_pages(srcdir: Path) -> list[str]:
-    present = {p.stem for p in (srcdir / "guide").glob("*.rst")}
-    ordered = [name for name in GUIDE_ORDER if name in present]
-    return [f"guide/{name}" for name in ordered + sorted(present - set(ordered))]
-
-
-def _guide_toctree(app, docname, source):
-    if docname != "index":
-        return
-    lines = source[0].splitlines()
-    out = []
-    for line in lines:
-        if line.startswith(GUIDE_MARKER):
-            out += [f"   {page}" for page in guide_pages(Path(app.srcdir))]
-        else:
-            out.append(line)
-    source[0] = "\n".join(out) + "\n"
 
 
 def setup(app):
-    app.connect("source-read", _guide_toctree)
     app.connect("autodoc-process-docstring", _note_class, priority=100)
     app.connect("autodoc-process-docstring", _constant_doc, priority=200)
     app.connect("autodoc-skip-member", _skip_member)
