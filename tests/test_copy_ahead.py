@@ -310,3 +310,29 @@ def test_slots_grow_for_a_larger_pair_and_smaller_pairs_use_a_view(fake, gpu1, s
     assert buffers[4] is buffers[2]  # 3 rows in the 8-row buffer: no new allocation
     mover.close()
     assert mover._buffers == [[], []]
+
+
+def test_a_submit_that_fails_after_a_copy_was_issued_orders_the_current_stream_after_it(fake, gpu1, monkeypatch):
+    """The first array's copy is queued, then preparing the second raises: the arrays made for this
+    submit go back to the current stream's pool with the error, so the current stream must wait for
+    the copy already issued (and the slot must not be refilled before it ends)."""
+    waits = []
+    original = fake_cupy.Stream.wait_event
+    monkeypatch.setattr(fake_cupy.Stream, "wait_event", lambda self, event: waits.append((self, event))
+                        or original(self, event))
+    mover = gpu1.copy_ahead()
+    pinned, calls = mover._pinned, []
+
+    def failing(slot, position, a):
+        calls.append(position)
+        if position == 1:
+            raise MemoryError("pinned allocation failed")
+        return pinned(slot, position, a)
+
+    monkeypatch.setattr(mover, "_pinned", failing)
+    with pytest.raises(MemoryError, match="pinned allocation failed"):
+        mover.submit(_pair(np.random.default_rng(5), 4, np.float64))
+    assert calls == [0, 1] and fake_cupy.COUNTS.copies[-1][0] == "second"
+    current = fake.cuda.get_current_stream()
+    assert waits[-1][0] is current and waits[-1][1] is mover._slot_events[0]
+    mover.close()

@@ -373,3 +373,52 @@ def test_divergence_stops_every_rank_without_an_abort():
         with np.errstate(all="ignore"):
             model.fit(X * 1e200, y, epochs=1, batch_size=10, verbose=0, optimizer=xpmlp.SGD(lr=1e10), comm=comm)
     assert "another process" not in str(caught.value)
+
+
+class _RankOneOfTwo(_TwoRanksOfOne):
+    rank = 1
+
+
+def test_rank_1_prints_nothing_even_for_a_verbose_early_stopping(capsys):
+    """EarlyStopping(verbose=1) prints Keras's message on rank 0 only (fit's verbose is 0 on the
+    other ranks already); both ranks stop at the same epoch."""
+    from xpmlp.callbacks import EarlyStopping
+
+    X, y, Xv, yv = data("float64")
+    stopped = []
+    for comm in (_TwoRanksOfOne(), _RankOneOfTwo()):
+        model = xpmlp.MLP([6, 4, 3], dtype="float64", seed=0)
+        stop = EarlyStopping(monitor="val_loss", patience=0, min_delta=10.0, verbose=1)
+        model.fit(X, y, loss="softmax_cross_entropy", epochs=5, batch_size=10, seed=0, verbose=0,
+                  validation_data=(Xv, yv), callbacks=[stop], comm=comm)
+        stopped.append(stop.stopped_epoch)
+        printed = capsys.readouterr().out
+        assert ("early stopping" in printed) == (comm.rank == 0), (comm.rank, printed)
+    assert stopped[0] == stopped[1] is not None
+
+
+def test_out_of_core_shards_are_the_parts_of_each_one_process_batch(tmp_path):
+    """Out of core, shuffled, batches of 7 across pairs of 8-row blocks (41 rows: a last batch of 6):
+    for every global batch, rank 0's rows followed by rank 1's are the one-process batch, and each
+    rank's row losses land in that batch's place of the epoch's loss buffer."""
+    from xpmlp import chunked, train
+
+    X, y, _, _ = data("float64")
+    np.save(tmp_path / "X.npy", X)
+
+    def epoch(comm):
+        d = chunked._ChunkedData(xpmlp.MLP([6, 4, 3], dtype="float64", seed=0),
+                                 xpmlp.losses.get_loss("softmax_cross_entropy"),
+                                 chunked.Chunked(np.load(tmp_path / "X.npy", mmap_mode="r"), chunk_rows=8), y, 7,
+                                 True, 3, None, 0.0, None, None, [])
+        base = d.row_loss.__array_interface__["data"][0]
+        source = d if comm is None else train._ShardedData(d, comm)
+        return [(np.array(xb), (rl.__array_interface__["data"][0] - base) // 8 if rl.shape[0] else None,
+                 rl.shape[0]) for xb, _, _, rl in source.epoch()]
+
+    one, rank0, rank1 = epoch(None), epoch(_TwoRanksOfOne()), epoch(_RankOneOfTwo())
+    assert len(one) == len(rank0) == len(rank1) == 6
+    for (x, at, n), (x0, at0, n0), (x1, at1, n1) in zip(one, rank0, rank1):
+        np.testing.assert_array_equal(np.concatenate([x0, x1]), x)
+        assert n0 + n1 == n and n0 - n1 in (0, 1)
+        assert at0 == at and (n1 == 0 or at1 == at + n0)

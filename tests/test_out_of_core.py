@@ -369,3 +369,41 @@ def test_on_cupy_each_pair_is_copied_from_pinned_memory_on_a_second_stream_while
     # step's kernels round differently from NumPy's operations
     for a, b in zip(weights, on_numpy.get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_a_bad_pair_stops_the_reader_while_its_error_is_still_held(tmp_path):
+    """A NaN in a later block raises when its pair is checked; the reader thread (reading ahead) is
+    already gone while the exception - which holds fit's frames - is still alive (as in a REPL)."""
+    import threading
+
+    X, y = _problem()
+    X[900, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN") as caught:
+        _model().fit(Chunked(_memmap(tmp_path, X), chunk_rows=128), y, loss=CE, epochs=1, batch_size=50,
+                     shuffle=False, verbose=0)
+    assert caught.value.__traceback__ is not None  # still held here
+    assert not any(t.name.startswith("xpmlp-chunk-reader") for t in threading.enumerate())
+
+
+def test_reading_a_pair_holds_at_most_the_pair_and_one_block(tmp_path):
+    """Blocks are scattered into their permuted places as they are read: tracemalloc's peak while a
+    pair is read stays near one pair plus one block (the concatenation and its permuted copy
+    together would be two pairs)."""
+    import tracemalloc
+
+    r = np.random.default_rng(0)
+    X = r.normal(size=(4000, 50))
+    y = np.zeros(4000, dtype=np.int64)
+    data = _ChunkedData(xpmlp.MLP([50, 4, 3], device="cpu", dtype="float64", seed=0), xpmlp.losses.get_loss(CE),
+                        Chunked(_memmap(tmp_path, X), chunk_rows=1000), y, 64, True, 3, None, 0.0, None, None, [])
+    pair = [data.blocks[2], data.blocks[0]]
+    perm = np.random.default_rng(1).permutation(2000)
+    tracemalloc.start()
+    got = data._read_pair(pair, perm)[0]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    one_pair = 2000 * 50 * 8
+    assert peak < 1.6 * one_pair, peak / one_pair
+    expected = np.concatenate([X[2000:3000], X[0:1000]])[perm]
+    np.testing.assert_array_equal(got[0], expected)
+    np.testing.assert_array_equal(got[1], np.zeros(2000, dtype=np.int64))

@@ -556,9 +556,15 @@ class _CupyCopyAhead(CopyAhead):
                     pinned = self._pinned(slot, position, a)
                     np.copyto(pinned, a, casting="no")
                     dst.set(pinned, stream=self._stream)
-            finally:  # even after an error: the slot is not refilled before what was issued has ended
+            except BaseException:
+                # the slot is not refilled before what was issued has ended, and the current stream
+                # waits for it: the arrays freed with this error return to its pool
                 event = self._stream.record()
                 self._slot_events[slot] = event
+                current.wait_event(event)
+                raise
+            event = self._stream.record()
+            self._slot_events[slot] = event
         ticket = CopyTicket(self.backend, tuple(out), event)
         self._unordered.append(ticket)
         return ticket

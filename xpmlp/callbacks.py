@@ -41,7 +41,8 @@ class Callback:
     then calls ``check``. ``rank`` and ``size`` are the process's place in a data-parallel fit
     (``fit(comm=)``; 0 and 1 otherwise): every rank runs every callback with the same logs, so they
     decide alike, but only rank 0 should print or write files (:meth:`writes` says whether this one
-    does; ModelCheckpoint and CSVLogger ask it, and verbose is 0 on the other ranks).
+    does; ModelCheckpoint, CSVLogger and EarlyStopping's messages ask it, and fit's verbose is 0 on
+    the other ranks).
     Then, in this order: ``on_train_begin()``; for each epoch ``on_epoch_begin(epoch)``,
     ``on_batch_end(batch)`` after each batch's update (``batch`` counts from 0 in each epoch) and
     ``on_epoch_end(epoch, logs)``; ``on_train_end()``. Epochs count from 0 (from fit's
@@ -107,7 +108,7 @@ class Callback:
         """
 
     def writes(self) -> bool:
-        """Whether this process writes files: rank 0 of a data-parallel fit, or a fit of one process.
+        """Whether this process prints and writes files: rank 0 of a data-parallel fit, or a fit of one process.
 
         Returns
         -------
@@ -636,6 +637,7 @@ class EarlyStopping(_Monitor):
             Unused (None).
         """
         verbose = bool(self.params and self.params.get("verbose")) if self.verbose == "auto" else bool(self.verbose)
+        verbose = verbose and self.writes()  # in a data-parallel fit, rank 0 speaks for every rank
         if verbose and self.stopped_epoch is not None:
             best = "" if self.best_epoch is None else f" on its best, {self.best:.4g} at epoch {self.best_epoch + 1},"
             by = f" by more than min_delta={self.min_delta:g}" if self.min_delta else ""

@@ -267,6 +267,8 @@ class MPICommunicator(Communicator):
     def _share_cores(self) -> int | None:
         """Ranks on one machine share its cores: each rank's BLAS gets its share (threadpoolctl).
 
+        The ranks counted are those on this machine with the same CPU affinity as this one (so a
+        launcher that binds each rank to its own cores leaves them alone).
         Without this, N ranks each run as many BLAS threads as the machine has cores, and MPI's
         busy-waiting ranks compete with them: 2 ranks on the 2-core CI machine trained MNIST's
         default 5 epochs in 160 s instead of 32 s. Left alone when the environment sets a thread
@@ -275,10 +277,14 @@ class MPICommunicator(Communicator):
         """
         if any(name in os.environ for name in THREAD_VARIABLES):
             return None
+        # the ranks that share this rank's cores: those on this machine with the same CPU affinity
+        # (all of them when the launcher binds nothing; none when it binds each rank to its own)
+        mine = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else \
+            tuple(range(os.cpu_count() or 1))
         local = self.comm.Split_type(self._MPI.COMM_TYPE_SHARED)
-        here = local.Get_size()
+        sharing = sum(cores == mine for cores in local.allgather(mine))
         local.Free()
-        threads = blas_share(here)
+        threads = blas_share(sharing, len(mine))
         if threads is None:
             return None
         try:
