@@ -21,6 +21,7 @@ import contextlib
 import functools
 import inspect
 import math
+import string
 import types
 import warnings
 from typing import Any
@@ -54,6 +55,126 @@ except ImportError:
 
 _SK_ACTIVATIONS = {"logistic": "sigmoid", "identity": "identity"}
 _SOLVERS = ("lbfgs", "sgd", "adam", "adamw", "rmsprop")
+
+
+# The Parameters, Attributes, Raises and See Also sections both estimators share, written once;
+# _shared_doc fills in where they differ and puts them where a class docstring says $shared.
+_SHARED_DOC = string.Template("""    Parameters
+    ----------
+    hidden_layer_sizes : int or tuple of int, default=(100,)
+        The width of each hidden layer.
+    activation : str or list of str, default="relu"
+        The hidden layers' activation: "relu", "tanh", "logistic", "identity", any xpmlp
+        activation name, or a list with one per hidden layer.
+    solver : {"adam", "sgd", "lbfgs", "adamw", "rmsprop"}, default="adam"
+        The optimiser; "lbfgs" trains full batch with :class:`xpmlp.LBFGS`.
+    alpha : float, default=0.0001
+        The L2 penalty on the weights (not the biases), as scikit-learn's.
+    batch_size : int or "auto", default="auto"
+        Rows per batch of the stochastic solvers; "auto" is ``min(200, n_samples)``.
+    learning_rate : {"constant", "invscaling", "adaptive"}, default="constant"
+        The learning-rate schedule of ``solver="sgd"``.
+    learning_rate_init : float, default=0.001
+        The initial learning rate of the stochastic solvers.
+    power_t : float, default=0.5
+        The exponent of "invscaling" (sgd).
+    max_iter : int, default=200
+        Epochs of the stochastic solvers; iterations of "lbfgs".
+    shuffle : bool, default=True
+        Shuffle the rows every epoch (stochastic solvers).
+    random_state : int, RandomState or None, default=None
+        Seeds the weights, the shuffles, dropout and the validation split.
+    tol : float, default=1e-4
+        Stop when the training loss (or, with ``early_stopping``, the validation score) has not
+        improved by ``tol`` for ``n_iter_no_change`` epochs; "lbfgs"'s gradient tolerance.
+    verbose : bool, default=False
+        Print the loss of each iteration.
+    warm_start : bool, default=False
+        Start ``fit`` from the previous fit's weights.
+    momentum : float, default=0.9
+        The momentum of "sgd".
+    nesterovs_momentum : bool, default=True
+        Nesterov momentum for "sgd".
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the rows and stop on the validation score, putting
+        back the weights of the best one.
+    validation_fraction : float, default=0.1
+        The share of rows held out with ``early_stopping``, in (0, 1).
+    beta_1 : float, default=0.9
+        Adam's first-moment decay.
+    beta_2 : float, default=0.999
+        Adam's second-moment decay.
+    epsilon : float, default=1e-8
+        Adam's and RMSprop's epsilon.
+    n_iter_no_change : int, default=10
+        Epochs without improvement by ``tol`` before stopping (stochastic solvers).
+    max_fun : int, default=15000
+        The most loss evaluations of "lbfgs".
+    device : str, default="cpu"
+        Where the model runs (xpmlp's option): "cpu", "cuda", "cuda:N" or "auto".
+    dtype : {"float32", "float64"} or None, default=None
+        None: the input's, as scikit-learn, on the CPU, and float32 on a GPU, where float64 is a
+        silent slowdown.
+    dropout : float, default=0.0
+        The dropout rate after each hidden layer (xpmlp's option).
+$class_weight    restore_best_weights : bool, default=False
+        Without ``early_stopping``, put back the weights of the lowest training loss at the end
+        (xpmlp's option).
+    diagnose : bool, default=False
+        Run the MLP doctor (see ``diagnose`` of :meth:`xpmlp.Sequential.fit`); its findings are
+        issued as :class:`xpmlp.DoctorWarning` and kept as ``doctor_``, a :class:`xpmlp.Report`,
+        for each fit or partial_fit call.
+
+    Attributes
+    ----------
+$classes_attribute    model_ : Sequential
+        The trained xpmlp model.
+    coefs_ : list of ndarray
+        The weight matrices, layer by layer (NumPy copies).
+    intercepts_ : list of ndarray
+        The bias vectors, layer by layer.
+    n_features_in_ : int
+        The number of input features.
+    n_layers_ : int
+        Layers, input and output included.
+    n_outputs_ : int
+        Output units.
+    out_activation_ : str
+$out_activation    loss_ : float
+        The last loss, in scikit-learn's units.
+    loss_curve_ : list of float
+        The loss of each epoch (stochastic solvers).
+    best_loss_ : float or None
+        The lowest training loss (without ``early_stopping``).
+    validation_scores_ : list of float or None
+        The validation score of each epoch, with ``early_stopping``.
+    best_validation_score_ : float or None
+        The best validation score, with ``early_stopping``.
+    n_iter_ : int
+        Epochs (or "lbfgs" iterations) run by the last fit.
+    t_ : int
+        Training rows seen by the stochastic solvers.
+    doctor_ : Report
+        With ``diagnose``, the MLP doctor's findings of the last fit.
+
+    Raises
+    ------
+    ValueError
+        At fit, for a parameter out of range (solver, learning_rate, hidden_layer_sizes,
+        max_iter, validation_fraction) or bad data.
+
+    See Also
+    --------
+    xpmlp.MLP : the model underneath, with xpmlp's whole API.
+""")
+
+
+def _shared_doc(**differences: str):
+    """Class decorator: the class docstring's ``$shared`` line becomes ``_SHARED_DOC`` with ``differences``."""
+    def decorate(cls):
+        cls.__doc__ = cls.__doc__.replace("    $shared\n", _SHARED_DOC.substitute(differences))
+        return cls
+    return decorate
 
 
 def _sklearn():
@@ -542,6 +663,15 @@ class _BaseMLP(_CallbackSupport, _Base):
         return tags
 
 
+@_shared_doc(
+    class_weight=(
+        '    class_weight : dict, "balanced" or None, default=None\n'
+        "        Weights of the classes (xpmlp's option), keyed by label: each row's loss is multiplied by\n"
+        "        its class's weight; \"balanced\" weighs classes inversely to their frequency.\n"),
+    classes_attribute=(
+        "    classes_ : ndarray of shape (n_classes,)\n"
+        "        The class labels (``arange(n_labels)`` for multilabel targets).\n"),
+    out_activation='        "logistic" (binary and multilabel) or "softmax".\n')
 class MLPClassifier(_ClassifierMixin, _BaseMLP):
     """Multilayer perceptron classifier with scikit-learn's API, on NumPy or a CUDA GPU.
 
@@ -551,119 +681,7 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
     per-layer activations, dropout, class_weight, restore_best_weights, diagnose); see the module
     notes of :mod:`xpmlp.estimators` for how it differs from scikit-learn's.
 
-    Parameters
-    ----------
-    hidden_layer_sizes : int or tuple of int, default=(100,)
-        The width of each hidden layer.
-    activation : str or list of str, default="relu"
-        The hidden layers' activation: "relu", "tanh", "logistic", "identity", any xpmlp
-        activation name, or a list with one per hidden layer.
-    solver : {"adam", "sgd", "lbfgs", "adamw", "rmsprop"}, default="adam"
-        The optimiser; "lbfgs" trains full batch with :class:`xpmlp.LBFGS`.
-    alpha : float, default=0.0001
-        The L2 penalty on the weights (not the biases), as scikit-learn's.
-    batch_size : int or "auto", default="auto"
-        Rows per batch of the stochastic solvers; "auto" is ``min(200, n_samples)``.
-    learning_rate : {"constant", "invscaling", "adaptive"}, default="constant"
-        The learning-rate schedule of ``solver="sgd"``.
-    learning_rate_init : float, default=0.001
-        The initial learning rate of the stochastic solvers.
-    power_t : float, default=0.5
-        The exponent of "invscaling" (sgd).
-    max_iter : int, default=200
-        Epochs of the stochastic solvers; iterations of "lbfgs".
-    shuffle : bool, default=True
-        Shuffle the rows every epoch (stochastic solvers).
-    random_state : int, RandomState or None, default=None
-        Seeds the weights, the shuffles, dropout and the validation split.
-    tol : float, default=1e-4
-        Stop when the training loss (or, with ``early_stopping``, the validation score) has not
-        improved by ``tol`` for ``n_iter_no_change`` epochs; "lbfgs"'s gradient tolerance.
-    verbose : bool, default=False
-        Print the loss of each iteration.
-    warm_start : bool, default=False
-        Start ``fit`` from the previous fit's weights.
-    momentum : float, default=0.9
-        The momentum of "sgd".
-    nesterovs_momentum : bool, default=True
-        Nesterov momentum for "sgd".
-    early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the rows and stop on the validation score, putting
-        back the weights of the best one.
-    validation_fraction : float, default=0.1
-        The share of rows held out with ``early_stopping``, in (0, 1).
-    beta_1 : float, default=0.9
-        Adam's first-moment decay.
-    beta_2 : float, default=0.999
-        Adam's second-moment decay.
-    epsilon : float, default=1e-8
-        Adam's and RMSprop's epsilon.
-    n_iter_no_change : int, default=10
-        Epochs without improvement by ``tol`` before stopping (stochastic solvers).
-    max_fun : int, default=15000
-        The most loss evaluations of "lbfgs".
-    device : str, default="cpu"
-        Where the model runs (xpmlp's option): "cpu", "cuda", "cuda:N" or "auto".
-    dtype : {"float32", "float64"} or None, default=None
-        None: the input's, as scikit-learn, on the CPU, and float32 on a GPU, where float64 is a
-        silent slowdown.
-    dropout : float, default=0.0
-        The dropout rate after each hidden layer (xpmlp's option).
-    class_weight : dict, "balanced" or None, default=None
-        Weights of the classes (xpmlp's option), keyed by label: each row's loss is multiplied by
-        its class's weight; "balanced" weighs classes inversely to their frequency.
-    restore_best_weights : bool, default=False
-        Without ``early_stopping``, put back the weights of the lowest training loss at the end
-        (xpmlp's option).
-    diagnose : bool, default=False
-        Run the MLP doctor (see ``diagnose`` of :meth:`xpmlp.Sequential.fit`); its findings are
-        issued as :class:`xpmlp.DoctorWarning` and kept as ``doctor_``, a :class:`xpmlp.Report`,
-        for each fit or partial_fit call.
-
-    Attributes
-    ----------
-    classes_ : ndarray of shape (n_classes,)
-        The class labels (``arange(n_labels)`` for multilabel targets).
-    model_ : Sequential
-        The trained xpmlp model.
-    coefs_ : list of ndarray
-        The weight matrices, layer by layer (NumPy copies).
-    intercepts_ : list of ndarray
-        The bias vectors, layer by layer.
-    n_features_in_ : int
-        The number of input features.
-    n_layers_ : int
-        Layers, input and output included.
-    n_outputs_ : int
-        Output units.
-    out_activation_ : str
-        "logistic" (binary and multilabel) or "softmax".
-    loss_ : float
-        The last loss, in scikit-learn's units.
-    loss_curve_ : list of float
-        The loss of each epoch (stochastic solvers).
-    best_loss_ : float or None
-        The lowest training loss (without ``early_stopping``).
-    validation_scores_ : list of float or None
-        The validation score of each epoch, with ``early_stopping``.
-    best_validation_score_ : float or None
-        The best validation score, with ``early_stopping``.
-    n_iter_ : int
-        Epochs (or "lbfgs" iterations) run by the last fit.
-    t_ : int
-        Training rows seen by the stochastic solvers.
-    doctor_ : Report
-        With ``diagnose``, the MLP doctor's findings of the last fit.
-
-    Raises
-    ------
-    ValueError
-        At fit, for a parameter out of range (solver, learning_rate, hidden_layer_sizes,
-        max_iter, validation_fraction) or bad data.
-
-    See Also
-    --------
-    xpmlp.MLP : the model underneath, with xpmlp's whole API.
+    $shared
 
     Examples
     --------
@@ -862,134 +880,21 @@ class MLPClassifier(_ClassifierMixin, _BaseMLP):
         return tags
 
 
+@_shared_doc(
+    class_weight=(
+        "    class_weight : None, default=None\n"
+        "        Classifiers only; kept so both estimators take the same parameters.\n"),
+    classes_attribute="",
+    out_activation='        "identity".\n')
 class MLPRegressor(_RegressorMixin, _BaseMLP):
     """Multilayer perceptron regressor with scikit-learn's API, on NumPy or a CUDA GPU.
 
-    Parameters (scikit-learn's names and defaults): hidden_layer_sizes, activation ("relu",
-    "tanh", "logistic", "identity", any xpmlp activation, or a list per layer), solver ("adam",
-    "sgd", "adamw", "rmsprop"), alpha (L2 penalty), batch_size ("auto" = min(200, n)),
-    learning_rate ("constant", "invscaling", "adaptive"; the last two for sgd), learning_rate_init,
-    power_t, max_iter (epochs), shuffle, random_state, tol and n_iter_no_change (stop when the
-    training loss - or, with early_stopping, the validation score - has not improved by tol for
-    n_iter_no_change epochs), verbose, warm_start, momentum, nesterovs_momentum, early_stopping,
-    validation_fraction, beta_1, beta_2, epsilon. xpmlp's own: device ("cpu", "cuda", "auto"),
-    dtype (None: the input's, as scikit-learn, on the CPU, and float32 on a GPU, where float64 is
-    a silent slowdown; or "float32" or "float64"),
-    dropout, class_weight (classifier), restore_best_weights, diagnose (run the MLP doctor: see
-    ``xpmlp.fit``'s ``diagnose``; its findings are issued as ``DoctorWarning`` and kept as ``doctor_``,
-    a Report, for each fit or partial_fit call).
-    The output layer is linear (``out_activation_ = "identity"``).
+    The output layer is linear (``out_activation_ = "identity"``), trained on half the squared
+    error as scikit-learn's. scikit-learn's parameter names and defaults, with xpmlp's own options
+    (device, dtype, per-layer activations, dropout, restore_best_weights, diagnose); see the module
+    notes of :mod:`xpmlp.estimators` for how it differs from scikit-learn's.
 
-    Parameters
-    ----------
-    hidden_layer_sizes : int or tuple of int, default=(100,)
-        The width of each hidden layer.
-    activation : str or list of str, default="relu"
-        The hidden layers' activation: "relu", "tanh", "logistic", "identity", any xpmlp
-        activation name, or a list with one per hidden layer.
-    solver : {"adam", "sgd", "lbfgs", "adamw", "rmsprop"}, default="adam"
-        The optimiser; "lbfgs" trains full batch with :class:`xpmlp.LBFGS`.
-    alpha : float, default=0.0001
-        The L2 penalty on the weights (not the biases), as scikit-learn's.
-    batch_size : int or "auto", default="auto"
-        Rows per batch of the stochastic solvers; "auto" is ``min(200, n_samples)``.
-    learning_rate : {"constant", "invscaling", "adaptive"}, default="constant"
-        The learning-rate schedule of ``solver="sgd"``.
-    learning_rate_init : float, default=0.001
-        The initial learning rate of the stochastic solvers.
-    power_t : float, default=0.5
-        The exponent of "invscaling" (sgd).
-    max_iter : int, default=200
-        Epochs of the stochastic solvers; iterations of "lbfgs".
-    shuffle : bool, default=True
-        Shuffle the rows every epoch (stochastic solvers).
-    random_state : int, RandomState or None, default=None
-        Seeds the weights, the shuffles, dropout and the validation split.
-    tol : float, default=1e-4
-        Stop when the training loss (or, with ``early_stopping``, the validation score) has not
-        improved by ``tol`` for ``n_iter_no_change`` epochs; "lbfgs"'s gradient tolerance.
-    verbose : bool, default=False
-        Print the loss of each iteration.
-    warm_start : bool, default=False
-        Start ``fit`` from the previous fit's weights.
-    momentum : float, default=0.9
-        The momentum of "sgd".
-    nesterovs_momentum : bool, default=True
-        Nesterov momentum for "sgd".
-    early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the rows and stop on the validation score, putting
-        back the weights of the best one.
-    validation_fraction : float, default=0.1
-        The share of rows held out with ``early_stopping``, in (0, 1).
-    beta_1 : float, default=0.9
-        Adam's first-moment decay.
-    beta_2 : float, default=0.999
-        Adam's second-moment decay.
-    epsilon : float, default=1e-8
-        Adam's and RMSprop's epsilon.
-    n_iter_no_change : int, default=10
-        Epochs without improvement by ``tol`` before stopping (stochastic solvers).
-    max_fun : int, default=15000
-        The most loss evaluations of "lbfgs".
-    device : str, default="cpu"
-        Where the model runs (xpmlp's option): "cpu", "cuda", "cuda:N" or "auto".
-    dtype : {"float32", "float64"} or None, default=None
-        None: the input's, as scikit-learn, on the CPU, and float32 on a GPU, where float64 is a
-        silent slowdown.
-    dropout : float, default=0.0
-        The dropout rate after each hidden layer (xpmlp's option).
-    class_weight : None, default=None
-        Classifiers only; kept so both estimators take the same parameters.
-    restore_best_weights : bool, default=False
-        Without ``early_stopping``, put back the weights of the lowest training loss at the end
-        (xpmlp's option).
-    diagnose : bool, default=False
-        Run the MLP doctor (see ``diagnose`` of :meth:`xpmlp.Sequential.fit`); its findings are
-        issued as :class:`xpmlp.DoctorWarning` and kept as ``doctor_``, a :class:`xpmlp.Report`,
-        for each fit or partial_fit call.
-
-    Attributes
-    ----------
-    model_ : Sequential
-        The trained xpmlp model.
-    coefs_ : list of ndarray
-        The weight matrices, layer by layer (NumPy copies).
-    intercepts_ : list of ndarray
-        The bias vectors, layer by layer.
-    n_features_in_ : int
-        The number of input features.
-    n_layers_ : int
-        Layers, input and output included.
-    n_outputs_ : int
-        Output units.
-    out_activation_ : str
-        "identity".
-    loss_ : float
-        The last loss, in scikit-learn's units.
-    loss_curve_ : list of float
-        The loss of each epoch (stochastic solvers).
-    best_loss_ : float or None
-        The lowest training loss (without ``early_stopping``).
-    validation_scores_ : list of float or None
-        The validation score of each epoch, with ``early_stopping``.
-    best_validation_score_ : float or None
-        The best validation score, with ``early_stopping``.
-    n_iter_ : int
-        Epochs (or "lbfgs" iterations) run by the last fit.
-    t_ : int
-        Training rows seen by the stochastic solvers.
-    doctor_ : Report
-        With ``diagnose``, the MLP doctor's findings of the last fit.
-
-    Raises
-    ------
-    ValueError
-        At fit, for a parameter out of range (solver, learning_rate, hidden_layer_sizes,
-        max_iter, validation_fraction) or bad data.
-
-    See Also
-    --------
-    xpmlp.MLP : the model underneath, with xpmlp's whole API.
+    $shared
 
     Examples
     --------
