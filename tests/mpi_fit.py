@@ -15,7 +15,8 @@ import xpmlp
 from xpmlp.callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint
 from xpmlp.chunked import Chunked
 
-# (dtype, global batch, shuffle, validation): 41 rows, so batches of 5 end with 1 row (an empty shard)
+# (dtype, global batch, shuffle, validation[, dropout[, chunk_rows: X a memmap read in blocks]]): 41 rows,
+# so batches of 5 end with 1 row (an empty shard)
 CASES = {
     "f64_b7_shuffle_val": ("float64", 7, True, True),
     "f32_b8_shuffle": ("float32", 8, True, False),
@@ -40,31 +41,19 @@ def data(dtype):
 
 
 def run_case(name, comm=None, seed=7):
-    dtype, batch, shuffle, val, *extra = CASES[name]
-    chunk_rows = extra[1] if len(extra) > 1 else None
+    dtype, batch, shuffle, val, dropout, chunk_rows = CASES[name] + (0.0, None)[len(CASES[name]) - 4:]
     X, y, Xv, yv = data(dtype)
-    if chunk_rows is None:
-        return _run(name, X, y, Xv, yv, comm, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        mm = np.lib.format.open_memmap(f"{tmp}/X.npy", mode="w+", dtype=X.dtype, shape=X.shape)
-        mm[...] = X
-        mm.flush()
-        result = _run(name, Chunked(np.load(f"{tmp}/X.npy", mmap_mode="r"), chunk_rows=chunk_rows), y, Xv, yv,
-                      comm, seed)
-        del mm
-        return result
-
-
-def _run(name, X, y, Xv, yv, comm, seed):
-    dtype, batch, shuffle, val, *extra = CASES[name]
-    dropout = extra[0] if extra else 0.0
-    # under MPI each rank's model has its own seed: the weights and the Dropout keys must come from
-    # rank 0 (seed 7)
-    model = xpmlp.MLP([6, 16, 3], dtype=dtype, seed=seed, dropout=dropout)
-    callbacks = [EarlyStopping(monitor="val_loss", patience=0, min_delta=0.1)] if val else []
-    history = model.fit(X, y, loss="softmax_cross_entropy", optimizer=xpmlp.Adam(lr=0.02), epochs=6,
-                        batch_size=batch, shuffle=shuffle, seed=3, verbose=0, metrics=["accuracy"],
-                        validation_data=(Xv, yv) if val else None, callbacks=callbacks, comm=comm)
+        if chunk_rows is not None:  # out of core: X a memmap, read in blocks of chunk_rows
+            np.save(f"{tmp}/X.npy", X)
+            X = Chunked(np.load(f"{tmp}/X.npy", mmap_mode="r"), chunk_rows=chunk_rows)
+        # under MPI each rank's model has its own seed: the weights and the Dropout keys must come
+        # from rank 0 (seed 7)
+        model = xpmlp.MLP([6, 16, 3], dtype=dtype, seed=seed, dropout=dropout)
+        callbacks = [EarlyStopping(monitor="val_loss", patience=0, min_delta=0.1)] if val else []
+        history = model.fit(X, y, loss="softmax_cross_entropy", optimizer=xpmlp.Adam(lr=0.02), epochs=6,
+                            batch_size=batch, shuffle=shuffle, seed=3, verbose=0, metrics=["accuracy"],
+                            validation_data=(Xv, yv) if val else None, callbacks=callbacks, comm=comm)
     return model.flat.to_host(), {k: np.array(v) for k, v in history.history.items()}
 
 
