@@ -76,8 +76,15 @@ def torch_mlp(sizes):
 
 
 class XpmlpContender:
-    def __init__(self, data, sizes, batch_size, seed, device, tf32=False):
+    def __init__(self, data, sizes, batch_size, seed, device, tf32=False, numba=True):
+        if not numba:  # numba's own switch, read when numba is imported: the update takes NumPy's chunked passes
+            os.environ["NUMBA_DISABLE_JIT"] = "1"
         import xpmlp
+        from xpmlp import kernels_numpy
+
+        self.executor = kernels_numpy.executor_name()
+        if not numba and "numba" in self.executor:
+            raise RuntimeError(f"numba was to be off, but the update runs as: {self.executor}")
 
         (X, y), (Xt, yt) = data
         self.model = xpmlp.MLP(sizes, seed=seed, device=device, dtype="float32", tf32=tf32)
@@ -135,7 +142,7 @@ class XpmlpContender:
         with self.backend.activate():  # the step fit makes: fused (numpy, cupy) or reference
             step = make_train_step(self.model, get_loss("softmax_cross_entropy"), self.opt)
         return {"backend": str(self.backend), "fast_kernels": getattr(kernels, "__name__", repr(kernels)),
-                "train_step": step.variant}
+                "train_step": step.variant, "numpy_update": self.executor}
 
 
 class TorchContender:
@@ -228,6 +235,8 @@ class SklearnContender:
 # name -> (class, device kind, keyword arguments)
 CONTENDERS = {
     "xpmlp-numpy": (XpmlpContender, "cpu", {"device": "cpu"}),
+    # the same without the [fast] extra's numba loop: the optimiser update as NumPy's chunked passes
+    "xpmlp-numpy-passes": (XpmlpContender, "cpu", {"device": "cpu", "numba": False}),
     "xpmlp-cupy": (XpmlpContender, "cuda", {"device": "cuda"}),
     "torch-eager-cpu": (TorchContender, "cpu", {"device": "cpu"}),
     "torch-compile-cpu": (TorchContender, "cpu", {"device": "cpu", "compile_mode": "default"}),

@@ -299,6 +299,11 @@ def markdown(report) -> str:
         out.append("")
         out += [f"- {arch} batch {bs} {name}: {_cell(w)}" for arch, bs, name, w in warned]
         out.append("")
+    executors = {name: r["info"]["numpy_update"] for block in report["devices"].values() for cfg in block["configs"]
+                 for name, r in cfg["results"].items() if "numpy_update" in r.get("info", {})}
+    if executors:
+        out.append("xpmlp's optimiser update on NumPy: " + "; ".join(f"{n}: {e}" for n, e in executors.items()) + ".")
+        out.append("")
     if report.get("partial"):
         out.append("**Partial results: the run did not finish.**")
         out.append("")
@@ -408,7 +413,7 @@ def main(argv=None):
             parser.error(f"contenders {elsewhere} do not run on {devices}")
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     ctx = mp.get_context("spawn")
-    report = {"machine": describe("numpy", "torch", "sklearn", "cupy", "xpmlp"), "devices": {},
+    report = {"machine": describe("numpy", "torch", "sklearn", "cupy", "numba", "xpmlp"), "devices": {},
               "devices_not_run": not_run,
               "settings": {"archs": args.arch, "batch_sizes": args.batch_sizes, "epochs": args.epochs,
                            "warmup_epochs": 1, "optimizer": "Adam lr=1e-3", "dtype": "float32",

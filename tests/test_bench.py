@@ -66,6 +66,13 @@ def test_mnist_benchmark_quick(tmp_path, data_dir):
     assert xp["memory"]["measure"] == "host_peak_rss" and xp["memory"]["bytes"] > 2**20
     assert report["settings"]["left_out"] == {"torch-compile-cpu": "torch.compile is left out of --quick runs"}
     assert "| 784-128-64-10 | 128 | xpmlp-numpy |" in stdout
+    # with numba (a test extra) and without: each worker says which update it ran
+    import numba
+
+    assert xp["info"]["numpy_update"] == f"numba {numba.__version__} loop"
+    passes = config["results"]["xpmlp-numpy-passes"]
+    assert passes["info"]["numpy_update"] == "NumPy chunked passes" and passes["ms_per_epoch"] > 0
+    assert "xpmlp-numpy-passes: NumPy chunked passes" in stdout
     md = (tmp_path / "mnist_cpu.md").read_text()
     assert "peak RSS of the worker process, MB |" in md and "torch-compile-cpu left out" in md
 

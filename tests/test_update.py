@@ -1,7 +1,9 @@
 """Each optimiser update is written once (xpmlp.update) and every executor made from it agrees.
 
-- NumPy in place, chunked (xpmlp.kernels_numpy.chunked) == the Array API reference, BITWISE,
-  for every optimiser and option, float32 and float64, over several steps and chunk boundaries;
+- NumPy in place, both executors: chunked passes (xpmlp.kernels_numpy.chunked) and numba's
+  compiled loop (kernels_numpy.compiled, from Update.loop_source) == the Array API reference,
+  BITWISE, for every optimiser and option, float32 and float64, over several steps and chunk
+  boundaries; numba is required here (the test extras install it);
 - the CUDA ElementwiseKernel body, compiled for the host by g++ (tests/cuda_host.py, without
   multiply-add contraction) == the reference, BITWISE (on a GPU, NVRTC's FMA contraction and
   float32 denormal flushing make it close instead: 1e-6 relative in float32, 1e-12 in float64);
@@ -76,6 +78,22 @@ class StandInKernels:
         return self.cache[spec]
 
 
+class NumpyExecutor:
+    """xpmlp.kernels_numpy with ``inplace`` pinned to one executor: ``chunked`` or ``compiled``."""
+
+    def __init__(self, name):
+        self.name = name
+        self.usable = kernels_numpy.usable
+
+    def inplace(self, update):
+        run = getattr(kernels_numpy, self.name)(update)
+        assert run is not None, f"kernels_numpy.{self.name} is unavailable"
+        return run
+
+
+NUMPY_EXECUTORS = ["chunked", "compiled"]
+
+
 @pytest.fixture(scope="module")
 def host_compiler():
     if find_compiler() is None:
@@ -108,11 +126,51 @@ def _assert_same_bits(got, want):
         np.testing.assert_array_equal(gs[k], ws[k], err_msg=k)
 
 
+@pytest.mark.parametrize("executor", NUMPY_EXECUTORS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", CONFIGS)
-def test_numpy_chunked_is_bitwise_equal_to_reference(monkeypatch, name, dtype):
+def test_numpy_executors_are_bitwise_equal_to_reference(monkeypatch, name, dtype, executor):
     monkeypatch.setattr(kernels_numpy, "CHUNK", CHUNK)
-    _assert_same_bits(_run(CONFIGS[name], dtype, kernels_numpy), _run(CONFIGS[name], dtype, None))
+    want = _run(CONFIGS[name], dtype, None)
+    _assert_same_bits(_run(CONFIGS[name], dtype, NumpyExecutor(executor)), want)
+    _assert_same_bits(_run(CONFIGS[name], dtype, kernels_numpy), want)  # what fit uses
+
+
+def test_numba_is_used_when_installed(monkeypatch):
+    """The test extras install numba: the compiled loop must be what NumPy updates run here, and
+    without numba (or with its JIT off) the chunked passes take over."""
+    import numba
+
+    assert kernels_numpy.numba_jit() is not None
+    assert kernels_numpy.executor_name() == f"numba {numba.__version__} loop"
+    update = Adam().description()
+    assert kernels_numpy.compiled(update) is not None
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
+    assert kernels_numpy.numba_jit.__wrapped__() is None
+    monkeypatch.setattr(kernels_numpy, "numba_jit", lambda: None)
+    assert kernels_numpy.compiled(update) is None
+    assert kernels_numpy.executor_name() == "NumPy chunked passes"
+    data, grads = _grads("float32")
+    _assert_same_bits(_run(CONFIGS["adam"], "float32", kernels_numpy), _run(CONFIGS["adam"], "float32", None))
+
+
+def test_loop_source_names_cannot_meet_python_names():
+    """Temporaries, host scalars and arrays named like Python builtins or the loop's own names."""
+    u = Update("""
+        range = g * update
+        p = p - range * sqrt(m)
+        m = range
+    """, state=("m",), name="names")
+    src = u.loop_source()
+    assert src.startswith("def _update(_a_p, _a_g, _a_m, _h_update):") and "_t_range" in src
+    start = {"p": np.arange(1.0, 5.0), "g": np.full(4, 2.0), "m": np.arange(4.0, 8.0)}
+    values = u.host_values({"update": 0.5})
+    got = {k: v.copy() for k, v in start.items()}
+    kernels_numpy.compiled(u)(got, values)
+    want = {k: v.copy() for k, v in start.items()}
+    u.reference_inplace(xnp, want, values)
+    for k in start:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -272,6 +330,8 @@ def _apply_quietly(update, executor, arrays, values):
         update.reference_inplace(xnp, arrays, values)
     elif executor == "numpy":
         kernels_numpy.chunked(update)(arrays, values)
+    elif executor == "numba":
+        kernels_numpy.compiled(update)(arrays, values)
     else:
         kernel = HostElementwiseKernel(*update.kernel_spec())
         kernel(arrays["g"], *(values[h] for h in update.host_names), arrays["p"], *(arrays[s] for s in update.state))
@@ -336,6 +396,13 @@ def test_random_descriptions_numpy_equals_reference(monkeypatch, dtype):
         _assert_random_case_agrees(seed, dtype, "numpy")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_random_descriptions_numba_loop_equals_reference(dtype):
+    """Each random description is one more numba compile (about 0.2 s): 40 of them per dtype."""
+    for seed in range(40):
+        _assert_random_case_agrees(seed, dtype, "numba")
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_random_descriptions_host_kernel_equals_reference(host_compiler, seed):
     _assert_random_case_agrees(1000 + seed, "float32", "host")
@@ -351,7 +418,7 @@ def test_copies_and_reassigned_gradient_keep_statement_order(host_compiler):
     """, state=("m", "v"), name="order")
     start = {k: np.arange(1.0, 6.0) * s for k, s in (("p", 1), ("g", 10), ("m", 100), ("v", 1000))}
     want = {"p": -start["p"] + start["m"], "m": start["m"] + start["g"] * 0.5, "v": start["m"], "g": start["g"]}
-    for executor in ("reference", "numpy", "host"):
+    for executor in ("reference", "numpy", "numba", "host"):
         arrays = {k: v.copy() for k, v in start.items()}
         _apply(update, executor, arrays, update.host_values({"a": 0.5}))
         for k in want:

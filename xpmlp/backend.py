@@ -870,10 +870,11 @@ _CUPY_KERNELS: dict = {}  # (id(cupy module), device id) -> (module, kernels or 
 def fast_kernels(xp: Any) -> Any:
     """The backend's fast-path kernels for namespace xp (a module), or None for the reference path.
 
-    NumPy gets :mod:`xpmlp.kernels_numpy` (in-place, chunked optimiser updates, bitwise equal to
-    the reference), CuPy the ``Kernels`` of :mod:`xpmlp.kernels_cupy` (one launch per optimiser
-    update, per dropout mask, and per piece of the fused train step: ``step_cuda.make_ops``
-    builds the step's operations from them). The CuPy kernels are compiled at run time by NVRTC:
+    NumPy gets :mod:`xpmlp.kernels_numpy` (in-place optimiser updates: numba's compiled loop when
+    it is installed, else chunked passes; bitwise equal to the reference), CuPy the ``Kernels``
+    of :mod:`xpmlp.kernels_cupy` (one launch per optimiser update, per dropout mask, and per
+    piece of the fused train step: ``step_cuda.make_ops`` builds the step's operations from
+    them). The CuPy kernels are compiled at run time by NVRTC:
     at first use on each device a probe kernel is compiled and run, and if that fails the
     reference path is used, with one ``RuntimeWarning`` saying why. ``XPMLP_REFERENCE=1`` turns
     every fast path off; it is read at each call, so callers that must not change their mind

@@ -286,12 +286,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     import array_api_compat
 
-    from . import __version__, available_backends
+    from . import __version__, available_backends, kernels_numpy
 
     print(f"xpmlp {__version__} on Python {platform.python_version()} ({platform.machine()})")
     print(f"numpy {np.__version__}, array-api-compat {array_api_compat.__version__}")
     for name, status in available_backends().items():
         print(f"backend {name}: {status}")
+    faster = "" if kernels_numpy.numba_jit() else ' (pip install "xpmlp[fast]" for numba\'s compiled loop)'
+    print(f"optimiser update on NumPy: {kernels_numpy.executor_name()}{faster}")
     return 0
 
 
@@ -427,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     numpy ..., array-api-compat ...
     backend numpy: ok (...)
     backend cupy: ...
+    optimiser update on NumPy: ...
     0
     >>> main(["train", "xor", "--epochs", "0"])  # the usage and the error go to stderr
     2

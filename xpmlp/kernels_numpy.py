@@ -1,4 +1,4 @@
-"""NumPy fast path for the optimiser updates: in place, in cache-sized chunks.
+"""NumPy fast path for the optimiser updates: one compiled loop (numba), else in place in chunks.
 
 The reference update (:meth:`xpmlp.update.Update.reference`) builds every intermediate as a new
 array the size of the parameter buffer (13 for one Adam step), and on a CPU those allocations
@@ -8,6 +8,16 @@ same order with the same scalars, so the results are bitwise equal to the refere
 (tests/test_update.py checks it), but written into the existing buffers and a few scratch
 buffers, one chunk at a time, so that each chunk's passes stay in the CPU cache.
 
+When numba is installed (``pip install "xpmlp[fast]"``), :func:`inplace` runs the update as
+:func:`compiled` instead: the update's :meth:`~xpmlp.update.Update.loop_source`, one loop over
+the elements compiled by numba, bitwise equal to the reference as well. The chunked passes read
+and write each chunk about a dozen times; the loop reads p, g and the state once and writes them
+once, about 4x faster for Adam on a CPU core (bench/NOTES.md). It is compiled without fast-math
+(no multiply-add contraction, no reassociation) and with NumPy's error model (a division by
+zero gives inf or nan, as in NumPy), once per update and dtype in a process (about 0.5 s).
+float16 updates, and any numba that fails to import or has its JIT disabled
+(``NUMBA_DISABLE_JIT``), take the chunked passes.
+
 The arrays must be C-contiguous, writable, of one float dtype and one shape; :func:`usable`
 says whether they are. :mod:`xpmlp.backend` hands this module to the optimisers for NumPy
 arrays only.
@@ -15,6 +25,7 @@ arrays only.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -88,3 +99,105 @@ def chunked(update: Any) -> Callable[[dict, dict], None]:
                     fn(s[args[0]], out=s[out])
 
     return run
+
+
+@functools.lru_cache(maxsize=None)
+def numba_jit() -> Any:
+    """numba's ``njit``, as the compiled loops use it, or None when numba cannot be used.
+
+    Returns
+    -------
+    callable or None
+        ``njit`` with ``error_model="numpy"`` and ``fastmath=False``; None when numba is not
+        installed, fails to import, or has its JIT disabled.
+    """
+    try:
+        import numba
+    except Exception:  # not installed, or built for another NumPy: the chunked passes do the work
+        return None
+    if getattr(numba.config, "DISABLE_JIT", False):
+        return None
+    return functools.partial(numba.njit, error_model="numpy", fastmath=False, nogil=True, cache=False)
+
+
+_COMPILED: dict = {}  # loop source -> the compiled loop (numba compiles once per dtype on first call)
+
+
+def compiled(update: Any) -> Callable[[dict, dict], None] | None:
+    """``run(arrays, values)``: ``update`` as one loop compiled by numba, or None without numba.
+
+    Arguments as for :func:`chunked`; the dtype must be float32 or float64 (others: call the
+    chunked executor).
+
+    Parameters
+    ----------
+    update : Update
+        The parsed update.
+
+    Returns
+    -------
+    callable or None
+        ``run(arrays, values) -> None``, which writes the outputs into ``arrays``; None when
+        numba cannot be used (:func:`numba_jit`).
+    """
+    jit = numba_jit()
+    if jit is None:
+        return None
+    source = update.loop_source()
+    loop = _COMPILED.get(source)
+    if loop is None:
+        env: dict = {"_sqrt": np.sqrt}
+        exec(compile(source, f"<update {update.name} loop>", "exec"), env)
+        loop = _COMPILED[source] = jit(env["_update"])
+    names, hosts = update.arrays, update.host_names
+
+    def run(arrays: dict, values: dict) -> None:
+        cast = arrays["p"].dtype.type  # each host value rounded to the dtype once, as NumPy's weak scalars are
+        loop(*(arrays[n] for n in names), *(cast(values[h]) for h in hosts))
+
+    return run
+
+
+def inplace(update: Any) -> Callable[[dict, dict], None]:
+    """``run(arrays, values)``: the fastest in-place executor of ``update`` here.
+
+    The numba loop (:func:`compiled`) for float32 and float64 when numba can be used, else
+    :func:`chunked`. Both are bitwise equal to the reference.
+
+    Parameters
+    ----------
+    update : Update
+        The parsed update.
+
+    Returns
+    -------
+    callable
+        ``run(arrays, values) -> None``, which writes the outputs into ``arrays``.
+    """
+    passes = chunked(update)
+    loop = compiled(update)
+    if loop is None:
+        return passes
+
+    def run(arrays: dict, values: dict) -> None:
+        (loop if arrays["p"].dtype in _LOOP_DTYPES else passes)(arrays, values)
+
+    return run
+
+
+_LOOP_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def executor_name() -> str:
+    """What :func:`inplace` runs for float32 and float64: ``"numba X.Y.Z loop"`` or ``"NumPy chunked passes"``.
+
+    Returns
+    -------
+    str
+        A short description, for ``xpmlp info`` and the benchmarks.
+    """
+    if numba_jit() is None:
+        return "NumPy chunked passes"
+    import numba
+
+    return f"numba {numba.__version__} loop"

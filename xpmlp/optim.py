@@ -9,7 +9,8 @@ weight decay as one more statement, clipping by global norm, the step count and 
 rate checks) and runs the update with one of the executors made from the same description:
 
 - the Array API reference (any namespace; new arrays, written back with ``[...] =``);
-- NumPy: in place, in cache-sized chunks (``xpmlp.kernels_numpy``), bitwise equal to it;
+- NumPy: in place (``xpmlp.kernels_numpy``): one loop compiled by numba when it is installed,
+  else NumPy passes over cache-sized chunks; both bitwise equal to it;
 - CuPy: one fused ``ElementwiseKernel`` launch over the whole buffer (``Kernels.elementwise``
   of ``xpmlp.kernels_cupy``).
 """
@@ -329,9 +330,9 @@ class Optimizer:
         xp : module
             The arrays' namespace.
         kernels : module or Kernels, optional
-            None (the Array API reference), ``xpmlp.kernels_numpy`` (NumPy, in place and
-            chunked) or the ``Kernels`` of ``xpmlp.kernels_cupy`` (CuPy: one launch per update
-            through ``kernels.elementwise(spec)``). Arrays a fast path cannot take (its
+            None (the Array API reference), ``xpmlp.kernels_numpy`` (NumPy, in place: numba's
+            compiled loop, or chunked passes) or the ``Kernels`` of ``xpmlp.kernels_cupy`` (CuPy:
+            one launch per update through ``kernels.elementwise(spec)``). Arrays a fast path cannot take (its
             ``kernels.usable(...)`` is False: not contiguous, read-only, a dtype it does not offer)
             take the reference path.
 
@@ -340,14 +341,14 @@ class Optimizer:
         callable
             ``update(data, grad, decayed=None) -> None``, with the arguments of :meth:`step`.
         """
-        chunked = getattr(kernels, "chunked", None)
+        inplace = getattr(kernels, "inplace", None)
         elementwise = getattr(kernels, "elementwise", None)
         executors: dict = {}  # Update -> its fast executor on this path
 
         def run(desc, arrays, values) -> None:
-            if chunked is not None and kernels.usable(*arrays.values()):
+            if inplace is not None and kernels.usable(*arrays.values()):
                 if desc not in executors:
-                    executors[desc] = chunked(desc)
+                    executors[desc] = inplace(desc)
                 executors[desc](arrays, values)
             elif elementwise is not None and kernels.usable(*arrays.values()):
                 if desc not in executors:  # the Kernels object caches the compiled kernel per spec

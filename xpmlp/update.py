@@ -16,13 +16,15 @@ From that one text come every variant, so they cannot drift apart:
 (a) :meth:`Update.reference` - Python over Array API arrays (functional: new arrays, no ``out=``);
 (b) ``Update.program`` - a list of in-place elementwise operations on scratch buffers, which
     ``xpmlp.kernels_numpy.chunked`` runs in cache-sized chunks with NumPy's ``out=``;
-(c) :meth:`Update.kernel_spec` - the body of one CuPy ``ElementwiseKernel`` (``KernelSpec``).
+(c) :meth:`Update.kernel_spec` - the body of one CuPy ``ElementwiseKernel`` (``KernelSpec``);
+(d) :meth:`Update.loop_source` - a Python function, one loop over the elements with the statements
+    on scalars, which ``xpmlp.kernels_numpy`` compiles with numba when it is installed.
 
-All three do the same IEEE operations in the same order on values of the array dtype ``T``:
+All four do the same IEEE operations in the same order on values of the array dtype ``T``:
 each subexpression of host scalars and numbers only (``1 - b1``) is first evaluated once per step
 on the host in double (:meth:`Update.host_values`) and enters every variant as the same Python
 float, which meets an array as a weak scalar (rounded to ``T``, as NumPy, the Array API and the
-kernel's ``(T)`` cast all do). So (b) and host-compiled (c) are bitwise equal to (a); on a GPU,
+kernel's ``(T)`` cast all do). So (b), (d) and host-compiled (c) are bitwise equal to (a); on a GPU,
 (c) differs only by NVRTC's multiply-add contraction and float32 denormal flushing.
 
 This module imports no array library: the reference gets ``xp``, the NumPy executor lives in
@@ -371,6 +373,44 @@ class Update:
         ins = ", ".join(["T g"] + [f"float64 {h}" for h in self.host_names])
         outs = ", ".join(f"T {n}" for n in ("p", *self.state))
         return KernelSpec(ins, outs, "\n".join(lines), f"xpmlp_{self.name}")
+
+    # -- (d) one loop over the elements, for numba ---------------------------------------------------
+
+    def loop_source(self) -> str:
+        """Python source of ``_update(p, g, *state, *host_values)``: one loop over the elements.
+
+        Each iteration reads p, g and the state at index ``_i`` into locals, runs the statements on
+        those scalars in order (``sqrt`` is ``_sqrt``, which the caller binds, e.g. to
+        ``numpy.sqrt``), then writes p and the assigned state back. The host values are passed in
+        the order of ``host_names``, already cast to the arrays' dtype by the caller, so every
+        operation is one of that dtype, as in (a)-(c). Every name is prefixed (arrays ``_a_``,
+        their elements ``_e_``, host values ``_h_``, temporaries ``_t_``): the description's
+        names, reserved from ``_`` on, cannot meet Python's.
+
+        Returns
+        -------
+        str
+            The function's source; its name is ``_update``.
+        """
+        arrays, hosts = set(self.arrays), set(self.host_names)
+
+        def local(n):
+            return f"_e_{n}" if n in arrays else f"_h_{n}" if n in hosts else f"_t_{n}"
+
+        class Rename(ast.NodeTransformer):
+            def visit_Name(self, node):
+                return ast.Name(local(node.id), ast.Load())
+
+            def visit_Call(self, node):
+                return ast.Call(ast.Name("_sqrt", ast.Load()), [self.visit(node.args[0])], [])
+
+        args = ", ".join([*(f"_a_{n}" for n in self.arrays), *(local(h) for h in self.host_names)])
+        lines = [f"def _update({args}):", f"    for _i in range(_a_{self.arrays[0]}.shape[0]):"]
+        lines += [f"        _e_{n} = _a_{n}[_i]" for n in self.arrays]
+        for target, expr in self.statements:
+            lines.append(f"        {local(target)} = {ast.unparse(Rename().visit(copy.deepcopy(expr)))}")
+        lines += [f"        _a_{n}[_i] = _e_{n}" for n in self.outputs]
+        return "\n".join(lines) + "\n"
 
     def __repr__(self):
         return f"Update({self.name!r}, state={self.state}, scalars={self.scalars})"
