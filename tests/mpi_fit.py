@@ -83,7 +83,10 @@ def main():
         saved.update({f"{name}/history/{k}": v for k, v in history.items()})
     from threadpoolctl import threadpool_info
 
-    blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    # NumPy's BLAS, which xpmlp computes with; a BLAS loaded after mpi() (SciPy's, which numba loads
+    # at its first compile) keeps its own thread count
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"
+            and "numpy" in pool["filepath"]]
     np.savez(f"{out}/rank{comm.rank}.npz", blas_threads=np.array([comm.blas_threads or 0, *blas]), **saved)
     # files: each rank names its own, so the test sees which ranks wrote (only rank 0 must)
     X, y, Xv, yv = data("float64")

@@ -273,7 +273,9 @@ class MPICommunicator(Communicator):
         busy-waiting ranks compete with them: 2 ranks on the 2-core CI machine trained MNIST's
         default 5 epochs in 160 s instead of 32 s. Left alone when the environment sets a thread
         count (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS or MKL_NUM_THREADS), or without threadpoolctl.
-        Returns the threads per rank set, or None.
+        The limit is set on the BLAS libraries loaded at this moment, NumPy's among them (xpmlp
+        computes with it); one loaded later keeps its own count (SciPy's, which numba loads at its
+        first compile, is not used by xpmlp). Returns the threads per rank set, or None.
         """
         if any(name in os.environ for name in THREAD_VARIABLES):
             return None
