@@ -14,7 +14,8 @@ it is not active in the timed epochs); for torch ``torch.cuda.max_memory_allocat
 ``torch.cuda.reset_peak_memory_stats()``. Both count the resident training and test sets, the
 weights, the optimiser state and the step's temporaries; neither counts the CUDA context or
 memory cached but free. On the CPU, ``memory()`` reports the worker process's peak resident set
-size (``ru_maxrss``), over its whole life: the same process layout for every contender.
+size (Linux's ``VmHWM``; ``ru_maxrss`` survives exec and would start from the harness's
+peak), over its whole life: the same process layout for every contender.
 """
 
 from __future__ import annotations
@@ -31,10 +32,24 @@ LR = 1e-3
 
 
 def _host_peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process's peak resident set size in bytes: Linux's VmHWM, else ru_maxrss.
+
+    Not ru_maxrss on Linux: it survives fork and exec, so a spawned worker starts from its
+    parent's peak (the harness's: MNIST loaded, the matmul rate measured), and every worker
+    below that reported the parent's number instead of its own. VmHWM belongs to the process's
+    address space, which exec makes new.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
-HOST_RSS = "peak RSS of the worker process over its life (ru_maxrss)"
+HOST_RSS = "peak RSS of the worker process over its life (VmHWM; ru_maxrss where /proc is missing)"
 
 
 def _host_memory() -> dict:

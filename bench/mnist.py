@@ -231,7 +231,7 @@ def run_config(ctx, names, arch, batch_size, epochs, data_args, seed, target, tf
 MEMORY_COLUMN = {"cpu": "peak RSS of the worker process, MB",
                  "cuda": "peak GPU memory in use (device allocator), MB"}
 MEMORY_NOTE = {
-    "cpu": "Memory: each contender's worker process's peak resident set size (ru_maxrss) over its life: "
+    "cpu": "Memory: each contender's worker process's peak resident set size (VmHWM) over its life: "
            "library imports, MNIST in float32, training and evaluation.",
     "cuda": "Memory: peak bytes handed out to live arrays by the library's device allocator during one extra, "
             "untimed epoch after the timed ones - CuPy: a cupy.cuda.MemoryHook following every malloc/free of "

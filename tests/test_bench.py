@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -169,3 +170,13 @@ def test_scaling_quick(tmp_path, data_dir):
                                                                  ("depth", 2)]
     for r in report["rows"]:
         assert r["xpmlp"]["epoch_s"] > 0 and r["torch"]["epoch_s"] > 0 and r["gemm_gflop_per_epoch"] > 0
+
+
+def test_worker_peak_memory_is_its_own_not_the_harness_peak():
+    """bench/mnist.py's CPU memory column: a worker started by a process at a high peak reports its own
+    peak (ru_maxrss would report at least the parent's: Linux keeps it across fork and exec)."""
+    held = np.ones(2**25 + 7)  # 256 MiB, touched, held by this process while the child runs
+    code = f"import sys; sys.path.insert(0, {str(BENCH)!r}); import contenders; print(contenders._host_peak())"
+    child_peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                    timeout=120).stdout)
+    assert 2**20 < child_peak < held.nbytes, child_peak
