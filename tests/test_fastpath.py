@@ -82,7 +82,18 @@ def test_unusable_arrays_take_the_reference_path():
     np.testing.assert_array_equal(strided, contiguous)
 
 
-def test_whole_fit_is_bitwise_equal_to_reference(monkeypatch):
+@pytest.mark.parametrize("update", ["passes", "numba"])
+def test_whole_fit_is_bitwise_equal_to_reference(monkeypatch, update):
+    """A whole fit on the fast path (NumPy's chunked passes, or numba's loop with LOOP_MIN lowered
+    to this model's size) against one with XPMLP_REFERENCE=1."""
+    if update == "numba":
+        from test_update import require_numba
+
+        require_numba()
+        monkeypatch.setattr(kernels_numpy, "LOOP_MIN", 1)
+    ran = []
+    made = kernels_numpy.compiled
+    monkeypatch.setattr(kernels_numpy, "compiled", lambda u: ran.append(u.name) or made(u))
     X, y = xpmlp.datasets.make_spirals(400, n_classes=3, seed=0)
 
     def run():
@@ -91,6 +102,7 @@ def test_whole_fit_is_bitwise_equal_to_reference(monkeypatch):
         return model.get_weights(), model.history["loss"]
 
     fast_w, fast_loss = run()
+    assert ran == (["adam"] if update == "numba" else [])
     monkeypatch.setenv("XPMLP_REFERENCE", "1")
     ref_w, ref_loss = run()
     assert fast_loss == ref_loss

@@ -145,12 +145,14 @@ def test_numpy_executors_are_bitwise_equal_to_reference(monkeypatch, name, dtype
         require_numba()
     want = _run(CONFIGS[name], dtype, None)
     _assert_same_bits(_run(CONFIGS[name], dtype, NumpyExecutor(executor)), want)
+    monkeypatch.setattr(kernels_numpy, "LOOP_MIN", 1000)  # SIZE is above it: the loop, when numba is here
     _assert_same_bits(_run(CONFIGS[name], dtype, kernels_numpy), want)  # what fit uses
 
 
 def test_numba_is_used_when_installed(monkeypatch):
-    """The test extras install numba: the compiled loop must be what NumPy updates run here, and
-    without numba (or with its JIT off) the chunked passes take over."""
+    """The test extras install numba: the compiled loop must be what NumPy updates of LOOP_MIN
+    elements or more run here; smaller ones, float16, and runs without numba (or with its JIT
+    off) take the chunked passes."""
     require_numba()
     import numba
 
@@ -158,13 +160,48 @@ def test_numba_is_used_when_installed(monkeypatch):
     assert kernels_numpy.executor_name() == f"numba {numba.__version__} loop"
     update = Adam().description()
     assert kernels_numpy.compiled(update) is not None
+    ran = []
+    monkeypatch.setattr(kernels_numpy, "compiled", lambda u: lambda a, v: ran.append(("loop", a["p"].size)))
+    monkeypatch.setattr(kernels_numpy, "chunked", lambda u: lambda a, v: ran.append(("passes", a["p"].size)))
+    run = kernels_numpy.inplace(update)
+    n = kernels_numpy.LOOP_MIN
+    for size, dtype in [(n - 1, np.float32), (n, np.float32), (n, np.float64), (n, np.float16), (3 * n, np.float64)]:
+        run({k: np.zeros(size, dtype) for k in ("p", "g", "m", "v")}, {})
+    assert ran == [("passes", n - 1), ("loop", n), ("loop", n), ("passes", n), ("loop", 3 * n)]
+    monkeypatch.undo()
+
     monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
     assert kernels_numpy.numba_jit.__wrapped__() is None
     monkeypatch.setattr(kernels_numpy, "numba_jit", lambda: None)
     assert kernels_numpy.compiled(update) is None
     assert kernels_numpy.executor_name() == "NumPy chunked passes"
-    data, grads = _grads("float32")
+    monkeypatch.setattr(kernels_numpy, "LOOP_MIN", 100)
     _assert_same_bits(_run(CONFIGS["adam"], "float32", kernels_numpy), _run(CONFIGS["adam"], "float32", None))
+
+
+def test_small_models_do_not_import_numba():
+    """numba's start-up (about 0.7 s) is paid only by updates that use the loop: a fit of a small
+    model in a fresh process never imports numba; one with a buffer of LOOP_MIN elements does."""
+    require_numba()
+    code = """if True:
+        import sys, numpy as np, xpmlp
+        from xpmlp import kernels_numpy
+        hidden = int(sys.argv[1])
+        X = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+        model = xpmlp.MLP([8, hidden, 3], seed=0)
+        model.fit(X, np.arange(64) % 3, loss="softmax_cross_entropy", epochs=1, batch_size=32, verbose=0)
+        print(model.flat.data.shape[0] >= kernels_numpy.LOOP_MIN, "numba" in sys.modules)
+    """
+    import subprocess
+    import sys
+
+    def run(hidden):
+        done = subprocess.run([sys.executable, "-c", code, str(hidden)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split()
+
+    assert run(16) == ["False", "False"]
+    assert run(8192) == ["True", "True"]  # 8*8192 + 8192 + 8192*3 + 3 parameters
 
 
 def test_loop_source_names_cannot_meet_python_names():

@@ -15,8 +15,9 @@ and write each chunk about a dozen times; the loop reads p, g and the state once
 once, about 4x faster for Adam on a CPU core (bench/NOTES.md). It is compiled without fast-math
 (no multiply-add contraction, no reassociation) and with NumPy's error model (a division by
 zero gives inf or nan, as in NumPy), once per update and dtype in a process (about 0.5 s).
-float16 updates, and any numba that fails to import or has its JIT disabled
-(``NUMBA_DISABLE_JIT``), take the chunked passes.
+float16 updates, buffers under :data:`LOOP_MIN` elements (where numba's start-up would not
+pay off), and any numba that fails to import or has its JIT disabled (``NUMBA_DISABLE_JIT``)
+take the chunked passes.
 
 The arrays must be C-contiguous, writable, of one float dtype and one shape; :func:`usable`
 says whether they are. :mod:`xpmlp.backend` hands this module to the optimisers for NumPy
@@ -161,8 +162,11 @@ def compiled(update: Any) -> Callable[[dict, dict], None] | None:
 def inplace(update: Any) -> Callable[[dict, dict], None]:
     """``run(arrays, values)``: the fastest in-place executor of ``update`` here.
 
-    The numba loop (:func:`compiled`) for float32 and float64 when numba can be used, else
-    :func:`chunked`. Both are bitwise equal to the reference.
+    The numba loop (:func:`compiled`) for float32 and float64 buffers of at least
+    :data:`LOOP_MIN` elements when numba can be used, else :func:`chunked`. Both are bitwise
+    equal to the reference. numba is imported and the loop compiled at the first call that
+    uses it, so small models (where the passes cost microseconds) never pay numba's start-up
+    (about 0.7 s: its import, SciPy's, and the compile).
 
     Parameters
     ----------
@@ -175,21 +179,31 @@ def inplace(update: Any) -> Callable[[dict, dict], None]:
         ``run(arrays, values) -> None``, which writes the outputs into ``arrays``.
     """
     passes = chunked(update)
-    loop = compiled(update)
-    if loop is None:
-        return passes
+    loop = None  # made at the first call that can use it: the compiled loop, or the passes without numba
 
     def run(arrays: dict, values: dict) -> None:
-        (loop if arrays["p"].dtype in _LOOP_DTYPES else passes)(arrays, values)
+        nonlocal loop
+        p = arrays["p"]
+        if p.shape[0] < LOOP_MIN or p.dtype not in _LOOP_DTYPES:
+            passes(arrays, values)
+            return
+        if loop is None:
+            loop = compiled(update) or passes
+        loop(arrays, values)
 
     return run
 
 
+#: The smallest buffer (elements) :func:`inplace` runs as the compiled loop: one chunk. Below it
+#: the passes cost a few microseconds per update, and numba's start-up would not pay off.
+LOOP_MIN = CHUNK
 _LOOP_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def executor_name() -> str:
-    """What :func:`inplace` runs for float32 and float64: ``"numba X.Y.Z loop"`` or ``"NumPy chunked passes"``.
+    """What :func:`inplace` runs for float32 and float64 buffers of :data:`LOOP_MIN` elements or more.
+
+    ``"numba X.Y.Z loop"`` or ``"NumPy chunked passes"``; this imports numba.
 
     Returns
     -------
