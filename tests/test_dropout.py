@@ -414,3 +414,11 @@ def test_a_mask_at_an_offset_is_that_part_of_the_whole_mask(case):
     np.testing.assert_array_equal(bits.ravel(), random_bits(np, (6,), 9, 1, offset=2**32 - 6))
     with pytest.raises(ValueError, match="at offset"):
         random_bits(np, (2, 3), 9, 1, offset=2**32 - 5)
+
+
+def test_unbuilt_dropout_refuses_a_training_pass_and_keeps_its_counter():
+    layer = xpmlp.layers.Dropout(0.5)
+    with pytest.raises(RuntimeError, match="Dropout layer is not built"):
+        layer.draw_mask((4, 3), np.float32)
+    assert layer.counter == 0
+    assert xpmlp.layers.Dropout(0.0).draw_mask((4, 3), np.float32) is None  # nothing to draw: no key needed
