@@ -475,17 +475,19 @@ class Dropout(Layer):
         RuntimeError
             If the layer is not built (it has no key yet); the counter is left as it was.
         """
-        if self.rate != 0.0 and self.key is None:
+        if self.rate == 0.0:
+            self.counter += 1
+            return None
+        key = self.key
+        if key is None:
             raise RuntimeError("this Dropout layer is not built, so it has no random key yet: build it "
                                "(layer.build(...), or model.build(n_features)) before a training pass")
         counter, self.counter = self.counter, self.counter + 1
-        if self.rate == 0.0:
-            return None
         offset = self.row_offset * math.prod(shape[1:])  # this pass's rows of the whole batch's draw
         fused = getattr(fast_kernels(self.xp), "dropout_mask", None)  # CuPy: one launch, same bits
-        mask = None if fused is None else fused(shape, dtype, self.rate, self.key, counter, offset)
+        mask = None if fused is None else fused(shape, dtype, self.rate, key, counter, offset)
         if mask is None:
-            mask = dropout_mask(self.xp, shape, self.rate, self.key, counter, dtype, self._device,
+            mask = dropout_mask(self.xp, shape, self.rate, key, counter, dtype, self._device,
                                 bits_dtype=self._bits_dtype, offset=offset)
         return mask
 
