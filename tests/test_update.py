@@ -179,6 +179,35 @@ def test_numba_is_used_when_installed(monkeypatch):
     _assert_same_bits(_run(CONFIGS["adam"], "float32", kernels_numpy), _run(CONFIGS["adam"], "float32", None))
 
 
+def test_a_loop_numba_cannot_compile_falls_back_to_the_passes_with_a_warning(monkeypatch):
+    """A numba (or llvmlite) error at the loop's first call for a dtype: a RuntimeWarning, then the
+    passes, the buffers untouched by the failed call and the result the reference's; other errors
+    propagate."""
+    require_numba()
+    from numba.core.errors import TypingError
+
+    def broken(update):
+        def run(arrays, values):
+            raise TypingError("Failed in nopython mode pipeline (step: nopython frontend)\nmore")
+        return run
+
+    monkeypatch.setattr(kernels_numpy, "compiled", broken)
+    monkeypatch.setattr(kernels_numpy, "LOOP_MIN", 1000)
+    with pytest.warns(RuntimeWarning, match=r"numba could not compile the adam update \(TypingError: Failed in "
+                                            r"nopython mode pipeline \(step: nopython frontend\)\); NumPy's passes"):
+        got = _run(CONFIGS["adam"], "float32", kernels_numpy)
+    _assert_same_bits(got, _run(CONFIGS["adam"], "float32", None))
+
+    def failing(update):
+        def run(arrays, values):
+            raise MemoryError("not numba's")
+        return run
+
+    monkeypatch.setattr(kernels_numpy, "compiled", failing)
+    with pytest.raises(MemoryError, match="not numba's"):
+        _run(CONFIGS["adam"], "float32", kernels_numpy)
+
+
 def test_small_models_do_not_import_numba():
     """numba's start-up (about 0.7 s) is paid only by updates that use the loop: a fit of a small
     model in a fresh process never imports numba; one with a buffer of LOOP_MIN elements does."""
