@@ -197,8 +197,8 @@ def test_out_of_core_ranks_copy_only_their_shards(tmp_path, monkeypatch):
 
     X, y, _, _ = data("float64")
     np.save(tmp_path / "X.npy", X)
-    prepared, prepare = [], chunked._ChunkedData._prepare
-    monkeypatch.setattr(chunked._ChunkedData, "_prepare",
+    prepared, prepare = [], chunked.ChunkedData._prepare
+    monkeypatch.setattr(chunked.ChunkedData, "_prepare",
                         lambda self, Xh, *a, **k: prepared.append(Xh.shape[0]) or prepare(self, Xh, *a, **k))
     comm = _TwoRanksOfOne()
     model = xpmlp.MLP([6, 4, 3], dtype="float64", seed=0)
@@ -407,7 +407,7 @@ def test_out_of_core_shards_are_the_parts_of_each_one_process_batch(tmp_path):
     np.save(tmp_path / "X.npy", X)
 
     def epoch(comm):
-        d = chunked._ChunkedData(xpmlp.MLP([6, 4, 3], dtype="float64", seed=0),
+        d = chunked.ChunkedData(xpmlp.MLP([6, 4, 3], dtype="float64", seed=0),
                                  xpmlp.losses.get_loss("softmax_cross_entropy"),
                                  chunked.Chunked(np.load(tmp_path / "X.npy", mmap_mode="r"), chunk_rows=8), y, 7,
                                  True, 3, None, 0.0, None, None, [])

@@ -10,7 +10,7 @@ import pytest
 
 import xpmlp
 from xpmlp import chunked
-from xpmlp.chunked import Chunked, _ChunkedData
+from xpmlp.chunked import Chunked, ChunkedData
 
 CE = "softmax_cross_entropy"
 N, D = 1000, 4
@@ -73,7 +73,7 @@ def test_fit_streams_a_bare_memmap_and_an_array_viewing_one(tmp_path, monkeypatc
     view = np.asarray(mm)[:, :]  # an ndarray whose .base chain ends in the memmap
     assert type(view) is np.ndarray and chunked.is_out_of_core(view) and not chunked.is_out_of_core(X)
     made = []
-    monkeypatch.setattr(chunked._ChunkedData, "adapt", lambda self: made.append(self))
+    monkeypatch.setattr(chunked.ChunkedData, "adapt", lambda self: made.append(self))
     _model().fit(view, y, loss=CE, epochs=1, verbose=0)
     assert len(made) == 1
 
@@ -90,7 +90,7 @@ def _epoch_ids(data):
 
 def _data(X, y, seed, chunk_rows=300, batch_size=64, shuffle=True, model=None):
     model = model or _model()
-    return _ChunkedData(model, xpmlp.losses.get_loss(CE), X, y, batch_size, shuffle, seed, None, 0.0, None,
+    return ChunkedData(model, xpmlp.losses.get_loss(CE), X, y, batch_size, shuffle, seed, None, 0.0, None,
                         np.arange(N, dtype=float), []), model
 
 
@@ -394,7 +394,7 @@ def test_reading_a_pair_holds_at_most_the_pair_and_one_block(tmp_path):
     r = np.random.default_rng(0)
     X = r.normal(size=(4000, 50))
     y = np.zeros(4000, dtype=np.int64)
-    data = _ChunkedData(xpmlp.MLP([50, 4, 3], device="cpu", dtype="float64", seed=0), xpmlp.losses.get_loss(CE),
+    data = ChunkedData(xpmlp.MLP([50, 4, 3], device="cpu", dtype="float64", seed=0), xpmlp.losses.get_loss(CE),
                         Chunked(_memmap(tmp_path, X), chunk_rows=1000), y, 64, True, 3, None, 0.0, None, None, [])
     pair = [data.blocks[2], data.blocks[0]]
     perm = np.random.default_rng(1).permutation(2000)

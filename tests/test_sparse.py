@@ -273,14 +273,14 @@ def test_the_unscaled_input_warning_reads_the_stored_values():
 
 def test_sparse_statistics_are_those_of_the_dense_matrix():
     """The largest and smallest values (for the warning above) count the implicit zeros too."""
-    from xpmlp.train import _prepare_X
+    from xpmlp.train import prepare_X
 
     negative = -X  # every stored value negative: the largest value is an implicit 0
     full = sp.csr_matrix(np.arange(1.0, 7.0).reshape(2, 3))  # no implicit zero
     empty = sp.csr_matrix((3, VOCAB))  # nothing stored
     for x in (X, negative, full, empty):
         model = xpmlp.MLP([x.shape[1], 2, 2], dtype="float64", device="cpu", seed=0)
-        _, high, low = _prepare_X(model, x, stats=True)
+        _, high, low = prepare_X(model, x, stats=True)
         dense = x.toarray()
         assert (high, low) == (dense.max(), dense.min())
 

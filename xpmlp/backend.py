@@ -237,7 +237,7 @@ class Backend:
         TypeError
             If ``a`` is not an array.
         """
-        if _is_host(a):
+        if is_host(a):
             host = host_array(a, what)
             if host.dtype.kind not in "biuf":
                 hint = ""
@@ -602,7 +602,7 @@ def _cupy_tf32():
         linalg.set_compute_type(f32, before)
 
 
-def _is_host(a) -> bool:
+def is_host(a) -> bool:
     """True for data that lives in host memory and carries no device.
 
     NumPy arrays, Python numbers and sequences, pandas objects, and other array-likes that
@@ -855,7 +855,7 @@ def to_numpy(a: Any) -> np.ndarray:
 
     Predictions of a model on any device, as NumPy: ``xpmlp.to_numpy(model.predict(X))``.
     """
-    if _is_host(a):
+    if is_host(a):
         return np.asarray(a)
     if array_api_compat.is_cupy_array(a):
         return a.get()

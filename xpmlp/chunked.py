@@ -206,17 +206,17 @@ def _read(part, start, stop) -> np.ndarray:
     return np.asarray(rows.compute() if _is_dask(rows) else rows)
 
 
-class _ChunkedData:
+class ChunkedData:
     """fit's data source for X larger than memory (see the module notes): blocks read, shuffled and batched per epoch.
 
-    Same interface as ``xpmlp.train._ArrayData``; ``X, y`` are None (no training set held),
+    Same interface as ``xpmlp.train.ArrayData``; ``X, y`` are None (no training set held),
     ``pending`` is the first batch (the doctor's sample).
     """
 
     def __init__(self, model, loss, X, y, batch_size, shuffle, seed, validation_data, validation_split,
                  class_weight, sample_weight, metrics):
         from .metrics import CallableMetric
-        from .train import _prepare_X, _refuse_unadapted, _validation_arrays, _warn_if_unscaled
+        from .train import prepare_X, refuse_unadapted, validation_arrays, warn_if_unscaled
 
         for given, why in (
                 (validation_split, "validation_split would hold a part of X in memory; give validation_data="
@@ -243,15 +243,15 @@ class _ChunkedData:
         self.X = self.y = None
 
         host = self._host(self.blocks[:1])
-        Xd, high, low = _prepare_X(model, host[0], stats=True)
+        Xd, high, low = prepare_X(model, host[0], stats=True)
         if not model.built:
             model.build(Xd.shape[1])
-        _warn_if_unscaled(model, high, low, stacklevel=7)
-        _refuse_unadapted(model, "X read in chunks does")
+        warn_if_unscaled(model, high, low, stacklevel=7)
+        refuse_unadapted(model, "X read in chunks does")
         self.pending = tuple(None if a is None else a[:batch_size, ...] for a in self._prepare(*host, Xd=Xd))
-        self.Xv, self.yv = _validation_arrays(model, loss, validation_data)
+        self.Xv, self.yv = validation_arrays(model, loss, validation_data)
         backend = model.backend
-        # as _ArrayData: each row's loss lands here; rows past n stay 0, so a reshape sums each batch
+        # as ArrayData: each row's loss lands here; rows past n stay 0, so a reshape sums each batch
         self.row_loss = model.xp.zeros(self.steps * batch_size, dtype=backend.dtype(model.dtype), device=backend.device)
         self.sizes = np.array([min(batch_size, self.rows - a) for a in range(0, self.rows, batch_size)], dtype=float)
 
@@ -290,11 +290,11 @@ class _ChunkedData:
 
     def _prepare(self, Xh, yh, wh, Xd=None):
         """Host rows checked and copied to the device (X already there, if given): (X, y, row weights or None)."""
-        from .train import _prepare_X, _prepare_y, _sample_weights
+        from .train import prepare_X, prepare_y, sample_weights
 
-        Xd = _prepare_X(self.model, Xh) if Xd is None else Xd
-        yd = _prepare_y(self.model, self.loss, yh, Xd.shape[0])
-        return Xd, yd, _sample_weights(self.model, self.loss, yd, self.class_weight, wh)
+        Xd = prepare_X(self.model, Xh) if Xd is None else Xd
+        yd = prepare_y(self.model, self.loss, yh, Xd.shape[0])
+        return Xd, yd, sample_weights(self.model, self.loss, yd, self.class_weight, wh)
 
     def _stream(self):
         """Host rows of the epoch, one shuffle buffer (two blocks) at a time, in the order the module notes give.

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .backend import _is_host, host_array, is_sparse, to_numpy
+from .backend import is_host, host_array, is_sparse, to_numpy
 from .layers import Dropout, Identity, Sigmoid, Softmax, Standardize, Tanh
 from .losses import SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy, get_loss
-from .train import RAW_INPUT_LIMIT, _prepare_X
+from .train import RAW_INPUT_LIMIT, prepare_X
 
 __all__ = ["Finding", "Report", "DoctorWarning", "SEVERITIES", "CHECKS", "diagnose", "first_nonfinite_layer"]
 
@@ -578,7 +578,7 @@ def _overfit(c: _Case, loss, Xd, yd, y_rows) -> list[Finding]:
     from .model import Sequential  # the model module imports the training loop, which imports this one's users
     from .optim import Adam
     from .step import make_train_step
-    from .train import _adapt
+    from .train import adapt_inputs
 
     model = c.model
     clone = Sequential.from_config(model.get_config(), device=model.backend)
@@ -588,7 +588,7 @@ def _overfit(c: _Case, loss, Xd, yd, y_rows) -> list[Finding]:
         if isinstance(layer, Dropout):
             layer.rate = 0.0  # one batch, memorised: dropout would only slow the test down
     with clone.backend.activate(), clone.backend.matmul_precision(clone.tf32):
-        _adapt(clone, c.X_device_stat())
+        adapt_inputs(clone, c.X_device_stat())
         loss = copy.copy(loss)
         xp = clone.xp
         step = make_train_step(clone, loss, Adam(lr=OVERFIT_LR))
@@ -634,7 +634,7 @@ def _check_shape(model, shape, what="X") -> None:
 
 
 def _host_targets(y, what="y") -> np.ndarray:
-    t = host_array(y, what) if _is_host(y) else to_numpy(y)
+    t = host_array(y, what) if is_host(y) else to_numpy(y)
     if t.ndim == 0 or t.ndim > 2:
         raise ValueError(f"{what} must hold one target per row, shape (n,) or (n, k); got shape {t.shape}")
     if t.dtype.kind not in "biuf":
@@ -648,9 +648,9 @@ def _rows_reader(model, X):
     """(shape, high, low, read(rows) -> float64 host rows): X validated as fit validates it, read sparingly.
 
     Host data is read where it is (its largest and smallest value, then only sampled rows); device
-    arrays and sparse matrices go through fit's own check (``xpmlp.train._prepare_X``).
+    arrays and sparse matrices go through fit's own check (``xpmlp.train.prepare_X``).
     """
-    if _is_host(X) and not is_sparse(X):
+    if is_host(X) and not is_sparse(X):
         Xh = host_array(X, "X")
         _check_shape(model, Xh.shape)
         if Xh.dtype.kind not in "biuf":
@@ -661,7 +661,7 @@ def _rows_reader(model, X):
         return Xh.shape, high, low, lambda rows: np.asarray(Xh[rows], dtype=np.float64)
     if is_sparse(X):
         _check_shape(model, X.shape)
-    Xd, high, low = _prepare_X(model, X, stats=True)
+    Xd, high, low = prepare_X(model, X, stats=True)
     backend = model.backend
 
     def read(rows):
@@ -772,7 +772,7 @@ def diagnose(model: Any, X: Any, y: Any, *, loss: Any = None, shuffle: bool = Tr
         if validation_data is not None:
             Xv, yv = validation_data
             yvh = _host_targets(yv, "y_val")
-            nv = host_array(Xv).shape[0] if _is_host(Xv) and not is_sparse(Xv) else Xv.shape[0]
+            nv = host_array(Xv).shape[0] if is_host(Xv) and not is_sparse(Xv) else Xv.shape[0]
             if nv != yvh.shape[0]:
                 raise ValueError(f"X_val and y_val have different lengths: {nv} and {yvh.shape[0]}")
             val_labels = _labels(loss, yvh, model.out_features)
@@ -832,7 +832,7 @@ def first_nonfinite_layer(model: Any, X: Any) -> tuple[int, str] | None:
         raise ValueError("the model has no weights yet: fit it (or give in_features) before you look for "
                          "non-finite values")
     with model.backend.activate(), model.backend.matmul_precision(model.tf32):
-        x = _prepare_X(model, X)
+        x = prepare_X(model, X)
         xp, flags = model.xp, []
         for layer in model.layers:
             x = layer.forward(x, training=False)

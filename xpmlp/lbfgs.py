@@ -32,7 +32,7 @@ from .backend import namespace_of, to_numpy
 from .callbacks import Callback, History, LearningRateScheduler, ProgbarLogger, ReduceLROnPlateau
 from .layers import Dropout
 from .metrics import CallableMetric
-from .train import _adapt, _check_options, _diverged, _evaluate, _log_keys, _prepare_data, _train_end
+from .train import adapt_inputs, check_options, report_divergence, evaluate_set, epoch_log_keys, prepare_data, end_training
 from .train import fit as _fit
 
 __all__ = ["LBFGS", "loss_and_gradient", "fit_lbfgs"]
@@ -533,15 +533,15 @@ def fit_lbfgs(model: Any, optimizer: LBFGS, X: Any, y: Any, *, loss: Any = None,
         if isinstance(cb, (LearningRateScheduler, ReduceLROnPlateau)):
             raise ValueError(f"{type(cb).__name__} sets a learning rate, which LBFGS does not have")
     # fit's own checks (the optimiser they give back is fit's, unused here)
-    loss, _, metrics, callbacks = _check_options(model, loss, None, metrics, callbacks, on_divergence,
+    loss, _, metrics, callbacks = check_options(model, loss, None, metrics, callbacks, on_divergence,
                                                  validation_data, validation_split)
-    Xd, yd, weights, Xv, yv, _ = _prepare_data(model, loss, X, y, seed, validation_data, validation_split,
+    Xd, yd, weights, Xv, yv, _ = prepare_data(model, loss, X, y, seed, validation_data, validation_split,
                                                class_weight, sample_weight)
-    _adapt(model, Xd)
+    adapt_inputs(model, Xd)
     fun = _objective(model, loss, Xd, yd, weights, optimizer.l2, optimizer.chunk_size)
     history = History()
     callbacks = [history, *([ProgbarLogger()] if verbose else []), *callbacks]
-    keys = [k for k in _log_keys(metrics, Xv is not None) if k != "lr"]
+    keys = [k for k in epoch_log_keys(metrics, Xv is not None) if k != "lr"]
     # as fit: streamed metrics on the training set; the others on the validation set when there is one
     train_metrics = [m for m in metrics if Xv is None or not isinstance(m, CallableMetric)]
     params = {"verbose": 2 if verbose else 0, "epochs": optimizer.max_iter, "steps": 1}
@@ -561,7 +561,7 @@ def fit_lbfgs(model: Any, optimizer: LBFGS, X: Any, y: Any, *, loss: Any = None,
                        "is not finite), so L-BFGS cannot start; the weights this fit started from were kept. "
                        "Likely causes: unscaled inputs (scale them or use MLP(..., standardize=True)), or targets "
                        "that do not match the loss")
-            _diverged(callbacks, on_divergence, 0, message)
+            report_divergence(callbacks, on_divergence, 0, message)
         while optimizer.message_ is None:
             for cb in callbacks:
                 cb.on_epoch_begin(optimizer.n_iter_)
@@ -571,9 +571,9 @@ def fit_lbfgs(model: Any, optimizer: LBFGS, X: Any, y: Any, *, loss: Any = None,
             model.flat.data[...] = optimizer.x_  # the callbacks see the accepted iterate
             logs = {"loss": optimizer.loss_}
             if train_metrics:
-                logs.update({k: v for k, v in _evaluate(model, loss, train_metrics, Xd, yd).items() if k != "loss"})
+                logs.update({k: v for k, v in evaluate_set(model, loss, train_metrics, Xd, yd).items() if k != "loss"})
             if Xv is not None:
-                logs.update({"val_" + k: v for k, v in _evaluate(model, loss, metrics, Xv, yv).items()})
+                logs.update({"val_" + k: v for k, v in evaluate_set(model, loss, metrics, Xv, yv).items()})
             seconds = time.perf_counter() - started
             logs.update({"epoch_time": seconds, "samples_per_s": Xd.shape[0] / seconds})
             for cb in callbacks:
@@ -584,8 +584,8 @@ def fit_lbfgs(model: Any, optimizer: LBFGS, X: Any, y: Any, *, loss: Any = None,
         if running and optimizer.message_ is None:
             optimizer.stop(f"interrupted by {type(error).__name__}")
         model.flat.data[...] = optimizer.x_ if running else start
-        _train_end(begun, error)
+        end_training(begun, error)
         raise
     model.flat.data[...] = optimizer.x_
-    _train_end(begun)
+    end_training(begun)
     return history

@@ -33,7 +33,7 @@ from .backend import to_numpy
 from .losses import get_loss
 from .optim import Adam, Optimizer, get_optimizer
 from .step import make_train_step
-from .train import _ArrayData, _positive_int, _prepare_data
+from .train import ArrayData, positive_int, prepare_data
 
 __all__ = ["LRFinderResult", "lr_find", "suggest_lr"]
 
@@ -314,7 +314,7 @@ def lr_find(model: Any, X: Any, y: Any, *, loss: Any = None, optimizer: Any = No
         raise ValueError(f"start_lr must be smaller than end_lr, got start_lr={start_lr:g} and end_lr={end_lr:g}")
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 2:
         raise ValueError(f"num_steps must be an integer >= 2 (a curve needs two points at least), got {num_steps!r}")
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size")
     if not _is_number(smoothing) or not 0.0 < float(smoothing) <= 1.0:
         raise ValueError(f"smoothing must be in (0, 1]: the weight of each new loss in the moving average "
                          f"(1 turns smoothing off), got {smoothing!r}")
@@ -329,8 +329,8 @@ def lr_find(model: Any, X: Any, y: Any, *, loss: Any = None, optimizer: Any = No
     num_steps, smoothing, diverge = int(num_steps), float(smoothing), float(diverge)
 
     # builds an unbuilt model (as fit does): everything is recorded after that
-    Xd, yd, weights, Xv, yv, rng = _prepare_data(model, loss, X, y, seed, None, 0.0, None, None)
-    data = _ArrayData(model, Xd, yd, weights, Xv, yv, rng, batch_size, True)
+    Xd, yd, weights, Xv, yv, rng = prepare_data(model, loss, X, y, seed, None, 0.0, None, None)
+    data = ArrayData(model, Xd, yd, weights, Xv, yv, rng, batch_size, True)
     attributes = (model.loss, model.optimizer, model.history, model.stop_training)
     rng_state = model.get_rng_state()
     unadapted = [layer for layer in model.layers if hasattr(layer, "adapt") and not layer.adapted]

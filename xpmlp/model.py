@@ -14,7 +14,7 @@ from .layers import LAYERS, Dense, Dropout, Layer, Standardize, activation_name,
 from .params import FlatParameters, Parameter
 from .losses import get_loss
 from .lr_find import lr_find as _lr_find
-from .train import History, _prepare_X, _prepare_y, _sample_weights, evaluate, fit, predict
+from .train import History, prepare_X, prepare_y, sample_weights, evaluate, fit, predict
 
 __all__ = ["Sequential", "MLP", "load"]
 
@@ -337,9 +337,9 @@ class Sequential:
         if loss is None and self.loss is None:
             raise ValueError("gradients needs a loss: pass loss=... or fit the model first")
         loss = self.loss if loss is None else get_loss(loss)
-        Xd = _prepare_X(self, X)
-        yd = _prepare_y(self, loss, y, Xd.shape[0])
-        weights = _sample_weights(self, loss, yd, None, sample_weight)
+        Xd = prepare_X(self, X)
+        yd = prepare_y(self, loss, y, Xd.shape[0])
+        weights = sample_weights(self, loss, yd, None, sample_weight)
         value, grad = loss_and_gradient(self, loss, Xd, yd, weights, denominator=float(Xd.shape[0]))
         assert self.flat is not None  # built
         grads = {p.name: self.xp.reshape(grad[start:start + p.size], p.shape)

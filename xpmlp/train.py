@@ -11,7 +11,7 @@ Batches from an iterable (``fit(x)`` with ``y=None``: a list of chunks, a genera
 ``DataLoader``) are not held: each is checked and copied to the device when its turn comes (its
 finiteness check is one host read per batch, next to the host-to-device copy it follows), and
 its rows' losses are summed on the device and read with the rest at the end of the epoch. Both
-sources give fit the same thing, an epoch's batches (``_ArrayData``, ``_IterableData``),
+sources give fit the same thing, an epoch's batches (``ArrayData``, ``_IterableData``),
 so the loop, its callbacks, divergence checks and snapshots are the same for both.
 
 Divergence. A batch diverges when its loss is NaN, infinite or above ``sqrt(finfo(dtype).max)``
@@ -57,6 +57,9 @@ from .metrics import CallableMetric, get_metric
 from .optim import Adam, get_optimizer
 from .step import make_train_step
 
+# The public API. The other names without a leading underscore (prepare_X, prepare_y, ArrayData,
+# check_options, evaluate_set, ...) are the package's internal interface to fit's parts, which
+# model, chunked, lbfgs, lr_find, vitals and doctor use; names with one are this module's own.
 __all__ = ["History", "DivergenceError", "fit", "predict", "evaluate"]  # History lives in callbacks
 
 _WARNED_RAW_OUTPUTS: weakref.WeakSet = weakref.WeakSet()  # models whose predict has warned about raw outputs (once each)
@@ -89,13 +92,13 @@ class DivergenceError(FloatingPointError):
 
 
 # -- input checks ---------------------------------------------------------------------------------
-def _positive_int(value, name):
+def positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
-def _prepare_X(model, X, what="X", *, stats=False):
+def prepare_X(model, X, what="X", *, stats=False):
     """Validate X (2-D, numeric, finite, the model's width) and copy it to the device.
 
     With ``stats``, also return X's largest and smallest values, taken in the same single read
@@ -128,7 +131,7 @@ def _prepare_X(model, X, what="X", *, stats=False):
 RAW_INPUT_LIMIT = 100.0  # fit warns above this largest |x| when no Standardize layer scales the inputs
 
 
-def _warn_if_unscaled(model, high: float, low: float, what="X", stacklevel=4) -> None:
+def warn_if_unscaled(model, high: float, low: float, what="X", stacklevel=4) -> None:
     """Warn when inputs look unscaled: largest |x| above RAW_INPUT_LIMIT and no Standardize layer.
 
     The default initialisers assume inputs of about unit scale; inputs a hundred times larger
@@ -151,7 +154,7 @@ def _warn_if_unscaled(model, high: float, low: float, what="X", stacklevel=4) ->
                   UserWarning, stacklevel=stacklevel)
 
 
-def _prepare_y(model, loss, y, n_samples, what="y"):
+def prepare_y(model, loss, y, n_samples, what="y"):
     xp = model.xp
     names = inspect.signature(loss.prepare_targets).parameters  # a user Loss may not take what=
     yd = loss.prepare_targets(y, model.backend, model.dtype, model.out_features,
@@ -164,7 +167,7 @@ def _prepare_y(model, loss, y, n_samples, what="y"):
     return yd
 
 
-def _class_index(model, yd):
+def class_index(model, yd):
     """Class of each row as int64 (n,), for class weights and stratified splits."""
     xp = model.xp
     if yd.ndim == 1:
@@ -174,7 +177,7 @@ def _class_index(model, yd):
     return xp.argmax(yd, axis=1)
 
 
-def _sample_weights(model, loss, yd, class_weight, sample_weight):
+def sample_weights(model, loss, yd, class_weight, sample_weight):
     """Per-row weights on the device (n,), or None: sample_weight times class_weight[class]."""
     xp, n = model.xp, yd.shape[0]
     weights = None
@@ -190,7 +193,7 @@ def _sample_weights(model, loss, yd, class_weight, sample_weight):
         raise ValueError("class_weight needs a classification loss with one label per row "
                          "(softmax_cross_entropy, or sigmoid_binary_cross_entropy with one output)")
     k = 2 if model.out_features == 1 else model.out_features  # one sigmoid output: classes 0 and 1
-    labels = _class_index(model, yd)
+    labels = class_index(model, yd)
     if isinstance(class_weight, str):
         if class_weight != "balanced":
             raise ValueError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
@@ -217,7 +220,7 @@ def _split(model, loss, yd, fraction, rng):
 
     n = yd.shape[0]
     stratify = loss.is_classifier
-    labels = to_numpy(_class_index(model, yd)) if stratify else np.zeros(n)
+    labels = to_numpy(class_index(model, yd)) if stratify else np.zeros(n)
     train, val, _, _ = train_test_split(np.arange(n), labels, test_size=fraction, stratify=stratify,
                                         seed=int(rng.integers(2**63)))
     if len(val) == 0 or len(train) == 0:
@@ -398,8 +401,8 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
                             sample_weight=sample_weight, on_divergence=on_divergence,
                             callbacks=[*(callbacks or []), *_doctor(diagnose, None, X, y, shuffle, validation_data)])
         return history
-    epochs, batch_size = _positive_int(epochs, "epochs"), _positive_int(batch_size, "batch_size")
-    loss, optimizer, metrics, callbacks = _check_options(model, loss, optimizer, metrics, callbacks, on_divergence,
+    epochs, batch_size = positive_int(epochs, "epochs"), positive_int(batch_size, "batch_size")
+    loss, optimizer, metrics, callbacks = check_options(model, loss, optimizer, metrics, callbacks, on_divergence,
                                                          validation_data, validation_split)
     verbose, validates = _check_keras_options(verbose, initial_epoch, epochs, validation_freq, validation_data,
                                               validation_split)
@@ -410,7 +413,7 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
     history = History()  # with diagnose, fit's Vitals puts its Report in history.doctor as training ends
     callbacks = [history, *([ProgbarLogger()] if verbose else []),
                  *_doctor(diagnose, data, X, y, shuffle, validation_data), *callbacks]
-    params, log_keys = _params(verbose, epochs, data.steps, comm), _log_keys(metrics, data.Xv is not None)
+    params, log_keys = _params(verbose, epochs, data.steps, comm), epoch_log_keys(metrics, data.Xv is not None)
     for cb in callbacks:
         cb.model, cb.params = model, params
         cb.check(log_keys)
@@ -445,7 +448,7 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
                 epoch_loss, message = _read_epoch(model, loss, step, data, xb, yb, epoch, initial_epoch)
                 if message is not None:
                     step.restore(saved)
-                    _diverged(callbacks, on_divergence, epoch, message)  # raises, unless told to stop
+                    report_divergence(callbacks, on_divergence, epoch, message)  # raises, unless told to stop
                     break
 
                 logs = {"loss": epoch_loss, **{m.name: _result(m, acc, data) for m, acc in zip(streamed, sums)}}
@@ -467,10 +470,10 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
             if model.stop_training:
                 break
     except BaseException as error:
-        _train_end(begun, error)
+        end_training(begun, error)
         _ShardedData.fail(data, error)
         raise
-    _train_end(begun)
+    end_training(begun)
     return history
 
 
@@ -515,7 +518,7 @@ def _shared_seed(comm, model) -> int:
 
 
 class _ShardedData:
-    """An ``_ArrayData`` (or out-of-core ``xpmlp.chunked._ChunkedData``) seen by one rank of a
+    """An ``ArrayData`` (or out-of-core ``xpmlp.chunked.ChunkedData``) seen by one rank of a
     data-parallel fit: each global batch of the epoch's permutation is cut into ``comm.size``
     contiguous shards, and this rank trains on its own (the inner data's ``epoch(shard=)`` gives it).
 
@@ -628,7 +631,7 @@ def _doctor(diagnose: bool, data, X, y, shuffle, validation_data) -> list:
     return [FitVitals((data.X, data.y, data.weights is not None), (X, y, shuffle, validation_data))]
 
 
-def _check_options(model, loss, optimizer, metrics, callbacks, on_divergence, validation_data, validation_split):
+def check_options(model, loss, optimizer, metrics, callbacks, on_divergence, validation_data, validation_split):
     """fit's options, each checked before the first update: (loss, optimizer, metrics, callbacks) as objects."""
     if loss is None and model.loss is None:
         raise ValueError("fit needs a loss on its first call, e.g. loss='softmax_cross_entropy' "
@@ -652,41 +655,41 @@ def _check_options(model, loss, optimizer, metrics, callbacks, on_divergence, va
     return loss, optimizer, metrics, callbacks
 
 
-def _prepare_data(model, loss, X, y, seed, validation_data, validation_split, class_weight, sample_weight,
+def prepare_data(model, loss, X, y, seed, validation_data, validation_split, class_weight, sample_weight,
                   stacklevel=5):
     """Check the data, build the model if needed, and copy the data to the device.
 
     Returns (X, y, sample weights or None, X_val or None, y_val or None, the shuffling rng).
     """
-    Xd, high, low = _prepare_X(model, X, stats=True)
+    Xd, high, low = prepare_X(model, X, stats=True)
     if not model.built:
         model.build(Xd.shape[1])
-    _warn_if_unscaled(model, high, low, stacklevel=stacklevel)
-    yd = _prepare_y(model, loss, y, Xd.shape[0])
-    weights = _sample_weights(model, loss, yd, class_weight, sample_weight)
+    warn_if_unscaled(model, high, low, stacklevel=stacklevel)
+    yd = prepare_y(model, loss, y, Xd.shape[0])
+    weights = sample_weights(model, loss, yd, class_weight, sample_weight)
     xp = model.xp
     rng = np.random.default_rng(seed) if seed is not None else model.shuffle_rng
     Xv = yv = None
     if validation_split:
         train_rows, val_rows = _split(model, loss, yd, validation_split, rng)
         train_idx, val_idx = model.backend.from_host(train_rows), model.backend.from_host(val_rows)
-        Xv, yv = _take_rows(xp, Xd, val_idx), xp.take(yd, val_idx, axis=0)
-        Xd, yd = _take_rows(xp, Xd, train_idx), xp.take(yd, train_idx, axis=0)
+        Xv, yv = take_rows(xp, Xd, val_idx), xp.take(yd, val_idx, axis=0)
+        Xd, yd = take_rows(xp, Xd, train_idx), xp.take(yd, train_idx, axis=0)
         weights = None if weights is None else xp.take(weights, train_idx, axis=0)
     elif validation_data is not None:
-        Xv, yv = _validation_arrays(model, loss, validation_data)
+        Xv, yv = validation_arrays(model, loss, validation_data)
     return Xd, yd, weights, Xv, yv, rng
 
 
-def _validation_arrays(model, loss, validation_data):
+def validation_arrays(model, loss, validation_data):
     """``validation_data`` (X_val, y_val) checked and on the device, or (None, None)."""
     if validation_data is None:
         return None, None
-    Xv = _prepare_X(model, validation_data[0], what="X_val")
-    return Xv, _prepare_y(model, loss, validation_data[1], Xv.shape[0], what="y_val")
+    Xv = prepare_X(model, validation_data[0], what="X_val")
+    return Xv, prepare_y(model, loss, validation_data[1], Xv.shape[0], what="y_val")
 
 
-def _refuse_unadapted(model, source: str) -> None:
+def refuse_unadapted(model, source: str) -> None:
     """Standardize layers learn their scaling from the whole training set: refuse one not adapted yet
     when the data comes in parts (``source`` says how, with its verb: "X read in chunks does")."""
     pending = [i for i, layer in enumerate(model.layers) if hasattr(layer, "adapt") and not layer.adapted]
@@ -706,11 +709,11 @@ def _check_keras_options(verbose, initial_epoch, epochs, validation_freq, valida
     if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) or initial_epoch < 0:
         raise ValueError(f"initial_epoch must be an integer >= 0, got {initial_epoch!r}")
     if isinstance(validation_freq, (int, np.integer)) and not isinstance(validation_freq, bool):
-        freq = _positive_int(validation_freq, "validation_freq")
+        freq = positive_int(validation_freq, "validation_freq")
         validates = lambda epoch: (epoch + 1) % freq == 0  # noqa: E731 (1-based epochs, as Keras)
         any_validated = epochs // freq > initial_epoch // freq
     elif isinstance(validation_freq, (list, tuple, set, frozenset, range)):
-        chosen = {_positive_int(e, "each epoch of validation_freq") for e in validation_freq}
+        chosen = {positive_int(e, "each epoch of validation_freq") for e in validation_freq}
         validates = lambda epoch: epoch + 1 in chosen  # noqa: E731
         any_validated = any(initial_epoch < e <= epochs for e in chosen)
     else:
@@ -725,25 +728,25 @@ def _check_keras_options(verbose, initial_epoch, epochs, validation_freq, valida
 
 def _training_data(model, loss, X, y, batch_size, shuffle, seed, validation_data, validation_split, class_weight,
                    sample_weight, steps_per_epoch, metrics):
-    """fit's data as batches for each epoch: an ``_ArrayData`` (X and y) or an ``_IterableData`` (y None)."""
+    """fit's data as batches for each epoch: an ``ArrayData`` (X and y) or an ``_IterableData`` (y None)."""
     if steps_per_epoch is not None:
-        steps_per_epoch = _positive_int(steps_per_epoch, "steps_per_epoch")
+        steps_per_epoch = positive_int(steps_per_epoch, "steps_per_epoch")
     if y is None:
         return _IterableData(model, loss, X, steps_per_epoch, validation_data, validation_split, class_weight,
                              sample_weight, metrics)
     if steps_per_epoch is not None:
         raise ValueError("steps_per_epoch is for x given as an iterable of batches (with y=None); "
                          "with arrays, batch_size sets the batches per epoch")
-    from .chunked import _ChunkedData, is_out_of_core  # here: chunked imports this module
+    from .chunked import ChunkedData, is_out_of_core  # here: chunked imports this module
 
     if is_out_of_core(X):  # a memmap, a Dask array, .npy chunk files: streamed (see xpmlp.chunked)
-        return _ChunkedData(model, loss, X, y, batch_size, shuffle, seed, validation_data, validation_split,
+        return ChunkedData(model, loss, X, y, batch_size, shuffle, seed, validation_data, validation_split,
                             class_weight, sample_weight, metrics)
-    return _ArrayData(model, *_prepare_data(model, loss, X, y, seed, validation_data, validation_split,
+    return ArrayData(model, *prepare_data(model, loss, X, y, seed, validation_data, validation_split,
                                             class_weight, sample_weight, stacklevel=6), batch_size, shuffle)
 
 
-class _ArrayData:
+class ArrayData:
     """Training arrays copied to the device once; each epoch's batches gathered from one seeded permutation.
 
     The interface fit uses, shared with ``_IterableData``: ``epoch()`` yields each batch's
@@ -765,7 +768,7 @@ class _ArrayData:
         self.sizes = np.array([stop - start for start, stop in _batches(self.rows, batch_size)], dtype=float)
 
     def adapt(self) -> None:
-        _adapt(self.model, self.X)
+        adapt_inputs(self.model, self.X)
 
     def epoch(self, shard=None):
         """Each batch's (X, y, weights or None, row losses); with ``shard`` (global batch start, stop ->
@@ -788,7 +791,7 @@ class _IterableData:
     sized iterable starts again once its batches are used up at the end of an epoch, as in Keras).
     When the iterator runs out within an epoch, fit warns (Keras's words) and stops after that
     epoch. The first batch is drawn at once: it builds the model and shows the data's width.
-    Same interface as ``_ArrayData``; ``X, y`` are None (no training set held).
+    Same interface as ``ArrayData``; ``X, y`` are None (no training set held).
     """
 
     def __init__(self, model, loss, x, steps_per_epoch, validation_data, validation_split, class_weight,
@@ -829,8 +832,8 @@ class _IterableData:
         self.drawn = self.count = 1  # batches from the current iterator, and in all
         self.rows, self.sizes, self.sums = 0, [], []  # the last epoch's rows, batch sizes and loss sums
         self.pending = self._prepare(first, first=True)
-        _refuse_unadapted(model, "batches from an iterable do")
-        self.Xv, self.yv = _validation_arrays(model, loss, validation_data)
+        refuse_unadapted(model, "batches from an iterable do")
+        self.Xv, self.yv = validation_arrays(model, loss, validation_data)
 
     def adapt(self) -> None:
         pass  # refused in __init__ unless already done
@@ -881,14 +884,14 @@ class _IterableData:
             raise ValueError(f"{what} is a {type(raw).__name__}{got}: x must yield (X, y) or (X, y, sample_weight)")
         Xb, yb, wb = (_batch_array(model, a) for a in (*raw, None)[:3])
         if first:
-            Xd, high, low = _prepare_X(model, Xb, what=f"X of {what}", stats=True)
+            Xd, high, low = prepare_X(model, Xb, what=f"X of {what}", stats=True)
             if not model.built:
                 model.build(Xd.shape[1])
-            _warn_if_unscaled(model, high, low, what="X", stacklevel=7)
+            warn_if_unscaled(model, high, low, what="X", stacklevel=7)
         else:
-            Xd = _prepare_X(model, Xb, what=f"X of {what}")
-        yd = _prepare_y(model, self.loss, yb, Xd.shape[0], what=f"y of {what}")
-        return Xd, yd, _sample_weights(model, self.loss, yd, self.class_weight, wb)
+            Xd = prepare_X(model, Xb, what=f"X of {what}")
+        yd = prepare_y(model, self.loss, yb, Xd.shape[0], what=f"y of {what}")
+        return Xd, yd, sample_weights(model, self.loss, yd, self.class_weight, wb)
 
 
 def _batch_array(model, a):
@@ -903,7 +906,7 @@ def _whole_set_logs(model, loss, metrics, data, validate: bool) -> dict:
     """The epoch's logs computed on a whole set: validation loss and metrics (when ``validate``), or
     without validation data, the callable metrics on the training set."""
     if data.Xv is not None:
-        return {"val_" + k: v for k, v in _evaluate(model, loss, metrics, data.Xv, data.yv).items()} if validate else {}
+        return {"val_" + k: v for k, v in evaluate_set(model, loss, metrics, data.Xv, data.yv).items()} if validate else {}
     called = [m for m in metrics if isinstance(m, CallableMetric)]
     if not called:
         return {}
@@ -911,7 +914,7 @@ def _whole_set_logs(model, loss, metrics, data, validate: bool) -> dict:
     return {m.name: float(m.fn(to_numpy(data.y), p)) for m in called}
 
 
-def _log_keys(metrics, validation: bool) -> list[str]:
+def epoch_log_keys(metrics, validation: bool) -> list[str]:
     """The names each epoch's logs hold, in order (what callbacks may monitor)."""
     streamed = [m.name for m in metrics if not isinstance(m, CallableMetric)]
     keys = ["loss", *streamed]
@@ -928,7 +931,7 @@ def _rows(xp, arrays, order, start, stop):
     if order is None:
         return [None if a is None else a[start:stop, ...] for a in arrays]
     idx = order[start:stop]
-    return [None if a is None else _take_rows(xp, a, idx) for a in arrays]
+    return [None if a is None else take_rows(xp, a, idx) for a in arrays]
 
 
 def _read_epoch(model, loss, step, data, xb, yb, epoch, first_epoch=0):
@@ -959,7 +962,7 @@ def _read_epoch(model, loss, step, data, xb, yb, epoch, first_epoch=0):
                                            step.optimizer, first_epoch)
 
 
-def _diverged(callbacks, on_divergence: str, epoch: int, message: str) -> None:
+def report_divergence(callbacks, on_divergence: str, epoch: int, message: str) -> None:
     """Tell every callback; unless one of them handles it (returns True), warn or raise as fit was asked."""
     if any([cb.on_divergence(epoch, message) for cb in callbacks]):  # a list: every callback hears of it
         return
@@ -968,7 +971,7 @@ def _diverged(callbacks, on_divergence: str, epoch: int, message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-def _train_end(callbacks, error=None) -> None:
+def end_training(callbacks, error=None) -> None:
     """Call every callback's on_train_end, even when one raises (CSVLogger must close its file).
 
     While ``error`` propagates, a failing on_train_end is noted on it (never hidden, never in its
@@ -1017,7 +1020,7 @@ def _divergence_message(epoch, batch, value, after, norm, limit, dtype, optimize
             "real values mse with a linear output).")
 
 
-def _adapt(model, Xd) -> None:
+def adapt_inputs(model, Xd) -> None:
     """Let layers that learn statistics from data (Standardize) see the inputs that reach them."""
     pending = [layer for layer in model.layers if hasattr(layer, "adapt") and not layer.adapted]
     h = Xd
@@ -1038,7 +1041,7 @@ def _outputs(model, Xd, batch_size):
     return parts[0] if len(parts) == 1 else model.xp.concat(parts, axis=0)
 
 
-def _evaluate(model, loss, metrics, Xd, yd, batch_size=EVAL_BATCH) -> dict:
+def evaluate_set(model, loss, metrics, Xd, yd, batch_size=EVAL_BATCH) -> dict:
     """Mean loss and metrics over a whole set, in inference mode; one host sync per quantity."""
     xp, n = model.xp, Xd.shape[0]
     total, sums, preds = 0.0, [None] * len(metrics), []
@@ -1104,8 +1107,8 @@ def predict(model: Any, X: Any, *, batch_size: int | None = EVAL_BATCH) -> Any:
     if not model.built:
         raise ValueError("the model has no weights yet: call fit first or give in_features")
     if batch_size is not None:
-        batch_size = _positive_int(batch_size, "batch_size")
-    Xd = _prepare_X(model, X)
+        batch_size = positive_int(batch_size, "batch_size")
+    Xd = prepare_X(model, X)
     if model.loss is None and model not in _WARNED_RAW_OUTPUTS:
         _WARNED_RAW_OUTPUTS.add(model)
         warnings.warn("this model has no loss (it was never fitted), so predict returns its raw outputs "
@@ -1164,23 +1167,23 @@ def evaluate(model: Any, X: Any, y: Any, *, loss: Any = None, metrics: Any = Non
     if loss is None and model.loss is None:
         raise ValueError("evaluate needs a loss: pass loss=... or fit the model first")
     if batch_size is not None:
-        batch_size = _positive_int(batch_size, "batch_size")
+        batch_size = positive_int(batch_size, "batch_size")
     loss = model.loss if loss is None else get_loss(loss)
     metric_objs = [get_metric(m) for m in (metrics or [])]
-    Xd = _prepare_X(model, X)
-    yd = _prepare_y(model, loss, y, Xd.shape[0])
-    result = _evaluate(model, loss, metric_objs, Xd, yd, Xd.shape[0] if batch_size is None else batch_size)
+    Xd = prepare_X(model, X)
+    yd = prepare_y(model, loss, y, Xd.shape[0])
+    result = evaluate_set(model, loss, metric_objs, Xd, yd, Xd.shape[0] if batch_size is None else batch_size)
     return result if metrics else result["loss"]
 
 
 # -- sparse input ---------------------------------------------------------------------------------
-def _take_rows(xp, a, idx):
+def take_rows(xp, a, idx):
     """Rows ``idx`` (a device integer array) of a device array or sparse matrix, gathered on the device."""
     return sparse_rows(a, idx) if is_sparse(a) else xp.take(a, idx, axis=0)
 
 
 def _prepare_sparse_X(model, X, what, stats):
-    """``_prepare_X`` for a sparse X: a CSR matrix of the model's dtype on its device, never dense.
+    """``prepare_X`` for a sparse X: a CSR matrix of the model's dtype on its device, never dense.
 
     Only a model whose first layer is Dense takes it (that layer multiplies sparse by dense; a
     Standardize or Dropout first would make every row dense). The finiteness check and the

@@ -233,7 +233,7 @@ class Vitals(Callback):
         logs : dict or None
             Unused (None).
         """
-        from .train import _class_index, _prepare_X, _prepare_y, _take_rows
+        from .train import class_index, prepare_X, prepare_y, take_rows
 
         model = self.model
         self.before = self._diagnose_before()  # fit's: after Standardize adapted, before the first step
@@ -244,19 +244,19 @@ class Vitals(Callback):
         if self._device_data is not None:
             Xd, yd, weighted = self._device_data
         elif self.X is not None:
-            Xd = _prepare_X(model, self.X)
-            yd = _prepare_y(model, model.loss, self.y, Xd.shape[0])
+            Xd = prepare_X(model, self.X)
+            yd = prepare_y(model, model.loss, self.y, Xd.shape[0])
         else:
             return
         xp, n = model.xp, Xd.shape[0]
         rng = np.random.default_rng(self.seed)
         idx = np.sort(rng.choice(n, size=min(self.rows, n), replace=False))
         take = model.backend.from_host(idx)
-        self.sample = (_take_rows(xp, Xd, take), xp.take(yd, take, axis=0))  # X may be sparse
+        self.sample = (take_rows(xp, Xd, take), xp.take(yd, take, axis=0))  # X may be sparse
         loss = self.loss = copy.copy(model.loss)  # its own caches: the train step's stay untouched
         if loss.is_classifier and (yd.ndim == 1 or yd.shape[1] == 1 or loss.name == "softmax_cross_entropy"):
             k = 2 if model.out_features == 1 else model.out_features
-            labels = to_numpy(_class_index(model, yd)).astype(np.int64)  # one read, before training
+            labels = to_numpy(class_index(model, yd)).astype(np.int64)  # one read, before training
             p = np.bincount(labels, minlength=k)[:k] / n
             self.sample_share = np.bincount(labels[idx], minlength=k)[:k] / len(idx)
             if not weighted and not getattr(loss, "label_smoothing", 0.0):
@@ -612,7 +612,7 @@ def inspect_model(model: Any, X: Any, y: Any, *, loss: Any = None, optimizer: An
     from .lbfgs import LBFGS
     from .losses import get_loss
     from .optim import Adam, Optimizer, get_optimizer
-    from .train import _prepare_X, _prepare_y
+    from .train import prepare_X, prepare_y
 
     if not model.built:
         raise ValueError("inspect needs a built model: give in_features (or the first size of MLP), or fit first")
@@ -627,8 +627,8 @@ def inspect_model(model: Any, X: Any, y: Any, *, loss: Any = None, optimizer: An
         raise ValueError(f"inspect takes a first-order optimiser (Adam, SGD, ...), got {type(optimizer).__name__}")
     optimizer = copy.deepcopy(optimizer)  # its step count and state move on the copy only
     xp, flat = model.xp, model.flat
-    Xd = _prepare_X(model, X)
-    yd = _prepare_y(model, loss, y, Xd.shape[0])
+    Xd = prepare_X(model, X)
+    yd = prepare_y(model, loss, y, Xd.shape[0])
     dtype = model.backend.dtype(model.dtype)
     kept = [{k: layer.__dict__[k] for k in ("_x", "_y") if k in layer.__dict__} for layer in model.layers]
     saved_grad = xp.asarray(flat.grad, copy=True)
