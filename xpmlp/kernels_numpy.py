@@ -148,7 +148,7 @@ def compiled(update: Any) -> Callable[[dict, dict], None] | None:
     source = update.loop_source()
     loop = _COMPILED.get(source)
     if loop is None:
-        env: dict = {"_sqrt": np.sqrt}
+        env: dict = {"xp": np}  # the loop calls xp.sqrt, as the reference does
         exec(compile(source, f"<update {update.name} loop>", "exec"), env)
         loop = _COMPILED[source] = jit(env["_update"])
     names, hosts = update.arrays, update.host_names

@@ -380,8 +380,8 @@ class Update:
         """Python source of ``_update(p, g, *state, *host_values)``: one loop over the elements.
 
         Each iteration reads p, g and the state at index ``_i`` into locals, runs the statements on
-        those scalars in order (``sqrt`` is ``_sqrt``, which the caller binds, e.g. to
-        ``numpy.sqrt``), then writes p and the assigned state back. The host values are passed in
+        those scalars in order (functions as in the reference, ``xp.sqrt``: the caller binds the
+        global ``xp``, e.g. to NumPy), then writes p and the assigned state back. The host values are passed in
         the order of ``host_names``, already cast to the arrays' dtype by the caller, so every
         operation is one of that dtype, as in (a)-(c). Every name is prefixed (arrays ``_a_``,
         their elements ``_e_``, host values ``_h_``, temporaries ``_t_``): the description's
@@ -397,18 +397,15 @@ class Update:
         def local(n):
             return f"_e_{n}" if n in arrays else f"_h_{n}" if n in hosts else f"_t_{n}"
 
-        class Rename(ast.NodeTransformer):
+        class Rename(ast.NodeTransformer):  # every name but the reference's xp (a reserved name)
             def visit_Name(self, node):
-                return ast.Name(local(node.id), ast.Load())
-
-            def visit_Call(self, node):
-                return ast.Call(ast.Name("_sqrt", ast.Load()), [self.visit(node.args[0])], [])
+                return node if node.id == "xp" else ast.Name(local(node.id), ast.Load())
 
         args = ", ".join([*(f"_a_{n}" for n in self.arrays), *(local(h) for h in self.host_names)])
         lines = [f"def _update({args}):", f"    for _i in range(_a_{self.arrays[0]}.shape[0]):"]
         lines += [f"        _e_{n} = _a_{n}[_i]" for n in self.arrays]
         for target, expr in self.statements:
-            lines.append(f"        {local(target)} = {ast.unparse(Rename().visit(copy.deepcopy(expr)))}")
+            lines.append(f"        {local(target)} = {ast.unparse(Rename().visit(_py(expr)))}")
         lines += [f"        _a_{n}[_i] = _e_{n}" for n in self.outputs]
         return "\n".join(lines) + "\n"
 
