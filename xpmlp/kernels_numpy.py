@@ -181,7 +181,6 @@ def inplace(update: Any) -> Callable[[dict, dict], None]:
     """
     passes = chunked(update)
     loop = None  # made at the first call that can use it: the compiled loop, or the passes without numba
-    compiled_for: set = set()  # the dtypes numba has compiled the loop for
 
     def run(arrays: dict, values: dict) -> None:
         nonlocal loop
@@ -191,21 +190,16 @@ def inplace(update: Any) -> Callable[[dict, dict], None]:
             return
         if loop is None:
             loop = compiled(update) or passes
-        if loop is passes or p.dtype in compiled_for:
+        try:
             loop(arrays, values)
-            return
-        try:  # numba compiles for this dtype now, before it writes anything
-            loop(arrays, values)
-        except Exception as e:
-            if not type(e).__module__.startswith(("numba", "llvmlite")):
+        except Exception as e:  # numba compiles at a dtype's first call, before the loop writes anything
+            if loop is passes or not type(e).__module__.startswith(("numba", "llvmlite")):
                 raise
             warnings.warn(f"numba could not compile the {update.name} update ({type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); NumPy's passes run "
                           "it instead, with the same results", RuntimeWarning, stacklevel=2)
             loop = passes
             passes(arrays, values)
-            return
-        compiled_for.add(p.dtype)
 
     return run
 
